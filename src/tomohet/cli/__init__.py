@@ -1,0 +1,1 @@
+"""The ``tomohet`` command (Typer + rich)."""

@@ -1,0 +1,35 @@
+"""Recognise particle inputs by content and read them with the right reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .model import TiltSeriesParticles
+from .relion5 import is_optimisation_set, is_relion5_particles, read_relion5
+from .star import read_star
+
+
+def detect_format(path: str | Path) -> str:
+    """``"relion5"`` (optimisation set or RELION 5 particles star), ``"warp_v1"`` (image-series star) or
+    ``"relion_subtomo"`` (RELION 3.1/4 3D subtomograms)."""
+    path = Path(path)
+    blocks = read_star(path)
+    if is_optimisation_set(blocks) or is_relion5_particles(blocks):
+        general = blocks.get("general")
+        if isinstance(general, dict) and int(general.get("rlnTomoSubTomosAre2DStacks", 1)) == 0:
+            return "relion_subtomo"
+        return "relion5"
+    raise InputError(
+        path,
+        "unrecognised STAR file: expected a RELION 5 / WarpTools optimisation set or particles star, "
+        "a Warp v1 image-series star, or a RELION 3.1/4 subtomogram star",
+    )
+
+
+def read_particles(path: str | Path, tomograms: str | Path | None = None) -> TiltSeriesParticles:
+    """Read 2D tilt-series particle stacks from any supported format."""
+    fmt = detect_format(path)
+    if fmt == "relion5":
+        return read_relion5(path, tomograms)
+    raise InputError(path, f"format {fmt!r} holds 3D subtomograms; this command needs 2D tilt-series stacks")

@@ -1,0 +1,336 @@
+"""RELION 5 / WarpTools 2D-stack projects: optimisation set -> particles star + tomograms star.
+
+Geometry (RELION 5): each tilt j of a tomogram has a 4x4 projection matrix ``P_j`` (rows
+``rlnTomoProjX/Y/Z/W``) mapping tomogram coordinates to tilt-image coordinates. A particle with Euler
+angles (rot, tilt, psi) -> ``A_i`` (RELION matrix; optional ``rlnTomoSubtomogramRot/Tilt/Psi`` -> ``S_i``) is
+seen in tilt j with ``A_ij = P_j[:3, :3] @ S_i.T @ A_i @ diag(1, 1, -1)``. The reference-frame mirror
+``diag(1, 1, -1)`` is not an assumption: reconstructing the real WarpTools data in ``../shared/data`` and
+comparing with the reference map written by WarpTools selects it unambiguously (correlation 0.94 at 60 A;
+without the mirror 0.70, every other reading of P, A, transposes and axis flips <= 0.85; see
+``tests/test_real_data.py``). The 3D offset ``o`` (``rlnOriginX/Y/ZAngst``, true position = coordinate - origin)
+appears in tilt j at the 2D shift ``-(P_j[:2, :3] @ o)``.
+
+Coordinates: RELION 5 writes ``rlnCoordinateX/Y/Z`` in tilt-series pixels (or ``rlnCenteredCoordinate*Angst``);
+WarpTools (tomogram names ending in ``.tomostar``) writes them in pixels of the exported particles
+(``rlnImagePixelSize``). They only enter the defocus gradient: the particle's depth along the beam relative
+to the tomogram centre, ``P_j[2, :3] @ (x - centre)`` in Angstrom, times ``rlnTomoHand``, is added to the tilt's
+defocus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ..physics.rotations import euler_to_matrix, mirror_z, tilt_angle_of
+from .images import ImageSource
+from .model import TiltSeriesParticles
+from .star import (
+    block_as_frame,
+    numeric_column,
+    parse_vector,
+    read_star,
+    require_columns,
+    resolve_path,
+    write_star,
+)
+
+PARTICLE_COLUMNS = [
+    "rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
+    "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnImageName",
+]  # fmt: skip
+# The reference-frame mirror proven on WarpTools data (module docstring).
+REFERENCE_MIRROR = mirror_z()
+TILT_COLUMNS = [
+    "rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW",
+    "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnMicrographPreExposure",
+]  # fmt: skip
+
+
+def is_optimisation_set(blocks: dict[str, Any]) -> bool:
+    return any(isinstance(b, dict) and "rlnTomoParticlesFile" in b for b in blocks.values())
+
+
+def is_relion5_particles(blocks: dict[str, Any]) -> bool:
+    p = blocks.get("particles")
+    return isinstance(p, pd.DataFrame) and "rlnTomoName" in p.columns
+
+
+def read_optimisation_set(path: Path) -> tuple[Path, Path]:
+    """Paths of the particles and tomograms stars named by an optimisation set."""
+    blocks = read_star(path)
+    kv: dict[str, Any] = {}
+    for b in blocks.values():
+        if isinstance(b, dict):
+            kv.update(b)
+    for key in ("rlnTomoParticlesFile", "rlnTomoTomogramsFile"):
+        if key not in kv:
+            raise InputError(path, "optimisation set lacks this entry", key)
+    base = path.parent
+    return (
+        resolve_path(str(kv["rlnTomoParticlesFile"]), base, Path.cwd()),
+        resolve_path(str(kv["rlnTomoTomogramsFile"]), base, Path.cwd()),
+    )
+
+
+def find_tomograms_star(particles_star: Path) -> Path:
+    """The tomograms star beside a particles star (``*_tomograms.star`` or an optimisation set naming it)."""
+    for cand in sorted(particles_star.parent.glob("*optimisation_set.star")):
+        p, t = read_optimisation_set(cand)
+        if p.resolve() == particles_star.resolve():
+            return t
+    cands = sorted(particles_star.parent.glob("*tomograms.star"))
+    if len(cands) == 1:
+        return cands[0]
+    raise InputError(particles_star, "cannot find the tomograms star; pass the optimisation set instead")
+
+
+def _tilt_tables(tpath: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    blocks = read_star(tpath)
+    glob = block_as_frame(blocks, "global", tpath)
+    require_columns(glob, ["rlnTomoName"], tpath, "global")
+    per_tomo = {}
+    for name in glob["rlnTomoName"].astype(str):
+        df = block_as_frame(blocks, name, tpath)
+        require_columns(df, TILT_COLUMNS, tpath, name)
+        per_tomo[name] = df
+    return glob, per_tomo, blocks
+
+
+def _projections(df: pd.DataFrame, tpath: Path, block: str) -> np.ndarray:
+    """``[T, 4, 4]`` projection matrices of one tomogram."""
+    rows = []
+    for c in ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW"):
+        vecs = [parse_vector(v, tpath, c) for v in df[c]]
+        if any(len(v) != 4 for v in vecs):
+            raise InputError(tpath, f"data_{block}: projection rows must have 4 entries", c)
+        rows.append(np.array(vecs))
+    return np.stack(rows, axis=1)
+
+
+def _optics_value(optics: pd.DataFrame, groups: np.ndarray, col: str, path: Path, default=None) -> np.ndarray:
+    if col not in optics.columns:
+        if default is None:
+            raise InputError(path, "required column missing from data_optics", col)
+        return np.full(len(groups), default, dtype=np.float64)
+    table = dict(zip(optics["rlnOpticsGroup"].astype(int), numeric_column(optics, col, path, "optics"), strict=True))
+    try:
+        return np.array([table[g] for g in groups], dtype=np.float64)
+    except KeyError as exc:
+        raise InputError(path, f"optics group {exc} used by a particle is not defined", "rlnOpticsGroup") from exc
+
+
+def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltSeriesParticles:
+    """Read a RELION 5 / WarpTools 2D-stack project from its optimisation set or its particles star."""
+    path = Path(path)
+    blocks = read_star(path)
+    if is_optimisation_set(blocks):
+        ppath, tpath = read_optimisation_set(path)
+        pblocks = read_star(ppath)
+    else:
+        ppath, pblocks = path, blocks
+        tpath = Path(tomograms) if tomograms else find_tomograms_star(path)
+    if not is_relion5_particles(pblocks):
+        raise InputError(ppath, "not a RELION 5 particles star (no data_particles with rlnTomoName)")
+    parts = pblocks["particles"]
+    require_columns(parts, PARTICLE_COLUMNS, ppath, "particles")
+    general = pblocks.get("general", {})
+    if isinstance(general, dict) and int(general.get("rlnTomoSubTomosAre2DStacks", 1)) != 1:
+        raise InputError(
+            ppath,
+            "these are 3D subtomograms, not 2D stacks; use the subtomogram reader",
+            "rlnTomoSubTomosAre2DStacks",
+        )
+    optics = block_as_frame(pblocks, "optics", ppath)
+    require_columns(optics, ["rlnOpticsGroup", "rlnImageSize", "rlnImagePixelSize"], ppath, "optics")
+    glob, per_tomo, tblocks = _tilt_tables(tpath)
+
+    n = len(parts)
+    groups = parts["rlnOpticsGroup"].astype(int).to_numpy() if "rlnOpticsGroup" in parts else np.ones(n, int)
+    if "rlnOpticsGroup" not in parts and len(optics) > 1:
+        raise InputError(ppath, "several optics groups but particles lack the column", "rlnOpticsGroup")
+    boxes = _optics_value(optics, groups, "rlnImageSize", ppath)
+    apixs = _optics_value(optics, groups, "rlnImagePixelSize", ppath)
+    if len(set(boxes)) != 1 or len(set(apixs)) != 1:
+        raise InputError(ppath, "particles with different box or pixel sizes cannot be combined", "rlnImageSize")
+    box, apix = int(boxes[0]), float(apixs[0])
+
+    # per-tomogram acquisition from data_global (falls back to optics)
+    gl = glob.set_index(glob["rlnTomoName"].astype(str))
+    tomo_names = parts["rlnTomoName"].astype(str).to_numpy()
+    for t in np.unique(tomo_names):
+        if t not in per_tomo:
+            raise InputError(tpath, f"tomogram {t!r} used by particles is not in data_global", "rlnTomoName")
+
+    def acq(col: str, default: float | None) -> np.ndarray:
+        if col in gl.columns:
+            return np.array([float(gl.loc[t, col]) for t in tomo_names])
+        return _optics_value(optics, groups, col, ppath, default)
+
+    voltage = acq("rlnVoltage", None)
+    cs = acq("rlnSphericalAberration", None)
+    ac = acq("rlnAmplitudeContrast", 0.1)
+    hand = np.array([float(gl.loc[t, "rlnTomoHand"]) if "rlnTomoHand" in gl.columns else -1.0 for t in tomo_names])
+    ts_apix = acq("rlnTomoTiltSeriesPixelSize", 1.0)
+    premult = _optics_value(optics, groups, "rlnCtfDataAreCtfPremultiplied", ppath, 0.0)
+    if len(set(premult)) != 1:
+        raise InputError(
+            ppath, "mixed CTF-premultiplied optics groups are not supported", "rlnCtfDataAreCtfPremultiplied"
+        )
+
+    ntilt = {t: len(df) for t, df in per_tomo.items()}
+    tmax = max(ntilt[t] for t in np.unique(tomo_names))
+    proj = {t: _projections(per_tomo[t], tpath, t) for t in np.unique(tomo_names)}
+
+    # particle pose
+    rot = numeric_column(parts, "rlnAngleRot", ppath, "particles")
+    tilt = numeric_column(parts, "rlnAngleTilt", ppath, "particles")
+    psi = numeric_column(parts, "rlnAnglePsi", ppath, "particles")
+    a_part = euler_to_matrix(rot, tilt, psi)
+    if "rlnTomoSubtomogramRot" in parts.columns:
+        s = euler_to_matrix(
+            *(
+                numeric_column(parts, c, ppath, "particles")
+                for c in ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
+            )
+        )
+        a_part = s.transpose(-1, -2) @ a_part
+    a_part = a_part @ REFERENCE_MIRROR
+    origin = np.zeros((n, 3))
+    for k, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        if c in parts.columns:
+            origin[:, k] = numeric_column(parts, c, ppath, "particles") / apix  # image pixels
+    # particle position relative to the tomogram centre, in Angstrom
+    if "rlnCenteredCoordinateXAngst" in parts.columns:
+        pos = np.stack([numeric_column(parts, f"rlnCenteredCoordinate{a}Angst", ppath, "particles") for a in "XYZ"], 1)
+    else:
+        xyz = np.stack([numeric_column(parts, f"rlnCoordinate{a}", ppath, "particles") for a in "XYZ"], 1)
+        size = np.stack(
+            [
+                [float(gl.loc[t, f"rlnTomoSize{a}"]) if f"rlnTomoSize{a}" in gl.columns else 0.0 for a in "XYZ"]
+                for t in tomo_names
+            ]
+        )
+        warp = all(str(t).endswith(".tomostar") for t in tomo_names)
+        coord_apix = np.full(n, apix) if warp else ts_apix
+        pos = xyz * coord_apix[:, None] - size / 2 * ts_apix[:, None]
+
+    rotations = torch.zeros(n, tmax, 3, 3, dtype=torch.float64)
+    rotations[:] = torch.eye(3, dtype=torch.float64)
+    shifts = torch.zeros(n, tmax, 2)
+    du, dv, dang = (torch.zeros(n, tmax) for _ in range(3))
+    dose, scale, tilt_deg = torch.zeros(n, tmax), torch.zeros(n, tmax), torch.zeros(n, tmax)
+    visible = torch.zeros(n, tmax, dtype=torch.bool)
+    for t in np.unique(tomo_names):
+        sel = np.flatnonzero(tomo_names == t)
+        df = per_tomo[t]
+        nt = ntilt[t]
+        p3 = torch.from_numpy(proj[t][:, :3, :3])  # [T, 3, 3]
+        rotations[sel, :nt] = p3[None] @ a_part[sel][:, None]
+        shifts[sel, :nt] = -torch.einsum("tij,nj->nti", p3[:, :2, :], torch.from_numpy(origin[sel])).float()
+        depth = torch.einsum("tj,nj->nt", p3[:, 2, :], torch.from_numpy(pos[sel]))  # Angstrom along the beam
+        offset = _particle_defocus_offset(depth, torch.from_numpy(hand[sel])[:, None])
+        du[sel, :nt] = (torch.from_numpy(numeric_column(df, "rlnDefocusU", tpath, t))[None] + offset).float()
+        dv[sel, :nt] = (torch.from_numpy(numeric_column(df, "rlnDefocusV", tpath, t))[None] + offset).float()
+        dang[sel, :nt] = torch.from_numpy(numeric_column(df, "rlnDefocusAngle", tpath, t)).float()[None]
+        dose[sel, :nt] = torch.from_numpy(numeric_column(df, "rlnMicrographPreExposure", tpath, t)).float()[None]
+        if "rlnCtfScalefactor" in df.columns:
+            scale[sel, :nt] = torch.from_numpy(numeric_column(df, "rlnCtfScalefactor", tpath, t)).float()[None]
+        else:
+            scale[sel, :nt] = 1.0
+        tilt_deg[sel, :nt] = tilt_angle_of(p3).float()[None]
+        visible[sel, :nt] = True
+    if "rlnTomoVisibleFrames" in parts.columns:
+        for i, v in enumerate(parts["rlnTomoVisibleFrames"]):
+            flags = parse_vector(v, ppath, "rlnTomoVisibleFrames")
+            nt = ntilt[tomo_names[i]]
+            if len(flags) != nt:
+                raise InputError(
+                    ppath,
+                    f"row {i + 1}: {len(flags)} flags for a tomogram with {nt} tilts",
+                    "rlnTomoVisibleFrames",
+                )
+            visible[i, :nt] &= torch.tensor(flags) > 0
+
+    # images: one stack per particle, frame j = tilt j
+    base = ppath.parent
+    paths: list[Path] = []
+    file_index = np.full((n, tmax), -1, dtype=np.int64)
+    frame = np.full((n, tmax), -1, dtype=np.int64)
+    for i, name in enumerate(parts["rlnImageName"].astype(str)):
+        if "@" in name:
+            raise InputError(ppath, f"row {i + 1}: expected one 2D stack per particle, got {name!r}", "rlnImageName")
+        paths.append(resolve_path(name, base, Path.cwd()))
+        nt = ntilt[tomo_names[i]]
+        file_index[i, :nt] = i
+        frame[i, :nt] = np.arange(nt)
+    file_index[~visible.numpy()] = -1
+    names = (
+        parts["rlnTomoParticleName"].astype(str).tolist()
+        if "rlnTomoParticleName" in parts
+        else [f"{t}/{i + 1}" for i, t in enumerate(tomo_names)]
+    )
+    half = parts["rlnRandomSubset"].astype(int).to_numpy() if "rlnRandomSubset" in parts else (np.arange(n) % 2) + 1
+    return TiltSeriesParticles(
+        names=names, box=box, pixel_size=apix, rotations=rotations, shifts=shifts,
+        defocus_u=du, defocus_v=dv, defocus_angle=dang, phase_shift=torch.zeros(n, tmax),
+        dose=dose, ctf_scale=scale, tilt_angle=tilt_deg, visible=visible,
+        voltage=torch.from_numpy(voltage).float(), spherical_aberration=torch.from_numpy(cs).float(),
+        amplitude_contrast=torch.from_numpy(ac).float(), ctf_premultiplied=bool(premult[0]),
+        images=ImageSource(paths, file_index, frame, box, ppath),
+        tomogram=tomo_names.tolist(), half_set=half, source_format="relion5", source_path=path,
+        tables={"particles_blocks": pblocks, "tomograms_blocks": tblocks, "particles_star": ppath,
+                "tomograms_star": tpath},
+    )  # fmt: skip
+
+
+def _particle_defocus_offset(depth: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+    """Defocus change (Angstrom) of a particle at ``depth`` (Angstrom along the beam, relative to the
+    tomogram centre); ``rlnTomoHand`` is the slope of defocus over image-space z (RELION 5's definition)."""
+    return hand * depth
+
+
+def write_relion5(
+    dataset: TiltSeriesParticles,
+    out_dir: str | Path,
+    prefix: str,
+    particles: pd.DataFrame | None = None,
+    image_root: Path | None = None,
+) -> Path:
+    """Write a RELION 5 project (particles star, tomograms star, optimisation set) and return the path of
+    the optimisation set. ``particles`` replaces the particle table (e.g. with ``rlnClassNumber`` added or
+    a subset of rows); image paths are rewritten relative to the new particles star."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dataset.source_format != "relion5":
+        raise ValueError("write_relion5 needs a dataset read from (or built as) a RELION 5 project")
+    pblocks = dict(dataset.tables["particles_blocks"])
+    parts = (pblocks["particles"] if particles is None else particles).copy()
+    src_base = Path(dataset.tables["particles_star"]).parent if image_root is None else image_root
+    pstar = out_dir / f"{prefix}_particles.star"
+    tstar = out_dir / f"{prefix}_tomograms.star"
+    oset = out_dir / f"{prefix}_optimisation_set.star"
+    parts["rlnImageName"] = [
+        _relative(resolve_path(n, src_base, Path.cwd()), out_dir) for n in parts["rlnImageName"].astype(str)
+    ]
+    pblocks["particles"] = parts
+    if not isinstance(pblocks.get("general"), dict):
+        pblocks = {"general": {"rlnTomoSubTomosAre2DStacks": 1}, **pblocks}
+    for p in (pstar, tstar, oset):
+        if dataset.source_path is not None and p.resolve() == Path(dataset.source_path).resolve():
+            raise InputError(p, "refusing to overwrite an input file; choose another output folder")
+    write_star(pblocks, pstar)
+    write_star(dataset.tables["tomograms_blocks"], tstar)
+    write_star({"": {"rlnTomoParticlesFile": pstar.name, "rlnTomoTomogramsFile": tstar.name}}, oset)
+    return oset
+
+
+def _relative(path: Path, base: Path) -> str:
+    import os
+
+    return os.path.relpath(path.resolve(), base.resolve())

@@ -1,0 +1,158 @@
+"""Fourier slice projection (extraction) and its adjoint (insertion), pure PyTorch.
+
+One forward model for everything: a projection of a volume seen with rotation ``A`` (RELION convention,
+see :mod:`tomohet.physics.rotations`) has the 2D spectrum ``P(k2) = V(A.T @ (kx, ky, 0))``. Extraction uses
+trilinear interpolation (``grid_sample``) on an oversampled, gridding-precorrected full spectrum; insertion
+scatters trilinear weights into a full spectrum that is made Hermitian at the end. The trilinear kernel
+multiplies real space by ``sinc^2(x / G)`` per axis, which :func:`gridding_correction` undoes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fourier import crop_to, fft3_centered, half_grid_2d, ifft3_centered, irfft2_centered, pad_to
+
+
+def gridding_correction(size: int, device=None) -> torch.Tensor:
+    """``[G, G, G]`` separable ``sinc^2`` profile of trilinear interpolation on a G-grid (real space)."""
+    x = (torch.arange(size, device=device, dtype=torch.float32) - size // 2) / size
+    s = torch.sinc(x) ** 2
+    return s[:, None, None] * s[None, :, None] * s[None, None, :]
+
+
+def slice_coordinates(rotations: torch.Tensor, size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D sample coordinates (x, y, z), in volume Fourier voxels, of the half centred 2D grid of size
+    ``size`` seen with ``rotations`` ``[B, 3, 3]``: ``scale * A.T @ (kx, ky, 0)``. Returns the coordinates
+    ``[B, M, M//2+1, 3]`` and the in-band mask ``[M, M//2+1]`` (radius < M/2)."""
+    kx, ky = half_grid_2d(size, rotations.device)
+    rt = rotations.to(torch.float32).transpose(-1, -2)  # A^T
+    # column 0 and 1 of A^T multiply kx and ky
+    coords = rt[:, None, None, :, 0] * kx[None, :, :, None] + rt[:, None, None, :, 1] * ky[None, :, :, None]
+    inband = (kx**2 + ky**2) < (size / 2) ** 2
+    return coords * scale, inband
+
+
+class VolumeProjector:
+    """Projects one volume (or a stack of K volumes) for many rotations at once.
+
+    The volume ``[D, D, D]`` or ``[K, D, D, D]`` is zero-padded by ``oversampling``, divided by the gridding
+    profile and transformed once; :meth:`project_ft` then returns half centred spectra on the D grid.
+    """
+
+    def __init__(self, volume: torch.Tensor, oversampling: float = 2.0):
+        vol = volume.to(torch.float32)
+        self.stacked = vol.ndim == 4
+        if not self.stacked:
+            vol = vol[None]
+        self.box = vol.shape[-1]
+        g = int(round(self.box * oversampling))
+        g += g % 2
+        self.grid = g
+        vol = pad_to(vol, g, 3) / gridding_correction(g, vol.device)
+        ft = fft3_centered(vol)  # [K, G, G, G]
+        # channels (re, im) per volume for grid_sample: [1, 2K, G, G, G]
+        self._ft = torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(1, -1, g, g, g).contiguous()
+        self.n_volumes = vol.shape[0]
+
+    def project_ft(self, rotations: torch.Tensor) -> torch.Tensor:
+        """Half centred spectra on the D grid: ``[B, D, D//2+1]`` (or ``[K, B, D, D//2+1]`` for a stack)."""
+        d, g = self.box, self.grid
+        coords, inband = slice_coordinates(rotations, d, g / d)
+        b = coords.shape[0]
+        grid = (coords + g // 2) * (2.0 / (g - 1)) - 1.0  # align_corners=True normalisation
+        out = torch.nn.functional.grid_sample(
+            self._ft, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
+        )  # [1, 2K, B, M, Mh]
+        out = out.reshape(self.n_volumes, 2, b, d, d // 2 + 1).permute(0, 2, 3, 4, 1).contiguous()
+        ft = torch.view_as_complex(out) * inband
+        return ft if self.stacked else ft[0]
+
+    def project(self, rotations: torch.Tensor) -> torch.Tensor:
+        """Real-space projections ``[B, D, D]`` (sum along the rotated z axis, in volume units)."""
+        return irfft2_centered(self.project_ft(rotations), self.box)
+
+
+class FourierAccumulator:
+    """Weighted Fourier insertion (the adjoint of :class:`VolumeProjector`) into a ``[G, G, G]`` grid.
+
+    Insert half centred spectra of size M with per-pixel weights; ``scale = G / M`` maps image frequencies
+    to volume voxels (1 when images were padded to the grid size). Accumulates ``sum w * X`` and
+    ``sum w2`` over all inserted images; both are Hermitian-completed in :meth:`finalize`.
+    """
+
+    def __init__(self, grid: int, device=None):
+        self.grid = grid
+        self.data = torch.zeros(grid**3, 2, dtype=torch.float32, device=device)
+        self.weight = torch.zeros(grid**3, dtype=torch.float32, device=device)
+        self.count = 0
+
+    def insert(self, spectra: torch.Tensor, weights: torch.Tensor | None, rotations: torch.Tensor) -> None:
+        """``spectra`` ``[B, M, M//2+1]`` complex (already multiplied by their weight, e.g. CTF x dose),
+        ``weights`` ``[B, M, M//2+1]`` real (e.g. CTF^2 x dose^2) or None, ``rotations`` ``[B, 3, 3]``."""
+        b, m = spectra.shape[0], spectra.shape[-2]
+        g = self.grid
+        coords, inband = slice_coordinates(rotations, m, g / m)
+        # the kx = 0 column carries both halves of the Friedel pair; halve it before Hermitian completion
+        half = torch.ones(m, m // 2 + 1, device=spectra.device)
+        half[:, 0] = 0.5
+        keep = (inband * half).expand(b, -1, -1).reshape(-1)
+        sel = keep > 0
+        keep = keep[sel]
+        c = coords.reshape(-1, 3)[sel] + g // 2
+        vals = torch.view_as_real(spectra.reshape(-1)[sel]) * keep[:, None]
+        wts = None if weights is None else weights.reshape(-1)[sel].to(torch.float32) * keep
+        c0 = torch.floor(c)
+        f = c - c0
+        c0 = c0.long()
+        for dz in (0, 1):
+            wz = f[:, 2] if dz else 1 - f[:, 2]
+            iz = c0[:, 2] + dz
+            for dy in (0, 1):
+                wy = f[:, 1] if dy else 1 - f[:, 1]
+                iy = c0[:, 1] + dy
+                for dx in (0, 1):
+                    wx = f[:, 0] if dx else 1 - f[:, 0]
+                    ix = c0[:, 0] + dx
+                    w = wz * wy * wx
+                    ok = (ix >= 0) & (ix < g) & (iy >= 0) & (iy < g) & (iz >= 0) & (iz < g)
+                    w = w * ok
+                    flat = (iz.clamp(0, g - 1) * g + iy.clamp(0, g - 1)) * g + ix.clamp(0, g - 1)
+                    self.data.index_add_(0, flat, vals * w[:, None])
+                    if wts is not None:
+                        self.weight.index_add_(0, flat, wts * w)
+        self.count += b
+
+    def merge(self, other: FourierAccumulator) -> None:
+        """Add another accumulator's sums (map/reduce over particle chunks)."""
+        self.data += other.data
+        self.weight += other.weight
+        self.count += other.count
+
+    def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hermitian-completed ``(data [G,G,G] complex, weight [G,G,G] real)``: ``V(k) += conj(V(-k))``."""
+        g = self.grid
+        data = torch.view_as_complex(self.data.reshape(g, g, g, 2).contiguous())
+        weight = self.weight.reshape(g, g, g)
+        return data + _mirror(data).conj(), weight + _mirror(weight)
+
+
+def _mirror(x: torch.Tensor) -> torch.Tensor:
+    """``x(-k)`` on a full centred grid (index i -> G - i; the unpaired Nyquist plane wraps, and lies
+    outside the band anyway)."""
+    return torch.roll(torch.flip(x, dims=(-3, -2, -1)), shifts=(1, 1, 1), dims=(-3, -2, -1))
+
+
+def wiener_volume(
+    data: torch.Tensor, weight: torch.Tensor, box: int, regularizer: torch.Tensor | float
+) -> torch.Tensor:
+    """Real-space volume ``[D, D, D]`` from accumulated sums: ``V = data / (weight + regularizer)``, inverse
+    transform, gridding correction and crop to the box. ``regularizer`` is a scalar or a ``[G,G,G]`` grid
+    (e.g. 1/SNR per shell); frequencies outside the band (radius >= G/2) are zeroed."""
+    g = data.shape[-1]
+    ft = data / (weight + regularizer)
+    k = torch.arange(g, device=data.device, dtype=torch.float32) - g // 2
+    r2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+    ft = ft * (r2 < (g / 2) ** 2)
+    vol = ifft3_centered(ft) / gridding_correction(g, data.device)
+    return crop_to(vol, box, 3).contiguous()
