@@ -117,3 +117,14 @@ class TiltSeriesParticles:
             f"{self.pixel_size:.3f} A/px, {len(set(self.tomogram))} tomograms, "
             f"CTF {'premultiplied' if self.ctf_premultiplied else 'not premultiplied'} ({self.source_format})"
         )
+
+
+class ArrayImageSource:
+    """Images held in memory as ``[N, T, D, D]`` (simulations, tests); same interface as ``ImageSource``."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images.to(torch.float32)
+        self.box = int(images.shape[-1])
+
+    def read(self, particles: np.ndarray | list[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(np.asarray(particles), dtype=torch.long)]

@@ -79,21 +79,12 @@ def random_rotations(n: int, generator: torch.Generator | None = None) -> torch.
 
 
 def tilt_angle_of(projection: torch.Tensor) -> torch.Tensor:
-    """Specimen tilt (degrees) seen by a tilt image whose 3x3 projection rotation is ``projection``:
-    the angle between the beam (image z) and the tomogram z axis, signed by the x component."""
+    """Specimen tilt (degrees) seen by a tilt image whose 3x3 projection rotation is ``projection``: the angle
+    between the beam (image z) and the tomogram z axis, signed as :func:`rotation_about_y` (a projection
+    ``rotation_about_y(t)`` has tilt ``t``)."""
     zz = projection[..., 2, 2].clamp(-1, 1)
     ang = torch.rad2deg(torch.arccos(zz))
-    return torch.where(projection[..., 2, 0] < 0, -ang, ang)
-
-
-__all__ = [
-    "euler_to_matrix",
-    "matrix_to_euler",
-    "rotation_about_y",
-    "random_rotations",
-    "tilt_angle_of",
-    "mirror_z",
-]
+    return torch.where(projection[..., 2, 0] > 0, -ang, ang)
 
 
 def mirror_z() -> torch.Tensor:

@@ -1,0 +1,330 @@
+"""Simulated tilt-series acquisition written in the RELION 5 / WarpTools 2D-stack layout.
+
+The geometry and optics are written first as STAR tables (the same columns WarpTools writes, see
+``../shared/data/warptools_relion5``) and read back with tomohet's own RELION 5 reader; the images are then
+made from that dataset with the one forward model (``physics.projector`` + ``physics.forward``). So the
+simulator, the reader and every method share one geometry by construction.
+
+Per-image SNR (DESIGN.md): mean over images of var(noise-free image in the whole box, after CTF, exposure
+filter and tilt scaling) / noise variance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.model import ImageBatch
+from ..data.mrc import write_stack
+from ..data.relion5 import read_relion5
+from ..data.star import write_star
+from ..physics.forward import batch_transfer_functions
+from ..physics.fourier import irfft2_centered, rfft2_centered, shift_phase_2d
+from ..physics.projector import VolumeProjector
+from ..physics.rotations import matrix_to_euler, random_rotations, rotation_about_y
+
+
+@dataclass
+class Acquisition:
+    """How the simulated tilt series are recorded. Lengths in Angstrom, angles in degrees, dose in e/A^2."""
+
+    box: int = 32
+    pixel_size: float = 12.0
+    tilt_max: float = 60.0
+    tilt_step: float = 3.0
+    scheme: str = "dose-symmetric"  # or "bidirectional"
+    tilts: list[float] | None = None  # custom tilt list (overrides max/step)
+    dose_per_tilt: float = 3.0
+    n_tomograms: int = 4
+    defocus_range: tuple[float, float] = (25000.0, 40000.0)  # per tomogram, at the tomogram centre
+    astigmatism: float = 600.0  # |U - V|
+    voltage: float = 300.0
+    spherical_aberration: float = 2.7
+    amplitude_contrast: float = 0.07
+    snr: float = 0.05
+    tomogram_size_A: tuple[float, float, float] = (6000.0, 6000.0, 1500.0)  # x, y, z (slab thickness)
+    binning: float = 4.0  # image pixel / tilt-series pixel
+    hand: float = -1.0
+    pose_jitter_deg: float = 0.0  # error of the written pose (the true pose is used for projection)
+    shift_jitter_A: float = 0.0  # 3D offset of the true centre, written to rlnOriginX/Y/ZAngst
+    missing_high_tilt_fraction: float = 0.0  # fraction of particles that lose their highest tilts
+    ctf_premultiplied: bool = False
+    float16: bool = True  # MRC mode 12 stacks as WarpTools writes
+    tilt_axis_jitter_deg: float = 1.0  # per-tilt alignment residual (small in-plane rotation)
+
+    def tilt_angles(self) -> np.ndarray:
+        if self.tilts is not None:
+            return np.sort(np.asarray(self.tilts, dtype=np.float64))
+        n = int(round(self.tilt_max / self.tilt_step))
+        return np.arange(-n, n + 1) * self.tilt_step
+
+    def pre_exposure(self, tilts: np.ndarray) -> np.ndarray:
+        """Cumulative dose before each tilt (same order as ``tilts``) for the acquisition scheme."""
+        order = acquisition_order(tilts, self.scheme)
+        rank = np.empty(len(tilts), dtype=np.int64)
+        rank[order] = np.arange(len(tilts))
+        return rank * self.dose_per_tilt
+
+
+def acquisition_order(tilts: np.ndarray, scheme: str) -> np.ndarray:
+    """Indices of ``tilts`` in the order recorded. Dose-symmetric (Hagen et al. 2017): 0, then pairs
+    alternating sides (+1, -1, -2, +2, +3, ...); bidirectional: 0 up to +max, then -1 down to -max."""
+    idx0 = int(np.argmin(np.abs(tilts)))
+    pos = [i for i in np.argsort(tilts) if tilts[i] > tilts[idx0]]
+    neg = [i for i in np.argsort(-tilts) if tilts[i] < tilts[idx0]]
+    if scheme == "bidirectional":
+        return np.array([idx0] + pos + neg)
+    if scheme != "dose-symmetric":
+        raise ValueError(f"unknown tilt scheme {scheme!r} (dose-symmetric, bidirectional)")
+    order, side, p, q = [idx0], 0, 0, 0
+    while p < len(pos) or q < len(neg):
+        for _ in range(2):
+            if side == 0 and p < len(pos):
+                order.append(pos[p])
+                p += 1
+            elif side == 1 and q < len(neg):
+                order.append(neg[q])
+                q += 1
+        side ^= 1
+    return np.array(order)
+
+
+@dataclass
+class SimulatedLayout:
+    """Where a simulated dataset went."""
+
+    optimisation_set: Path
+    particles_star: Path
+    tomograms_star: Path
+    names: list[str]
+    noise_sigma: float
+    measured_snr: float
+    acquisition: dict = field(default_factory=dict)
+
+
+def _vec(v) -> str:
+    return "[" + ",".join(f"{x:.9g}" for x in v) + "]"
+
+
+def write_geometry(
+    out: Path, name: str, n: int, acq: Acquisition, rng: np.random.Generator
+) -> tuple[Path, dict[str, np.ndarray]]:
+    """Write optimisation set + particles + tomograms stars (no images yet); returns the optimisation set
+    and the true per-particle quantities (rotations, tomogram index)."""
+    tilts = acq.tilt_angles()
+    t = len(tilts)
+    pre = acq.pre_exposure(tilts)
+    ts_apix = acq.pixel_size / acq.binning
+    size_px = np.round(np.array(acq.tomogram_size_A) / ts_apix).astype(int)
+    tomos = [f"TS_{k + 1:02d}.tomostar" for k in range(acq.n_tomograms)]
+    # particles: tomogram assignment independent of everything else; positions in the slab
+    tomo_of = rng.permutation(np.arange(n) % acq.n_tomograms)
+    pos_a = (rng.random((n, 3)) - 0.5) * (np.array(acq.tomogram_size_A) - 2 * acq.box * acq.pixel_size)
+    true_rot = random_rotations(n, torch.Generator().manual_seed(int(rng.integers(2**31)))).numpy()
+    written_rot = true_rot
+    if acq.pose_jitter_deg > 0:
+        axis = rng.normal(size=(n, 3))
+        axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+        ang = np.deg2rad(rng.normal(scale=acq.pose_jitter_deg, size=n))
+        written_rot = np.einsum("nij,njk->nik", _axis_angle(axis, ang), true_rot)
+    rot, tlt, psi = (x.numpy() for x in matrix_to_euler(torch.from_numpy(written_rot)))
+    origin = rng.normal(scale=acq.shift_jitter_A, size=(n, 3)) if acq.shift_jitter_A > 0 else np.zeros((n, 3))
+    coord = (pos_a + size_px * ts_apix / 2) / acq.pixel_size  # WarpTools: binned (image) pixels
+    visible = np.ones((n, t), dtype=int)
+    lose = rng.random(n) < acq.missing_high_tilt_fraction
+    for i in np.flatnonzero(lose):
+        cut = rng.uniform(0.6, 0.95) * np.abs(tilts).max()
+        visible[i, np.abs(tilts) > cut] = 0
+    names, images = [], []
+    counters = [0] * acq.n_tomograms
+    for i in range(n):
+        k = tomo_of[i]
+        counters[k] += 1
+        stem = tomos[k].removesuffix(".tomostar")
+        names.append(f"{stem}/{counters[k]}")
+        images.append(f"{name}/{stem}/{stem}_{acq.pixel_size:.2f}A_{counters[k]:06d}.mrcs")
+    parts = pd.DataFrame(
+        {
+            "rlnTomoName": [tomos[k] for k in tomo_of],
+            "rlnTomoParticleId": [int(s.split("/")[1]) for s in names],
+            "rlnCoordinateX": coord[:, 0], "rlnCoordinateY": coord[:, 1], "rlnCoordinateZ": coord[:, 2],
+            "rlnAngleRot": rot, "rlnAngleTilt": tlt, "rlnAnglePsi": psi,
+            "rlnTomoParticleName": names,
+            "rlnOpticsGroup": tomo_of + 1,
+            "rlnImageName": images,
+            "rlnOriginXAngst": origin[:, 0], "rlnOriginYAngst": origin[:, 1], "rlnOriginZAngst": origin[:, 2],
+            "rlnTomoVisibleFrames": [_vec(v) for v in visible],
+        }
+    )  # fmt: skip
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": np.arange(acq.n_tomograms) + 1,
+            "rlnOpticsGroupName": [f"opticsGroup{k + 1}" for k in range(acq.n_tomograms)],
+            "rlnSphericalAberration": acq.spherical_aberration, "rlnVoltage": acq.voltage,
+            "rlnTomoTiltSeriesPixelSize": ts_apix, "rlnCtfDataAreCtfPremultiplied": int(acq.ctf_premultiplied),
+            "rlnImageDimensionality": 2, "rlnTomoSubtomogramBinning": acq.binning,
+            "rlnImagePixelSize": acq.pixel_size, "rlnImageSize": acq.box,
+            "rlnAmplitudeContrast": acq.amplitude_contrast,
+        }
+    )  # fmt: skip
+    glob = pd.DataFrame(
+        {
+            "rlnTomoName": tomos, "rlnTomoTiltSeriesName": [t_.replace(".tomostar", ".mrc") for t_ in tomos],
+            "rlnTomoFrameCount": t, "rlnTomoSizeX": size_px[0], "rlnTomoSizeY": size_px[1],
+            "rlnTomoSizeZ": size_px[2], "rlnTomoHand": acq.hand,
+            "rlnOpticsGroupName": [f"opticsGroup{k + 1}" for k in range(acq.n_tomograms)],
+            "rlnTomoTiltSeriesPixelSize": ts_apix, "rlnVoltage": acq.voltage,
+            "rlnSphericalAberration": acq.spherical_aberration, "rlnAmplitudeContrast": acq.amplitude_contrast,
+            "rlnTomoImportFractionalDose": acq.dose_per_tilt,
+        }
+    )  # fmt: skip
+    tblocks: dict = {"global": glob}
+    defocus = rng.uniform(*acq.defocus_range, size=acq.n_tomograms)
+    for k, tname in enumerate(tomos):
+        axis_jitter = rng.normal(scale=acq.tilt_axis_jitter_deg, size=t)
+        p = [_rot_z(a) @ rotation_about_y(th).numpy() for th, a in zip(tilts, axis_jitter, strict=True)]
+        half_astig = acq.astigmatism / 2 * rng.uniform(0.5, 1.0, size=t)
+        dz = defocus[k] + rng.normal(scale=200.0, size=t)  # per-tilt CTF-fit scatter
+        tblocks[tname] = pd.DataFrame(
+            {
+                "rlnTomoProjX": [_vec([*m[0], 0]) for m in p], "rlnTomoProjY": [_vec([*m[1], 0]) for m in p],
+                "rlnTomoProjZ": [_vec([*m[2], 0]) for m in p], "rlnTomoProjW": [_vec([0, 0, 0, 1])] * t,
+                "rlnDefocusU": dz + half_astig, "rlnDefocusV": dz - half_astig,
+                "rlnDefocusAngle": rng.uniform(-90, 90, size=t),
+                "rlnCtfScalefactor": np.cos(np.deg2rad(tilts)), "rlnMicrographPreExposure": pre,
+            }
+        )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    pstar, tstar, oset = (out / f"{name}{s}.star" for s in ("_particles", "_tomograms", "_optimisation_set"))
+    write_star({"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics, "particles": parts}, pstar)
+    write_star(tblocks, tstar)
+    write_star({"": {"rlnTomoParticlesFile": pstar.name, "rlnTomoTomogramsFile": tstar.name}}, oset)
+    return oset, {"true_rotations": true_rot, "tomogram": tomo_of, "names": np.array(names)}
+
+
+def _rot_z(deg: float) -> np.ndarray:
+    a = np.deg2rad(deg)
+    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+
+
+def _axis_angle(axis: np.ndarray, ang: np.ndarray) -> np.ndarray:
+    """Rodrigues rotation matrices ``[n, 3, 3]``."""
+    k = np.zeros((len(ang), 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(0, 2, 1)
+    s, c = np.sin(ang)[:, None, None], np.cos(ang)[:, None, None]
+    return np.eye(3) + s * k + (1 - c) * (k @ k)
+
+
+def clean_images(projector: VolumeProjector, batch: ImageBatch, rotations: torch.Tensor, pixel_size: float):
+    """Noise-free images ``[B, T, D, D]`` of one volume (or, for a stacked projector, ``[K, B, T, D, D]``) and
+    their CTFs ``[B*T, D, D//2+1]``: ``IFT[CTF * E * shift * Slice]``."""
+    b, t = batch.dose.shape
+    d = projector.box
+    ft = projector.project_ft(rotations.reshape(-1, 3, 3))
+    ctf, expo = batch_transfer_functions(batch, d, pixel_size)
+    ft = ft * (ctf * expo) * shift_phase_2d(d, batch.shifts.reshape(-1, 2))
+    return irfft2_centered(ft, d).reshape(*ft.shape[:-3], b, t, d, d), ctf
+
+
+def simulate_images(
+    out: Path,
+    name: str,
+    volumes: torch.Tensor,
+    states: np.ndarray,
+    acq: Acquisition,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> SimulatedLayout:
+    """Simulate ``len(states)`` particles of the given state volumes ``[K, D, D, D]`` into ``out`` (RELION 5
+    layout). ``states[i]`` indexes ``volumes`` for particle i. Streams: one batch of particles in memory."""
+    rng = np.random.default_rng(seed)
+    n = len(states)
+    oset, truth = write_geometry(out, name, n, acq, rng)
+    ds = read_relion5(oset)
+    # the true pose differs from the written one by the pose jitter: image rotations use the true pose
+    written = _particle_matrices(ds)
+    correction = torch.from_numpy(np.einsum("nji,njk->nik", written, truth["true_rotations"]))  # W^T T
+    projectors = [VolumeProjector(v, oversampling=2) for v in volumes]
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    sigma = None
+    signal_var: list[float] = []
+    for chunk in ds.chunks(batch_size):
+        batch = _geometry_batch(ds, chunk)
+        rots = _true_rotations(batch.rotations, correction[torch.from_numpy(chunk)])
+        imgs = torch.zeros(len(chunk), ds.n_tilts, acq.box, acq.box)
+        ctfs = torch.zeros(len(chunk) * ds.n_tilts, acq.box, acq.box // 2 + 1)
+        for k, proj in enumerate(projectors):
+            sel = np.flatnonzero(states[chunk] == k)
+            if len(sel) == 0:
+                continue
+            sub = _select(batch, sel)
+            clean, ctf = clean_images(proj, sub, rots[torch.from_numpy(sel)], acq.pixel_size)
+            imgs[torch.from_numpy(sel)] = clean
+            ctfs.view(len(chunk), ds.n_tilts, *ctfs.shape[1:])[torch.from_numpy(sel)] = ctf.view(
+                len(sel), ds.n_tilts, *ctf.shape[1:]
+            )
+        vis = batch.visible
+        var = imgs[vis].var(dim=(-2, -1))
+        signal_var.extend(var.tolist())
+        if sigma is None:  # fixed from the first batch: the noise level of a detector, not per image
+            sigma = float(np.sqrt(np.mean(signal_var) / acq.snr))
+        noisy = imgs + sigma * torch.randn(imgs.shape, generator=gen)
+        if acq.ctf_premultiplied:  # CTF-premultiplied: signal gets CTF^2, noise becomes CTF-coloured
+            ft = rfft2_centered(noisy.reshape(-1, acq.box, acq.box)) * ctfs
+            noisy = irfft2_centered(ft, acq.box).reshape(noisy.shape)
+        noisy = noisy * vis[..., None, None]
+        for j, i in enumerate(chunk):
+            write_stack(ds.images.paths[i], noisy[j], acq.pixel_size, float16=acq.float16)
+        if progress:
+            progress(len(chunk))
+    measured = float(np.mean(signal_var)) / sigma**2
+    return SimulatedLayout(
+        optimisation_set=oset, particles_star=ds.tables["particles_star"], tomograms_star=ds.tables["tomograms_star"],
+        names=ds.names, noise_sigma=sigma, measured_snr=measured, acquisition=asdict(acq),
+    )  # fmt: skip
+
+
+def _particle_matrices(ds) -> np.ndarray:
+    from ..physics.rotations import euler_to_matrix
+
+    p = ds.tables["particles_blocks"]["particles"]
+    return euler_to_matrix(p.rlnAngleRot.to_numpy(), p.rlnAngleTilt.to_numpy(), p.rlnAnglePsi.to_numpy()).numpy()
+
+
+def _true_rotations(image_rotations: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    """Per-image rotations with the written pose W replaced by the true pose T: ``P W M -> P T M``, using
+    ``P T M = P W M (M^-1 W^T T M)`` with the reference mirror M = M^-1."""
+    from ..physics.rotations import mirror_z
+
+    m = mirror_z()
+    return image_rotations @ (m @ correction @ m)[:, None]
+
+
+def _geometry_batch(ds, particles: np.ndarray) -> ImageBatch:
+    """An ImageBatch of per-image parameters without reading images (they do not exist yet)."""
+    t = torch.from_numpy(particles)
+    return ImageBatch(
+        particles=particles, images=torch.empty(0), rotations=ds.rotations[t], shifts=ds.shifts[t],
+        defocus_u=ds.defocus_u[t], defocus_v=ds.defocus_v[t], defocus_angle=ds.defocus_angle[t],
+        phase_shift=ds.phase_shift[t], dose=ds.dose[t], ctf_scale=ds.ctf_scale[t], visible=ds.visible[t],
+        voltage=ds.voltage[t], spherical_aberration=ds.spherical_aberration[t],
+        amplitude_contrast=ds.amplitude_contrast[t],
+    )  # fmt: skip
+
+
+def _select(batch: ImageBatch, sel: np.ndarray) -> ImageBatch:
+    s = torch.from_numpy(sel)
+    return ImageBatch(
+        particles=batch.particles[sel], images=batch.images, rotations=batch.rotations[s], shifts=batch.shifts[s],
+        defocus_u=batch.defocus_u[s], defocus_v=batch.defocus_v[s], defocus_angle=batch.defocus_angle[s],
+        phase_shift=batch.phase_shift[s], dose=batch.dose[s], ctf_scale=batch.ctf_scale[s],
+        visible=batch.visible[s], voltage=batch.voltage[s], spherical_aberration=batch.spherical_aberration[s],
+        amplitude_contrast=batch.amplitude_contrast[s],
+    )  # fmt: skip
