@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..errors import InputError
 from .runlog import console
@@ -17,7 +18,7 @@ app = typer.Typer(
 
 
 def _fail(exc: InputError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -36,6 +37,49 @@ def reconstruct(
 
     try:
         run_reconstruct(input, out, tomograms, oversampling, batch_size, flip_hand, invert_contrast)
+    except InputError as exc:
+        _fail(exc)
+
+
+@app.command()
+def simulate(
+    preset: str = typer.Option("smoke", help="dataset preset (see --list-presets)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="output folder"),
+    seed: int = typer.Option(0, help="random seed: the same seed gives identical files"),
+    n_particles: int | None = typer.Option(None, help="override the preset's particle count"),
+    snr: float | None = typer.Option(None, help="override the preset's per-image SNR"),
+    list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
+) -> None:
+    """Write a benchmark dataset with per-particle ground truth (RELION 5 / WarpTools layout)."""
+    from ..simulate.datasets import PRESETS
+
+    if list_presets:
+        for p in PRESETS.values():
+            console.print(f"[bold]{p.name:<18}[/] {p.description}")
+        return
+    if out is None:
+        console.print("[bold red]error:[/] --out is required")
+        raise typer.Exit(2)
+    from .simulate import run_simulate
+
+    try:
+        run_simulate(preset, out, seed, n_particles, snr)
+    except InputError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="output folder"),
+    preset: str = typer.Option("smoke", help="dataset preset to simulate"),
+    seed: int = typer.Option(0, help="random seed"),
+    n_particles: int | None = typer.Option(None, help="override the preset's particle count"),
+) -> None:
+    """The main job on an embedded default dataset: simulate, reconstruct, score against ground truth."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out, preset, seed, n_particles)
     except InputError as exc:
         _fail(exc)
 

@@ -251,7 +251,8 @@ def simulate_images(
     # the true pose differs from the written one by the pose jitter: image rotations use the true pose
     written = _particle_matrices(ds)
     correction = torch.from_numpy(np.einsum("nji,njk->nik", written, truth["true_rotations"]))  # W^T T
-    projectors = [VolumeProjector(v, oversampling=2) for v in volumes]
+    cache_all = len(volumes) <= 16  # many maps (a fine continuous grid): build projectors per batch
+    projectors: dict[int, VolumeProjector] = {}
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     sigma = None
     signal_var: list[float] = []
@@ -260,10 +261,13 @@ def simulate_images(
         rots = _true_rotations(batch.rotations, correction[torch.from_numpy(chunk)])
         imgs = torch.zeros(len(chunk), ds.n_tilts, acq.box, acq.box)
         ctfs = torch.zeros(len(chunk) * ds.n_tilts, acq.box, acq.box // 2 + 1)
-        for k, proj in enumerate(projectors):
+        if not cache_all:
+            projectors.clear()
+        for k in np.unique(states[chunk]):
             sel = np.flatnonzero(states[chunk] == k)
-            if len(sel) == 0:
-                continue
+            if k not in projectors:
+                projectors[k] = VolumeProjector(volumes[k], oversampling=2)
+            proj = projectors[k]
             sub = _select(batch, sel)
             clean, ctf = clean_images(proj, sub, rots[torch.from_numpy(sel)], acq.pixel_size)
             imgs[torch.from_numpy(sel)] = clean
