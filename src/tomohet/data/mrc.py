@@ -39,6 +39,7 @@ def write_volume(path: str | Path, volume: torch.Tensor | np.ndarray, pixel_size
         m.voxel_size = pixel_size
         if arr.ndim == 3 and path.suffix == ".mrcs":
             m.set_image_stack()
+        _fixed_label(m)
     return path
 
 
@@ -51,4 +52,11 @@ def write_stack(path: str | Path, images: np.ndarray | torch.Tensor, pixel_size:
         m.set_data(np.ascontiguousarray(arr, dtype=np.float16 if float16 else np.float32))
         m.set_image_stack()
         m.voxel_size = pixel_size
+        _fixed_label(m)
     return path
+
+
+def _fixed_label(m) -> None:
+    """Replace mrcfile's time-stamped label so that the same data give byte-identical files."""
+    m.header.label[0] = b"written by tomohet"
+    m.header.nlabl = 1

@@ -31,6 +31,10 @@ def write_star(blocks: dict[str, Any], path: str | Path, overwrite: bool = True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     starfile.write(blocks, path, overwrite=overwrite, float_format="%.6f")
+    # starfile stamps the wall-clock time in its first line; a fixed line keeps same-seed outputs identical
+    text = path.read_text()
+    if text.startswith("# Created by the starfile"):
+        path.write_text("# written by tomohet" + text[text.index("\n") :])
 
 
 def block_as_frame(blocks: dict[str, Any], name: str, path: Path) -> pd.DataFrame:
