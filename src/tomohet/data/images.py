@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,13 +14,36 @@ from ..errors import InputError
 
 
 def open_mrc_mmap(path: Path) -> mrcfile.mrcmmap.MrcMemmap:
-    """Open an MRC file read-only as a memory map; a clear :class:`InputError` if missing or unreadable."""
+    """Open an MRC file read-only as a memory map; a clear :class:`InputError` if missing or unreadable.
+
+    Stacks that lack only the ``MAP `` id and machine stamp (written by some older tools, e.g. the cryoDRGN
+    ribosome test data) are accepted when their header and size are otherwise consistent."""
+    path = Path(path)
     if not path.exists():
         raise InputError(path, "image file not found", "rlnImageName")
     try:
         return mrcfile.mmap(path, mode="r", permissive=False)
     except Exception as exc:  # mrcfile raises ValueError / OSError with various messages
-        raise InputError(path, f"not a readable MRC file ({exc})") from exc
+        strict_error = exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    except Exception as exc:
+        raise InputError(path, f"not a readable MRC file ({strict_error})", "rlnImageName") from exc
+    h = mrc.header
+    if mrc.data is None or min(int(h.nx), int(h.ny), int(h.nz)) <= 0 or mrc.data.ndim not in (2, 3):
+        mrc.close()
+        raise InputError(path, f"not a readable MRC file ({strict_error})", "rlnImageName")
+    return mrc
+
+
+def stack_shape(path: Path) -> tuple[int, ...]:
+    """Shape ``(n, ny, nx)`` of an MRC image stack (``(1, ny, nx)`` for a single image)."""
+    mrc = open_mrc_mmap(Path(path))
+    shape = tuple(int(s) for s in mrc.data.shape)
+    mrc.close()
+    return (1,) + shape if len(shape) == 2 else shape
 
 
 class ImageSource:
