@@ -69,6 +69,33 @@ def simulate(
 
 
 @app.command()
+def classify(
+    input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
+    classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
+    iterations: int = typer.Option(12, help="maximum EM iterations"),
+    init: str = typer.Option("pca", help="initialisation: pca (difference PCA + k-means), random"),
+    maps: list[Path] | None = typer.Option(None, "--map", help="initial class maps (repeat; sets the classes)"),
+    seed: int = typer.Option(0, help="random seed"),
+    max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
+    resolution_limit: float | None = typer.Option(None, help="E-step resolution limit (A)"),
+    anneal: float = typer.Option(1.0, help="initial annealing temperature (> 1 softens early posteriors)"),
+    tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
+    flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the maps (opposite handedness)"),
+    truth: Path | None = typer.Option(None, help="ground_truth.csv (found automatically beside simulated data)"),
+) -> None:
+    """Discrete classification (Bayesian EM on the 2D tilt stacks); particles.star with rlnClassNumber,
+    class maps with half maps and FSC, posteriors, per-class subsets, result.json."""
+    from .classify import run_classify
+
+    try:
+        run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
+                     tomograms, flip_hand, truth)  # fmt: skip
+    except InputError as exc:
+        _fail(exc)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="output folder"),
     preset: str = typer.Option("smoke", help="dataset preset to simulate"),

@@ -303,7 +303,8 @@ def write_relion5(
     image_root: Path | None = None,
 ) -> Path:
     """Write a RELION 5 project (particles star, tomograms star, optimisation set) and return the path of
-    the optimisation set. ``particles`` replaces the particle table (e.g. with ``rlnClassNumber`` added or
+    the optimisation set (``{prefix}_particles.star`` ..., or ``particles.star`` ... for an empty prefix).
+    ``particles`` replaces the particle table (e.g. with ``rlnClassNumber`` added or
     a subset of rows); image paths are rewritten relative to the new particles star."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,9 +313,10 @@ def write_relion5(
     pblocks = dict(dataset.tables["particles_blocks"])
     parts = (pblocks["particles"] if particles is None else particles).copy()
     src_base = Path(dataset.tables["particles_star"]).parent if image_root is None else image_root
-    pstar = out_dir / f"{prefix}_particles.star"
-    tstar = out_dir / f"{prefix}_tomograms.star"
-    oset = out_dir / f"{prefix}_optimisation_set.star"
+    stem = f"{prefix}_" if prefix else ""
+    pstar = out_dir / f"{stem}particles.star"
+    tstar = out_dir / f"{stem}tomograms.star"
+    oset = out_dir / f"{stem}optimisation_set.star"
     parts["rlnImageName"] = [
         _relative(resolve_path(n, src_base, Path.cwd()), out_dir) for n in parts["rlnImageName"].astype(str)
     ]

@@ -1,0 +1,140 @@
+"""``tomohet classify``: discrete classification with gold-standard class maps and RELION-ready outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..analysis.plots import plot_central_slices, plot_fsc
+from ..benchmark.metrics import discrete_report
+from ..data.annotate import write_annotated
+from ..data.io import read_particles
+from ..data.mrc import read_volume, write_volume
+from ..errors import InputError
+from ..methods.em2d import EMOptions, classify_em2d
+from ..physics.reconstruct import reconstruct
+from ..physics.rotations import mirror_z
+from .runlog import Run
+
+
+def find_ground_truth(input_path: Path) -> Path | None:
+    """``ground_truth.csv`` of a simulated dataset beside the input (tomohet simulate's layout)."""
+    for folder in (input_path.parent, input_path.parent.parent):
+        if (folder / "ground_truth.csv").exists():
+            return folder / "ground_truth.csv"
+    return None
+
+
+def run_classify(
+    input_path: Path,
+    out: Path,
+    n_classes: int = 4,
+    n_iter: int = 12,
+    init: str = "pca",
+    initial_maps: list[Path] | None = None,
+    seed: int = 0,
+    max_dose: float | None = None,
+    resolution_limit: float | None = None,
+    anneal_start: float = 1.0,
+    tomograms: Path | None = None,
+    flip_hand: bool = False,
+    truth: Path | None = None,
+    class_maps: bool = True,
+) -> dict:
+    """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content."""
+    run = Run(out, "classify", locals())
+    with run.timed("read"):
+        ds = read_particles(input_path, tomograms)
+    run.log.info("%s", ds.summary())
+    if flip_hand:
+        ds.rotations = ds.rotations @ mirror_z()
+    maps = None
+    if initial_maps:
+        maps = torch.stack([read_volume(p)[0] for p in initial_maps])
+        if maps.shape[-1] != ds.box:
+            raise InputError(initial_maps[0], f"map box {maps.shape[-1]} differs from the particles' {ds.box}")
+        n_classes, init = len(initial_maps), "maps"
+    opts = EMOptions(
+        n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
+        resolution_limit_A=resolution_limit, anneal_start=anneal_start,
+    )  # fmt: skip
+    with run.progress() as prog:
+        task = prog.add_task("initialising", total=ds.n_particles, rate="")
+        t0 = [time.perf_counter(), ""]
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage != t0[1]:
+                t0[0], t0[1] = time.perf_counter(), stage
+            rate = done * ds.n_images / ds.n_particles / max(time.perf_counter() - t0[0], 1e-9)
+            prog.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f} images/s")
+
+        with run.timed("classify"):
+            result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt")
+    for e in result.log:
+        run.log.info("iteration %d: sizes %s, changes %.3f, log-likelihood %.6g (%.1f s)", e["iteration"],
+                     e["class_sizes"], e["changes"], e["log_likelihood"], e["seconds"])  # fmt: skip
+    labels = result.labels
+    post = result.posteriors
+    columns = {"rlnClassNumber": labels + 1, "rlnMaxValueProbDistribution": post.max(1)}
+    next_input = write_annotated(ds, out, columns)
+    pd.DataFrame(post, columns=[f"p{k + 1}" for k in range(post.shape[1])]).assign(
+        particle=ds.names, rlnClassNumber=labels + 1
+    )[["particle", "rlnClassNumber", *[f"p{k + 1}" for k in range(post.shape[1])]]].to_csv(
+        out / "posteriors.csv", index=False
+    )
+    classes = []
+    with run.timed("class_maps"):
+        for k in range(result.n_classes):
+            members = np.flatnonzero(labels == k)
+            entry = {"class": k + 1, "n": int(len(members)), "fraction": float(len(members) / ds.n_particles)}
+            write_volume(out / f"class_{k + 1:03d}_em.mrc", result.volumes[k], ds.pixel_size)
+            if len(members) >= 2:
+                entry["particles"] = str(write_annotated(ds, out / "subsets", columns, members, f"class_{k + 1:03d}"))
+            if class_maps and len(members) >= 4:
+                rec = reconstruct(ds, members)
+                for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
+                    write_volume(out / f"class_{k + 1:03d}_{name}.mrc", vol, ds.pixel_size)
+                entry["resolution_A"] = rec.resolution
+                plot_fsc(out / f"class_{k + 1:03d}_fsc.png", rec.frequencies.numpy(), {"half maps": rec.fsc.numpy()},
+                         rec.resolution)  # fmt: skip
+                np.savetxt(out / f"class_{k + 1:03d}_fsc.csv", np.stack([rec.frequencies.numpy(), rec.fsc.numpy()], 1),
+                           delimiter=",", header="frequency_per_A,fsc", comments="")  # fmt: skip
+                plot_central_slices(out / f"class_{k + 1:03d}_slices.png", rec.filtered.numpy(), f"class {k + 1}")
+            classes.append(entry)
+    fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
+                    "images_per_s_per_iteration": float(np.mean([e["images_per_s"] for e in result.log]))}  # fmt: skip
+    truth = truth or find_ground_truth(input_path)
+    if truth is not None:
+        fields["metrics"] = _metrics_against_truth(ds, truth, labels, run)
+    run.finish("em2d", seed, **fields)
+    return json.loads((out / "result.json").read_text())
+
+
+def _metrics_against_truth(ds, truth_path: Path, labels: np.ndarray, run: Run) -> dict:
+    """ARI & co. against ``ground_truth.csv`` and, where the simulation's maps and noise are known, the oracle."""
+    from ..benchmark.oracle import oracle
+
+    truth = pd.read_csv(truth_path)
+    by_name = dict(zip(truth["rlnTomoParticleName"].astype(str), truth["state"], strict=True))
+    missing = [n for n in ds.names if n not in by_name]
+    if missing:
+        raise InputError(truth_path, f"no ground truth for particle {missing[0]!r}", "rlnTomoParticleName")
+    states = np.array([by_name[n] for n in ds.names])
+    metrics = {"method": discrete_report(states, labels)}
+    meta_path = truth_path.parent / "dataset.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("map_coordinates") is None:
+            maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
+            o = oracle(ds, maps, meta["noise_sigma"], np.array(meta["abundances"]))
+            metrics["oracle"] = discrete_report(states, o.labels)
+    msg = f"ARI {metrics['method']['ari']:.3f}"
+    if "oracle" in metrics:
+        msg += f", oracle {metrics['oracle']['ari']:.3f}"
+    run.log.info("against ground truth: %s", msg)
+    return metrics

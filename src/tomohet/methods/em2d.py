@@ -1,0 +1,343 @@
+"""Bayesian EM classification of 2D tilt-series particle stacks (RELION's approach, on the one forward model).
+
+Model (Scheres 2012, J. Struct. Biol. 180:519; tomography as in RELION 4/5): the whole tilt series of particle
+i shares one class ``z_i``; image j is ``X_ij = H_ij P(V_z, A_ij) + N_ij`` with ``H = CTF x E`` and Gaussian
+noise whose power per resolution shell ``sigma2(s)`` is estimated from the data (per full-spectrum
+coefficient, unnormalised FFT). The E-step gives posteriors
+``p(z_i = k) ~ pi_k exp(-sum_j sum_k w |X - H P_k|^2 / (2 sigma2) / T)`` (``T`` an annealing temperature that
+falls to 1); the M-step re-estimates the maps by weighted Fourier insertion with a regularised Wiener filter
+``V_k = sum g H X / sigma2 / (sum g H^2 / sigma2 + 1 / (tau2_fudge * tau2_k))`` (``tau2_k`` the class's signal
+power per shell), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied images are divided by their CTF
+where ``|CTF| > 0.1`` (their noise is CTF-coloured; elsewhere they carry no information).
+
+Breaking the symmetry between classes decides whether EM finds the states at all (DESIGN.md): the default
+initialisation is a wedge-masked difference PCA of per-particle residuals against the consensus map, followed
+by k-means (``init="pca"``); ``"random"`` (random subsets) and given maps are available.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..physics.filters import lowpass, soft_sphere
+from ..physics.forward import batch_transfer_functions
+from ..physics.fourier import fft3_centered, ifft3_centered, radial_index_3d, rfft2_centered, shift_phase_2d
+from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volume
+from ..physics.reconstruct import reconstruct
+from .result import Result
+
+
+@dataclass
+class EMOptions:
+    """Options of :func:`classify_em2d`. Resolutions in Angstrom, doses in e/A^2."""
+
+    n_classes: int = 4
+    n_iter: int = 12
+    init: str = "pca"  # "pca", "random", or "maps" (give ``initial_maps``)
+    init_lowpass_A: float = 40.0
+    init_resolution_A: float | None = None  # band of the PCA features (default: 2.5 x Nyquist)
+    n_components: int | None = None  # PCA components for the initial k-means (default n_classes)
+    anneal_start: float = 1.0  # initial temperature (>1 softens early posteriors), falls to 1 by n_iter/2
+    tau2_fudge: float = 4.0
+    max_dose: float | None = None  # images with more pre-exposure are ignored
+    resolution_limit_A: float | None = None  # E-step band limit (default Nyquist)
+    mask_radius_px: float | None = None  # soft spherical mask on the references (default 0.45 D)
+    batch_size: int = 32
+    seed: int = 0
+    cache_gb: float = 3.0  # keep prepared spectra in memory across iterations when they fit
+    tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
+
+
+def _shell_index_2d(size: int) -> torch.Tensor:
+    ky = torch.arange(size, dtype=torch.float32) - size // 2
+    kx = torch.arange(size // 2 + 1, dtype=torch.float32)
+    return torch.round(torch.sqrt(kx[None, :] ** 2 + ky[:, None] ** 2)).long()
+
+
+def _multiplicity(size: int) -> torch.Tensor:
+    w = torch.full((size, size // 2 + 1), 2.0)
+    w[:, 0] = 1.0
+    w[:, -1] = 1.0 if size % 2 == 0 else 2.0
+    return w
+
+
+class _Prepared:
+    """Per-batch image spectra and transfer functions, centred and (for premultiplied data) CTF-divided."""
+
+    def __init__(self, ds, chunk: np.ndarray, max_dose: float | None):
+        d = ds.box
+        batch = ds.batch(chunk)
+        b, t = batch.dose.shape
+        vis = batch.visible.clone()
+        if max_dose is not None:
+            vis &= batch.dose <= max_dose
+        ctf, expo = batch_transfer_functions(batch, d, ds.pixel_size)
+        x = rfft2_centered(batch.images.reshape(-1, d, d)) * shift_phase_2d(d, -batch.shifts.reshape(-1, 2))
+        valid = torch.ones_like(ctf)
+        if ds.ctf_premultiplied:
+            valid = (ctf.abs() > 0.1).float()
+            x = torch.where(valid > 0, x / torch.where(valid > 0, ctf, torch.ones_like(ctf)), torch.zeros_like(x))
+        self.x = x
+        self.h = ctf * expo
+        self.valid = valid * vis.reshape(-1, 1, 1)
+        self.rot = batch.rotations.reshape(-1, 3, 3)
+        self.b, self.t = b, t
+
+
+class EMClassifier:
+    """State and steps of the EM classification of one dataset (see the module docstring)."""
+
+    def __init__(self, dataset, options: EMOptions):
+        self.ds = dataset
+        self.opt = options
+        d = dataset.box
+        self.d = d
+        self.n_shells = d // 2 + 1
+        self.shell2d = _shell_index_2d(d).clamp(max=self.n_shells - 1)  # corner pixels: out of band anyway
+        limit = d // 2 if options.resolution_limit_A is None else d * dataset.pixel_size / options.resolution_limit_A
+        band = (self.shell2d < min(limit, d // 2)).float()
+        self.wpix = _multiplicity(d) * band  # full-spectrum multiplicity inside the E-step band
+        r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
+        self.mask = soft_sphere(d, r, edge=3.0)
+        self.sigma2 = torch.ones(self.n_shells)
+        self.volumes = torch.zeros(options.n_classes, d, d, d)
+        self.priors = np.full(options.n_classes, 1.0 / options.n_classes)
+        self.posteriors = np.zeros((dataset.n_particles, options.n_classes))
+        self.log: list[dict] = []
+        # prepared spectra are cached across iterations when they fit (images x 2 complex + 2 real planes)
+        per_particle = dataset.n_tilts * d * (d // 2 + 1) * 4 * 6
+        self._cache: dict[int, _Prepared] | None = (
+            {} if per_particle * dataset.n_particles < options.cache_gb * 1e9 else None
+        )
+
+    def prepared(self):
+        """Yield (chunk, prepared spectra) over all particles, from the cache when there is one."""
+        for i, chunk in enumerate(self.ds.chunks(self.opt.batch_size)):
+            if self._cache is not None and i in self._cache:
+                yield chunk, self._cache[i]
+                continue
+            p = _Prepared(self.ds, chunk, self.opt.max_dose)
+            if self._cache is not None:
+                self._cache[i] = p
+            yield chunk, p
+
+    # ------------------------------------------------------------------ E-step and M-step sums in one pass
+    def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict:
+        """One EM iteration over all particles; updates posteriors, maps, priors and sigma2."""
+        k_cls, d = self.opt.n_classes, self.d
+        proj = VolumeProjector(self.volumes, oversampling=2)
+        accs = [FourierAccumulator(d) for _ in range(k_cls)]  # M-step insertion on the image grid
+        sig_sum = torch.zeros(self.n_shells, dtype=torch.float64)
+        sig_cnt = torch.zeros(self.n_shells, dtype=torch.float64)
+        inv_s2 = (1.0 / self.sigma2)[self.shell2d]
+        total_ll = 0.0
+        old = self.posteriors.argmax(1)
+        log_norm = 0.5 * (self.wpix * torch.log(self.sigma2)[self.shell2d])  # Gaussian normaliser per pixel
+        for chunk, p in self.prepared():
+            model = proj.project_ft(p.rot) * p.h  # [K, BT, D, Dh]
+            resid2 = (p.x[None] - model).abs() ** 2 * p.valid  # [K, BT, D, Dh]
+            r2 = (resid2 * (self.wpix * inv_s2)).sum(dim=(-2, -1))  # [K, BT]
+            norm = (p.valid * log_norm).sum(dim=(-2, -1)).reshape(p.b, p.t).sum(-1).double()  # [B]
+            ll = (-0.5 * r2).reshape(k_cls, p.b, p.t).sum(-1).T.double() - norm[:, None]  # [B, K]
+            logp = ll / temperature + torch.from_numpy(np.log(np.maximum(self.priors, 1e-12)))
+            post = torch.softmax(logp, dim=1)
+            total_ll += float(torch.logsumexp(ll + torch.from_numpy(np.log(np.maximum(self.priors, 1e-12))), 1).sum())
+            self.posteriors[chunk] = post.numpy()
+            gimg = post.T.float().repeat_interleave(p.t, dim=1)  # [K, BT]
+            # noise power per shell from the posterior-weighted residuals
+            w_r = (resid2 * gimg[:, :, None, None]).sum(0) * self.wpix  # [BT, D, Dh]
+            sig_sum.index_add_(0, self.shell2d.reshape(-1), w_r.sum(0).reshape(-1).double())
+            cnt = (p.valid * self.wpix).sum(0)
+            sig_cnt.index_add_(0, self.shell2d.reshape(-1), cnt.reshape(-1).double())
+            # M-step sums: insertion weighted by posterior, H and 1/sigma2
+            hw = p.h * p.valid * inv_s2
+            data = p.x * hw
+            wts = p.h * hw
+            for k in range(k_cls):
+                sel = gimg[k] > 1e-4
+                if sel.any():
+                    gk = gimg[k][sel][:, None, None]
+                    accs[k].insert(data[sel] * gk, wts[sel] * gk, p.rot[sel])
+            if progress:
+                progress(len(chunk))
+        new_sigma = (sig_sum / sig_cnt.clamp_min(1)).float()
+        self.sigma2 = torch.where(sig_cnt > 0, new_sigma, self.sigma2).clamp_min(1e-12)
+        self.priors = self.posteriors.mean(0)
+        self._m_step(accs)
+        changes = float((self.posteriors.argmax(1) != old).mean())
+        return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
+            self.posteriors.argmax(1), minlength=k_cls).tolist(), "priors": self.priors.round(4).tolist(),
+            "temperature": temperature}  # fmt: skip
+
+    def _m_step(self, accs: list[FourierAccumulator]) -> None:
+        d = self.d
+        for k, acc in enumerate(accs):
+            data, weight = acc.finalize()
+            g = data.shape[-1]
+            tau2 = _shell_power(fft3_centered(self.volumes[k]), d, g)
+            shells = radial_index_3d(g).clamp(max=g // 2)
+            reg = 1.0 / (self.opt.tau2_fudge * tau2[shells].clamp_min(1e-20))
+            # weight is in units of 1/sigma2: the regulariser shares them via the data power
+            vol = wiener_volume(data, weight, d, reg.float())
+            self.volumes[k] = vol * self.mask
+
+    # ------------------------------------------------------------------------------------ initialisation
+    def initialise(self, labels: np.ndarray | None = None, maps: torch.Tensor | None = None) -> None:
+        """References from initial labels (reconstruction per class) or given maps, low-passed; noise from
+        the residuals against the consensus."""
+        apix = self.ds.pixel_size
+        if maps is None:
+            assert labels is not None
+            vols = []
+            for k in range(self.opt.n_classes):
+                sel = np.flatnonzero(labels == k)
+                vols.append(reconstruct(self.ds, sel, oversampling=1).full)
+            maps = torch.stack(vols)
+        self.volumes = torch.stack([lowpass(v, self.opt.init_lowpass_A, apix) * self.mask for v in maps]).float()
+        if labels is not None:
+            self.priors = np.bincount(labels, minlength=self.opt.n_classes) / len(labels)
+            self.posteriors = np.eye(self.opt.n_classes)[labels]
+
+
+def _shell_power(ft: torch.Tensor, box: int, grid: int) -> torch.Tensor:
+    """Mean |V(k)|^2 per shell of a box-D spectrum, resampled to the shells of a G grid ``[G//2+1]``."""
+    shells = radial_index_3d(box).reshape(-1).clamp(max=box // 2)
+    p = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(0, shells, (ft.abs() ** 2).reshape(-1).double())
+    c = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(
+        0, shells, torch.ones_like(shells, dtype=torch.float64)
+    )
+    p = (p / c.clamp_min(1)).float()
+    if grid == box:
+        return p
+    x = np.arange(grid // 2 + 1) * box / grid
+    return torch.from_numpy(np.interp(x, np.arange(box // 2 + 1), p.numpy())).float() * (grid / box) ** 3
+
+
+def pca_initial_labels(ds, opt: EMOptions, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Wedge-masked difference PCA + k-means: per particle, the Wiener back-projection of its residuals
+    against the consensus (low-resolution band, missing wedge = no deviation), top components, k-means.
+    Returns (labels, features)."""
+    from sklearn.cluster import KMeans
+
+    d, apix = ds.box, ds.pixel_size
+    res = opt.init_resolution_A or 2.5 * 2 * apix
+    small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
+    small += small % 2
+    proj = VolumeProjector(consensus, oversampling=2)
+    feats = []
+    mask = soft_sphere(small, 0.45 * small, edge=1.5)
+    lo = d // 2 - small // 2
+    for chunk in ds.chunks(opt.batch_size):
+        p = _Prepared(ds, chunk, opt.max_dose)
+        resid = (p.x - proj.project_ft(p.rot) * p.h) * p.valid
+        # crop spectra to the low-resolution band: [BT, small, small//2+1]
+        r = resid[:, lo : lo + small, : small // 2 + 1]
+        h = (p.h * p.valid)[:, lo : lo + small, : small // 2 + 1]
+        vols = _per_particle_backprojection(r * h, h * h, p.rot, p.b, p.t, small)
+        feats.append((vols * mask).reshape(p.b, -1))
+    x = torch.cat(feats).double()
+    x = x - x.mean(0)
+    x = x / x.std(0).clamp_min(1e-12).mean()
+    q = opt.n_components or opt.n_classes
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    z = (u[:, :q] * s[:q]).numpy()
+    km = KMeans(n_clusters=opt.n_classes, n_init=20, random_state=opt.seed).fit(z)
+    return km.labels_.astype(int), z
+
+
+def _per_particle_backprojection(data, weight, rot, b, t, size) -> torch.Tensor:
+    """Real-space Wiener back-projections ``[B, s, s, s]`` of each particle's own images (batched insertion)."""
+    from ..physics.subtomogram import insert_batched
+
+    vis = torch.ones(b, t, dtype=torch.bool)
+    dsum, wsum = insert_batched(
+        data.reshape(b, t, size, size // 2 + 1), weight.reshape(b, t, size, size // 2 + 1),
+        rot.reshape(b, t, 3, 3), vis, size,
+    )[:2]  # fmt: skip
+    lam = wsum.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    return ifft3_centered(dsum / (wsum + lam))
+
+
+def classify_em2d(
+    dataset,
+    options: EMOptions,
+    initial_maps: torch.Tensor | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    checkpoint: Path | None = None,
+) -> Result:
+    """EM classification of a :class:`~tomohet.data.model.TiltSeriesParticles` dataset.
+
+    ``progress(stage, done, total)`` reports particles done per stage; ``checkpoint`` (a file) is written
+    after every iteration and, if it exists, the run resumes from it."""
+    opt = options
+    em = EMClassifier(dataset, opt)
+    t0 = time.perf_counter()
+    start = 0
+    init_info: dict = {}
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        em.volumes, em.priors, em.sigma2 = state["volumes"], state["priors"], state["sigma2"]
+        em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
+    else:
+        consensus = reconstruct(dataset, oversampling=1).full
+        if initial_maps is not None or opt.init == "maps":
+            if initial_maps is None:
+                raise ValueError("init='maps' needs initial_maps")
+            em.initialise(maps=initial_maps)
+        elif opt.init == "random":
+            rng = np.random.default_rng(opt.seed)
+            em.initialise(labels=rng.integers(0, opt.n_classes, dataset.n_particles))
+        elif opt.init == "pca":
+            labels, _ = pca_initial_labels(dataset, opt, consensus)
+            init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
+            em.initialise(labels=labels)
+        else:
+            raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
+        em.sigma2 = _initial_sigma2(em, consensus)
+    n = dataset.n_particles
+    for it in range(start, opt.n_iter):
+        half = max(1, opt.n_iter // 2)
+        temp = max(1.0, opt.anneal_start ** (1 - it / half)) if opt.anneal_start > 1 else 1.0
+        done = [0]
+
+        def tick(k: int, it: int = it, done: list[int] = done) -> None:
+            done[0] += k
+            if progress:
+                progress(f"iteration {it + 1}/{opt.n_iter}", done[0], n)
+
+        ti = time.perf_counter()
+        entry = em.iterate(temp, tick)
+        entry.update(iteration=it + 1, seconds=round(time.perf_counter() - ti, 2),
+                     images_per_s=round(dataset.n_images / (time.perf_counter() - ti), 1))  # fmt: skip
+        em.log.append(entry)
+        if checkpoint is not None:
+            torch.save({"volumes": em.volumes, "priors": em.priors, "sigma2": em.sigma2,
+                        "posteriors": em.posteriors, "log": em.log, "iteration": it + 1}, checkpoint)  # fmt: skip
+        if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
+            break
+    labels = em.posteriors.argmax(1)
+    return Result(
+        method="em2d", options=asdict(opt), labels=labels, posteriors=em.posteriors, volumes=em.volumes,
+        pixel_size=dataset.pixel_size, log=em.log,
+        extra={"sigma2": em.sigma2.numpy(), "seconds": time.perf_counter() - t0, **init_info},
+    )  # fmt: skip
+
+
+def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
+    """Noise power per shell from residuals against the consensus map (a first E-step has no classes)."""
+    proj = VolumeProjector(consensus, oversampling=2)
+    s = torch.zeros(em.n_shells, dtype=torch.float64)
+    c = torch.zeros(em.n_shells, dtype=torch.float64)
+    idx = em.shell2d.reshape(-1)
+    for _, p in em.prepared():
+        r = (p.x - proj.project_ft(p.rot) * p.h).abs() ** 2 * p.valid * em.wpix
+        s.index_add_(0, idx, r.sum(0).reshape(-1).double())
+        c.index_add_(0, idx, (p.valid * em.wpix).sum(0).reshape(-1).double())
+    return torch.where(c > 0, s / c.clamp_min(1), torch.ones_like(s)).float().clamp_min(1e-12)
