@@ -92,35 +92,28 @@ class FourierAccumulator:
         ``weights`` ``[B, M, M//2+1]`` real (e.g. CTF^2 x dose^2) or None, ``rotations`` ``[B, 3, 3]``."""
         b, m = spectra.shape[0], spectra.shape[-2]
         g = self.grid
-        coords, inband = slice_coordinates(rotations, m, g / m)
+        idx, k2, half = _band_points(m, g, spectra.device)
+        # coordinates of the in-band pixels only: scale * A^T @ (kx, ky, 0), shifted to voxel indices
+        rt = rotations.to(torch.float32).transpose(-1, -2)[..., :2]  # [B, 3, 2]: columns 0, 1 of A^T
+        c = (torch.matmul(k2, rt.transpose(-1, -2)) + g // 2).reshape(-1, 3)  # [B*n, 3] (x, y, z)
+        c0f = torch.floor(c)
+        f = (c - c0f).t()
+        lo = c0f.long().t()  # [3, N]
+        hi = lo + 1
+        # per-axis trilinear weights and indices of the two neighbours (out-of-grid neighbours weigh 0)
+        w_ax = torch.stack([(1 - f) * ((lo >= 0) & (lo < g)), f * ((hi >= 0) & (hi < g))])  # [2, 3, N]
+        i_ax = torch.stack([lo.clamp(0, g - 1), hi.clamp(0, g - 1)])
+        # all 8 corners at once, corner-major (the order of the additions per voxel is that of a corner loop)
+        flat = ((i_ax[:, None, None, 2] * g + i_ax[None, :, None, 1]) * g + i_ax[None, None, :, 0]).reshape(-1)
+        w = (w_ax[:, None, None, 2] * w_ax[None, :, None, 1] * w_ax[None, None, :, 0]).reshape(8, -1)
         # the kx = 0 column carries both halves of the Friedel pair; halve it before Hermitian completion
-        half = torch.ones(m, m // 2 + 1, device=spectra.device)
-        half[:, 0] = 0.5
-        keep = (inband * half).expand(b, -1, -1).reshape(-1)
-        sel = keep > 0
-        keep = keep[sel]
-        c = coords.reshape(-1, 3)[sel] + g // 2
-        vals = torch.view_as_real(spectra.reshape(-1)[sel]) * keep[:, None]
-        wts = None if weights is None else weights.reshape(-1)[sel].to(torch.float32) * keep
-        c0 = torch.floor(c)
-        f = c - c0
-        c0 = c0.long()
-        for dz in (0, 1):
-            wz = f[:, 2] if dz else 1 - f[:, 2]
-            iz = c0[:, 2] + dz
-            for dy in (0, 1):
-                wy = f[:, 1] if dy else 1 - f[:, 1]
-                iy = c0[:, 1] + dy
-                for dx in (0, 1):
-                    wx = f[:, 0] if dx else 1 - f[:, 0]
-                    ix = c0[:, 0] + dx
-                    w = wz * wy * wx
-                    ok = (ix >= 0) & (ix < g) & (iy >= 0) & (iy < g) & (iz >= 0) & (iz < g)
-                    w = w * ok
-                    flat = (iz.clamp(0, g - 1) * g + iy.clamp(0, g - 1)) * g + ix.clamp(0, g - 1)
-                    self.data.index_add_(0, flat, vals * w[:, None])
-                    if wts is not None:
-                        self.weight.index_add_(0, flat, wts * w)
+        vals = (torch.view_as_real(spectra.reshape(b, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
+        # one 1D index_add_ per channel (a 2D index_add_ takes a slow per-row path on CPU)
+        for ch in range(2):
+            self.data[:, ch].index_add_(0, flat, (w * vals[:, ch]).reshape(-1))
+        if weights is not None:
+            wts = (weights.reshape(b, -1)[:, idx].to(torch.float32) * half).reshape(-1)
+            self.weight.index_add_(0, flat, (w * wts).reshape(-1))
         self.count += b
 
     def merge(self, other: FourierAccumulator) -> None:
@@ -135,6 +128,23 @@ class FourierAccumulator:
         data = torch.view_as_complex(self.data.reshape(g, g, g, 2).contiguous())
         weight = self.weight.reshape(g, g, g)
         return data + _mirror(data).conj(), weight + _mirror(weight)
+
+
+_BAND_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _band_points(size: int, grid: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In-band pixels (radius < M/2) of a half centred ``[M, M//2+1]`` spectrum: flat indices ``[n]``,
+    ``(kx, ky) * grid / size`` ``[n, 2]`` and the Friedel factor ``[n]`` (0.5 on the kx = 0 column)."""
+    key = (size, grid, str(device))
+    if key not in _BAND_CACHE:
+        kx, ky = half_grid_2d(size, device)
+        kx, ky = kx.reshape(-1), ky.reshape(-1)
+        idx = ((kx**2 + ky**2) < (size / 2) ** 2).nonzero().squeeze(1)
+        k2 = torch.stack([kx[idx], ky[idx]], -1) * (grid / size)
+        half = torch.where(kx[idx] == 0, 0.5, 1.0)
+        _BAND_CACHE[key] = (idx, k2, half)
+    return _BAND_CACHE[key]
 
 
 def _mirror(x: torch.Tensor) -> torch.Tensor:
