@@ -107,6 +107,7 @@ class EMClassifier:
         r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
         self.mask = soft_sphere(d, r, edge=3.0)
         self.sigma2 = torch.ones(self.n_shells)
+        self.tau2 = torch.ones(self.n_shells)  # signal power per shell, shared by all classes
         self.volumes = torch.zeros(options.n_classes, d, d, d)
         self.priors = np.full(options.n_classes, 1.0 / options.n_classes)
         self.posteriors = np.zeros((dataset.n_particles, options.n_classes))
@@ -181,18 +182,21 @@ class EMClassifier:
         for k, acc in enumerate(accs):
             data, weight = acc.finalize()
             g = data.shape[-1]
-            tau2 = _shell_power(fft3_centered(self.volumes[k]), d, g)
             shells = radial_index_3d(g).clamp(max=g // 2)
-            reg = 1.0 / (self.opt.tau2_fudge * tau2[shells].clamp_min(1e-20))
+            reg = 1.0 / (self.opt.tau2_fudge * self.tau2[shells].clamp_min(1e-20))
             # weight is in units of 1/sigma2: the regulariser shares them via the data power
             vol = wiener_volume(data, weight, d, reg.float())
             self.volumes[k] = vol * self.mask
 
     # ------------------------------------------------------------------------------------ initialisation
-    def initialise(self, labels: np.ndarray | None = None, maps: torch.Tensor | None = None) -> None:
-        """References from initial labels (reconstruction per class) or given maps, low-passed; noise from
-        the residuals against the consensus."""
+    def initialise(
+        self, consensus: torch.Tensor, labels: np.ndarray | None = None, maps: torch.Tensor | None = None
+    ) -> None:
+        """References from initial labels (reconstruction per class) or given maps, low-passed. The signal
+        power ``tau2`` of the regulariser comes from the consensus map, shared by all classes: a class's own
+        (shrunk) map would feed back and let small classes, e.g. a rare state, fade away."""
         apix = self.ds.pixel_size
+        self.tau2 = _shell_power(fft3_centered(consensus * self.mask), self.d, self.d)
         if maps is None:
             assert labels is not None
             vols = []
@@ -283,21 +287,21 @@ def classify_em2d(
     init_info: dict = {}
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
-        em.volumes, em.priors, em.sigma2 = state["volumes"], state["priors"], state["sigma2"]
+        em.volumes, em.priors, em.sigma2, em.tau2 = state["volumes"], state["priors"], state["sigma2"], state["tau2"]
         em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
     else:
         consensus = reconstruct(dataset, oversampling=1).full
         if initial_maps is not None or opt.init == "maps":
             if initial_maps is None:
                 raise ValueError("init='maps' needs initial_maps")
-            em.initialise(maps=initial_maps)
+            em.initialise(consensus, maps=initial_maps)
         elif opt.init == "random":
             rng = np.random.default_rng(opt.seed)
-            em.initialise(labels=rng.integers(0, opt.n_classes, dataset.n_particles))
+            em.initialise(consensus, labels=rng.integers(0, opt.n_classes, dataset.n_particles))
         elif opt.init == "pca":
             labels, _ = pca_initial_labels(dataset, opt, consensus)
             init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
-            em.initialise(labels=labels)
+            em.initialise(consensus, labels=labels)
         else:
             raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
         em.sigma2 = _initial_sigma2(em, consensus)
@@ -318,7 +322,7 @@ def classify_em2d(
                      images_per_s=round(dataset.n_images / (time.perf_counter() - ti), 1))  # fmt: skip
         em.log.append(entry)
         if checkpoint is not None:
-            torch.save({"volumes": em.volumes, "priors": em.priors, "sigma2": em.sigma2,
+            torch.save({"volumes": em.volumes, "priors": em.priors, "sigma2": em.sigma2, "tau2": em.tau2,
                         "posteriors": em.posteriors, "log": em.log, "iteration": it + 1}, checkpoint)  # fmt: skip
         if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
             break
