@@ -52,6 +52,7 @@ class EMOptions:
     batch_size: int = 32
     seed: int = 0
     cache_gb: float = 3.0  # keep prepared spectra in memory across iterations when they fit
+    partition_size: int = 512  # particles per map/reduce partition (fixed: results do not depend on workers)
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
 
 
@@ -91,19 +92,146 @@ class _Prepared:
         self.b, self.t = b, t
 
 
+@dataclass
+class EStepState:
+    """What one E-step/M-step-sums pass needs (picklable: sent to Dask workers)."""
+
+    volumes: torch.Tensor  # [K, D, D, D]
+    sigma2: torch.Tensor  # [D//2+1] noise power per shell
+    options: EMOptions
+    assign: Callable  # (particle indices [n], log-likelihoods [n, K]) -> posteriors [n, K]
+
+
+@dataclass
+class PartialSums:
+    """Sums of one partition of particles, merged in partition order (so results do not depend on where the
+    partitions ran)."""
+
+    particles: np.ndarray
+    log_likelihood: np.ndarray  # [n, K]
+    posteriors: np.ndarray  # [n, K]
+    data: torch.Tensor  # [K, D^3, 2] inserted sum g H X / sigma2
+    weight: torch.Tensor  # [K, D^3] inserted sum g H^2 / sigma2
+    sig_sum: torch.Tensor  # [D//2+1]
+    sig_cnt: torch.Tensor
+
+    def merge(self, other: PartialSums) -> PartialSums:
+        return PartialSums(
+            np.concatenate([self.particles, other.particles]),
+            np.concatenate([self.log_likelihood, other.log_likelihood]),
+            np.concatenate([self.posteriors, other.posteriors]),
+            self.data + other.data, self.weight + other.weight,
+            self.sig_sum + other.sig_sum, self.sig_cnt + other.sig_cnt,
+        )  # fmt: skip
+
+
+@dataclass
+class SoftmaxAssign:
+    """EM posteriors ``p ~ prior * exp(ll / T)``."""
+
+    priors: np.ndarray
+    temperature: float = 1.0
+
+    def __call__(self, particles: np.ndarray, ll: np.ndarray) -> np.ndarray:
+        logp = ll / self.temperature + np.log(np.maximum(self.priors, 1e-12))
+        logp -= logp.max(1, keepdims=True)
+        p = np.exp(logp)
+        return p / p.sum(1, keepdims=True)
+
+
+def _band(d: int, pixel_size: float, resolution_limit_A: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shell index of each half-spectrum pixel (clamped to D//2) and the full-spectrum multiplicity inside the
+    E-step band."""
+    n_shells = d // 2 + 1
+    shell2d = _shell_index_2d(d).clamp(max=n_shells - 1)
+    limit = d // 2 if resolution_limit_A is None else d * pixel_size / resolution_limit_A
+    return shell2d, _multiplicity(d) * (shell2d < min(limit, d // 2)).float()
+
+
+def partial_iteration(
+    ds,
+    particles: np.ndarray,
+    state: EStepState,
+    cache: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PartialSums:
+    """E-step and M-step sums for one partition of particles (the map of the map/reduce)."""
+    opt = state.options
+    d = ds.box
+    k_cls = state.volumes.shape[0]
+    shell2d, wpix = _band(d, ds.pixel_size, opt.resolution_limit_A)
+    n_shells = d // 2 + 1
+    proj = VolumeProjector(state.volumes, oversampling=2)
+    accs = [FourierAccumulator(d) for _ in range(k_cls)]  # M-step insertion on the image grid
+    sig_sum = torch.zeros(n_shells, dtype=torch.float64)
+    sig_cnt = torch.zeros(n_shells, dtype=torch.float64)
+    inv_s2 = (1.0 / state.sigma2)[shell2d]
+    log_norm = 0.5 * (wpix * torch.log(state.sigma2)[shell2d])  # Gaussian normaliser per pixel
+    lls, posts = [], []
+    for chunk in ds.chunks(opt.batch_size, particles):
+        key = int(chunk[0])
+        p = cache.get(key) if cache is not None else None
+        if p is None:
+            p = _Prepared(ds, chunk, opt.max_dose)
+            if cache is not None:
+                cache[key] = p
+        model = proj.project_ft(p.rot) * p.h  # [K, BT, D, Dh]
+        resid2 = (p.x[None] - model).abs() ** 2 * p.valid  # [K, BT, D, Dh]
+        r2 = (resid2 * (wpix * inv_s2)).sum(dim=(-2, -1))  # [K, BT]
+        norm = (p.valid * log_norm).sum(dim=(-2, -1)).reshape(p.b, p.t).sum(-1).double()  # [B]
+        ll = ((-0.5 * r2).reshape(k_cls, p.b, p.t).sum(-1).T.double() - norm[:, None]).numpy()  # [B, K]
+        post = state.assign(chunk, ll)
+        lls.append(ll)
+        posts.append(post)
+        gimg = torch.from_numpy(post).T.float().repeat_interleave(p.t, dim=1)  # [K, BT]
+        # noise power per shell from the posterior-weighted residuals
+        w_r = (resid2 * gimg[:, :, None, None]).sum(0) * wpix  # [BT, D, Dh]
+        sig_sum.index_add_(0, shell2d.reshape(-1), w_r.sum(0).reshape(-1).double())
+        sig_cnt.index_add_(0, shell2d.reshape(-1), (p.valid * wpix).sum(0).reshape(-1).double())
+        # M-step sums: insertion weighted by posterior, H and 1/sigma2
+        hw = p.h * p.valid * inv_s2
+        data = p.x * hw
+        wts = p.h * hw
+        for k in range(k_cls):
+            sel = gimg[k] > 1e-4
+            if sel.any():
+                gk = gimg[k][sel][:, None, None]
+                accs[k].insert(data[sel] * gk, wts[sel] * gk, p.rot[sel])
+        if progress:
+            progress(len(chunk))
+    return PartialSums(
+        np.asarray(particles), np.concatenate(lls), np.concatenate(posts),
+        torch.stack([a.data for a in accs]), torch.stack([a.weight for a in accs]), sig_sum, sig_cnt,
+    )  # fmt: skip
+
+
+def run_partitions(ds, state: EStepState, partition_size: int, executor=None, cache=None, progress=None):
+    """Map :func:`partial_iteration` over fixed partitions of the particles and reduce in partition order.
+
+    ``executor`` (``tomohet.parallel``) runs the partitions elsewhere (e.g. on Dask workers); without one they
+    run here, reusing ``cache``. The partitions and the order of the reduction are the same either way, so
+    serial and distributed runs give the same result."""
+    parts = [idx for idx in ds.chunks(partition_size)]
+    if executor is None:
+        results = [partial_iteration(ds, idx, state, cache, progress) for idx in parts]
+    else:
+        results = executor.map_partitions(partial_iteration, ds, parts, state, progress)
+    total = results[0]
+    for r in results[1:]:
+        total = total.merge(r)
+    return total
+
+
 class EMClassifier:
     """State and steps of the EM classification of one dataset (see the module docstring)."""
 
-    def __init__(self, dataset, options: EMOptions):
+    def __init__(self, dataset, options: EMOptions, executor=None):
         self.ds = dataset
         self.opt = options
+        self.executor = executor
         d = dataset.box
         self.d = d
         self.n_shells = d // 2 + 1
-        self.shell2d = _shell_index_2d(d).clamp(max=self.n_shells - 1)  # corner pixels: out of band anyway
-        limit = d // 2 if options.resolution_limit_A is None else d * dataset.pixel_size / options.resolution_limit_A
-        band = (self.shell2d < min(limit, d // 2)).float()
-        self.wpix = _multiplicity(d) * band  # full-spectrum multiplicity inside the E-step band
         r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
         self.mask = soft_sphere(d, r, edge=3.0)
         self.sigma2 = torch.ones(self.n_shells)
@@ -111,80 +239,56 @@ class EMClassifier:
         self.volumes = torch.zeros(options.n_classes, d, d, d)
         self.priors = np.full(options.n_classes, 1.0 / options.n_classes)
         self.posteriors = np.zeros((dataset.n_particles, options.n_classes))
+        self.log_likelihood = np.zeros((dataset.n_particles, options.n_classes))
         self.log: list[dict] = []
         # prepared spectra are cached across iterations when they fit (images x 2 complex + 2 real planes)
         per_particle = dataset.n_tilts * d * (d // 2 + 1) * 4 * 6
-        self._cache: dict[int, _Prepared] | None = (
-            {} if per_particle * dataset.n_particles < options.cache_gb * 1e9 else None
-        )
+        fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
+        self._cache: dict | None = {} if fits and executor is None else None
 
     def prepared(self):
         """Yield (chunk, prepared spectra) over all particles, from the cache when there is one."""
-        for i, chunk in enumerate(self.ds.chunks(self.opt.batch_size)):
-            if self._cache is not None and i in self._cache:
-                yield chunk, self._cache[i]
-                continue
-            p = _Prepared(self.ds, chunk, self.opt.max_dose)
-            if self._cache is not None:
-                self._cache[i] = p
+        for chunk in self.ds.chunks(self.opt.batch_size):
+            key = int(chunk[0])
+            p = self._cache.get(key) if self._cache is not None else None
+            if p is None:
+                p = _Prepared(self.ds, chunk, self.opt.max_dose)
+                if self._cache is not None:
+                    self._cache[key] = p
             yield chunk, p
 
-    # ------------------------------------------------------------------ E-step and M-step sums in one pass
-    def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict:
-        """One EM iteration over all particles; updates posteriors, maps, priors and sigma2."""
-        k_cls, d = self.opt.n_classes, self.d
-        proj = VolumeProjector(self.volumes, oversampling=2)
-        accs = [FourierAccumulator(d) for _ in range(k_cls)]  # M-step insertion on the image grid
-        sig_sum = torch.zeros(self.n_shells, dtype=torch.float64)
-        sig_cnt = torch.zeros(self.n_shells, dtype=torch.float64)
-        inv_s2 = (1.0 / self.sigma2)[self.shell2d]
-        total_ll = 0.0
+    def iterate(
+        self, temperature: float, progress: Callable[[int], None] | None = None, assign: Callable | None = None
+    ) -> dict:
+        """One EM iteration over all particles; updates posteriors, maps, priors and sigma2. ``assign`` replaces
+        the EM posterior rule (e.g. stochastic hill climbing)."""
         old = self.posteriors.argmax(1)
-        log_norm = 0.5 * (self.wpix * torch.log(self.sigma2)[self.shell2d])  # Gaussian normaliser per pixel
-        for chunk, p in self.prepared():
-            model = proj.project_ft(p.rot) * p.h  # [K, BT, D, Dh]
-            resid2 = (p.x[None] - model).abs() ** 2 * p.valid  # [K, BT, D, Dh]
-            r2 = (resid2 * (self.wpix * inv_s2)).sum(dim=(-2, -1))  # [K, BT]
-            norm = (p.valid * log_norm).sum(dim=(-2, -1)).reshape(p.b, p.t).sum(-1).double()  # [B]
-            ll = (-0.5 * r2).reshape(k_cls, p.b, p.t).sum(-1).T.double() - norm[:, None]  # [B, K]
-            logp = ll / temperature + torch.from_numpy(np.log(np.maximum(self.priors, 1e-12)))
-            post = torch.softmax(logp, dim=1)
-            total_ll += float(torch.logsumexp(ll + torch.from_numpy(np.log(np.maximum(self.priors, 1e-12))), 1).sum())
-            self.posteriors[chunk] = post.numpy()
-            gimg = post.T.float().repeat_interleave(p.t, dim=1)  # [K, BT]
-            # noise power per shell from the posterior-weighted residuals
-            w_r = (resid2 * gimg[:, :, None, None]).sum(0) * self.wpix  # [BT, D, Dh]
-            sig_sum.index_add_(0, self.shell2d.reshape(-1), w_r.sum(0).reshape(-1).double())
-            cnt = (p.valid * self.wpix).sum(0)
-            sig_cnt.index_add_(0, self.shell2d.reshape(-1), cnt.reshape(-1).double())
-            # M-step sums: insertion weighted by posterior, H and 1/sigma2
-            hw = p.h * p.valid * inv_s2
-            data = p.x * hw
-            wts = p.h * hw
-            for k in range(k_cls):
-                sel = gimg[k] > 1e-4
-                if sel.any():
-                    gk = gimg[k][sel][:, None, None]
-                    accs[k].insert(data[sel] * gk, wts[sel] * gk, p.rot[sel])
-            if progress:
-                progress(len(chunk))
-        new_sigma = (sig_sum / sig_cnt.clamp_min(1)).float()
-        self.sigma2 = torch.where(sig_cnt > 0, new_sigma, self.sigma2).clamp_min(1e-12)
+        assign = assign or SoftmaxAssign(self.priors, temperature)
+        state = EStepState(self.volumes, self.sigma2, self.opt, assign)
+        sums = run_partitions(self.ds, state, self.opt.partition_size, self.executor, self._cache, progress)
+        order = np.argsort(sums.particles)
+        self.posteriors = sums.posteriors[order]
+        self.log_likelihood = sums.log_likelihood[order]
+        new_sigma = (sums.sig_sum / sums.sig_cnt.clamp_min(1)).float()
+        self.sigma2 = torch.where(sums.sig_cnt > 0, new_sigma, self.sigma2).clamp_min(1e-12)
         self.priors = self.posteriors.mean(0)
-        self._m_step(accs)
+        self._m_step(sums.data, sums.weight)
+        lp = self.log_likelihood + np.log(np.maximum(self.priors, 1e-12))
+        total_ll = float((lp.max(1) + np.log(np.exp(lp - lp.max(1, keepdims=True)).sum(1))).sum())
         changes = float((self.posteriors.argmax(1) != old).mean())
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
-            self.posteriors.argmax(1), minlength=k_cls).tolist(), "priors": self.priors.round(4).tolist(),
+            self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),
             "temperature": temperature}  # fmt: skip
 
-    def _m_step(self, accs: list[FourierAccumulator]) -> None:
+    def _m_step(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
         d = self.d
-        for k, acc in enumerate(accs):
+        for k in range(self.opt.n_classes):
+            acc = FourierAccumulator(d)
+            acc.data, acc.weight = data_sums[k], weight_sums[k]
             data, weight = acc.finalize()
             g = data.shape[-1]
             shells = radial_index_3d(g).clamp(max=g // 2)
             reg = 1.0 / (self.opt.tau2_fudge * self.tau2[shells].clamp_min(1e-20))
-            # weight is in units of 1/sigma2: the regulariser shares them via the data power
             vol = wiener_volume(data, weight, d, reg.float())
             self.volumes[k] = vol * self.mask
 
@@ -275,13 +379,15 @@ def classify_em2d(
     initial_maps: torch.Tensor | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint: Path | None = None,
+    executor=None,
 ) -> Result:
     """EM classification of a :class:`~tomohet.data.model.TiltSeriesParticles` dataset.
 
+    ``executor`` (see ``tomohet.parallel``) runs the E-step partitions on other workers; the result is the same.
     ``progress(stage, done, total)`` reports particles done per stage; ``checkpoint`` (a file) is written
     after every iteration and, if it exists, the run resumes from it."""
     opt = options
-    em = EMClassifier(dataset, opt)
+    em = EMClassifier(dataset, opt, executor)
     t0 = time.perf_counter()
     start = 0
     init_info: dict = {}
@@ -339,9 +445,10 @@ def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
     proj = VolumeProjector(consensus, oversampling=2)
     s = torch.zeros(em.n_shells, dtype=torch.float64)
     c = torch.zeros(em.n_shells, dtype=torch.float64)
-    idx = em.shell2d.reshape(-1)
+    shell2d, wpix = _band(em.d, em.ds.pixel_size, em.opt.resolution_limit_A)
+    idx = shell2d.reshape(-1)
     for _, p in em.prepared():
-        r = (p.x - proj.project_ft(p.rot) * p.h).abs() ** 2 * p.valid * em.wpix
+        r = (p.x - proj.project_ft(p.rot) * p.h).abs() ** 2 * p.valid * wpix
         s.index_add_(0, idx, r.sum(0).reshape(-1).double())
-        c.index_add_(0, idx, (p.valid * em.wpix).sum(0).reshape(-1).double())
+        c.index_add_(0, idx, (p.valid * wpix).sum(0).reshape(-1).double())
     return torch.where(c > 0, s / c.clamp_min(1), torch.ones_like(s)).float().clamp_min(1e-12)
