@@ -45,9 +45,10 @@ def run_classify(
     flip_hand: bool = False,
     truth: Path | None = None,
     class_maps: bool = True,
+    executor=None,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content."""
-    run = Run(out, "classify", locals())
+    run = Run(out, "classify", {k: v for k, v in locals().items() if k != "executor"})
     with run.timed("read"):
         ds = read_particles(input_path, tomograms)
     run.log.info("%s", ds.summary())
@@ -74,7 +75,11 @@ def run_classify(
             prog.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f} images/s")
 
         with run.timed("classify"):
-            result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt")
+            try:
+                result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt", executor=executor)
+            finally:
+                if executor is not None:
+                    executor.close()
     for e in result.log:
         run.log.info("iteration %d: sizes %s, changes %.3f, log-likelihood %.6g (%.1f s)", e["iteration"],
                      e["class_sizes"], e["changes"], e["log_likelihood"], e["seconds"])  # fmt: skip

@@ -68,6 +68,21 @@ def simulate(
         _fail(exc)
 
 
+def _executor(workers: int, scheduler: str | None, slurm: str | None):
+    """A Dask executor when asked for one (``tomohet.parallel``), else None (this process)."""
+    if not (workers or scheduler or slurm):
+        return None
+    from ..parallel import DaskExecutor
+
+    settings = None
+    if slurm:
+        settings = {}
+        for item in slurm.split(","):
+            key, _, value = item.partition("=")
+            settings[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return DaskExecutor(address=scheduler, n_workers=workers or None, slurm=settings)
+
+
 @app.command()
 def classify(
     input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
@@ -83,6 +98,11 @@ def classify(
     tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
     flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the maps (opposite handedness)"),
     truth: Path | None = typer.Option(None, help="ground_truth.csv (found automatically beside simulated data)"),
+    workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
+    scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
+    slurm: str | None = typer.Option(
+        None, help="dask-jobqueue SLURM settings, e.g. 'queue=gpu,cores=8,memory=32GB,jobs=4'"
+    ),
 ) -> None:
     """Discrete classification (Bayesian EM on the 2D tilt stacks); particles.star with rlnClassNumber,
     class maps with half maps and FSC, posteriors, per-class subsets, result.json."""
@@ -90,7 +110,7 @@ def classify(
 
     try:
         run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
-                     tomograms, flip_hand, truth)  # fmt: skip
+                     tomograms, flip_hand, truth, executor=_executor(workers, scheduler, slurm))  # fmt: skip
     except InputError as exc:
         _fail(exc)
 

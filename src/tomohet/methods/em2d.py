@@ -169,7 +169,7 @@ def partial_iteration(
     log_norm = 0.5 * (wpix * torch.log(state.sigma2)[shell2d])  # Gaussian normaliser per pixel
     lls, posts = [], []
     for chunk in ds.chunks(opt.batch_size, particles):
-        key = int(chunk[0])
+        key = (int(chunk[0]), len(chunk))
         p = cache.get(key) if cache is not None else None
         if p is None:
             p = _Prepared(ds, chunk, opt.max_dose)
@@ -249,7 +249,7 @@ class EMClassifier:
     def prepared(self):
         """Yield (chunk, prepared spectra) over all particles, from the cache when there is one."""
         for chunk in self.ds.chunks(self.opt.batch_size):
-            key = int(chunk[0])
+            key = (int(chunk[0]), len(chunk))
             p = self._cache.get(key) if self._cache is not None else None
             if p is None:
                 p = _Prepared(self.ds, chunk, self.opt.max_dose)
