@@ -110,3 +110,13 @@ def test_rare_state_found(tmp_path):
     res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=8, seed=0))
     rep = discrete_report(truth["state"].to_numpy(), res.labels)
     assert rep["rarest_state"] == 1 and rep["rarest_state_f1"] >= 0.8
+
+
+def test_premultiplied_structured_noise(tmp_path):
+    """WarpTools-style CTF-premultiplied stacks with structured noise and missing high tilts."""
+    extra = {"ctf_premultiplied": True, "structured_noise": 0.3, "missing_high_tilt_fraction": 0.3}
+    layout, truth = simulate_preset("smoke", tmp_path, seed=5, n_particles=160, acquisition=extra)
+    ds = read_relion5(layout.optimisation_set)
+    assert ds.ctf_premultiplied
+    res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=6))
+    assert discrete_report(truth["state"].to_numpy(), res.labels)["ari"] >= 0.9

@@ -48,6 +48,11 @@ def simulate(
     seed: int = typer.Option(0, help="random seed: the same seed gives identical files"),
     n_particles: int | None = typer.Option(None, help="override the preset's particle count"),
     snr: float | None = typer.Option(None, help="override the preset's per-image SNR"),
+    premultiplied: bool = typer.Option(False, "--premultiplied", help="write CTF-premultiplied stacks (WarpTools)"),
+    structured_noise: float = typer.Option(0.0, help="fraction of the noise variance with a 1/|k| spectrum"),
+    missing_tilts: float = typer.Option(0.0, help="fraction of particles that lose their highest tilts"),
+    warp_v1: bool = typer.Option(False, "--warp-v1", help="also write a Warp v1 image-series star"),
+    subtomograms: bool = typer.Option(False, "--subtomograms", help="also write RELION 3.1 subtomograms"),
     list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
 ) -> None:
     """Write a benchmark dataset with per-particle ground truth (RELION 5 / WarpTools layout)."""
@@ -63,7 +68,9 @@ def simulate(
     from .simulate import run_simulate
 
     try:
-        run_simulate(preset, out, seed, n_particles, snr)
+        extra = {"ctf_premultiplied": premultiplied, "structured_noise": structured_noise,
+                 "missing_high_tilt_fraction": missing_tilts}  # fmt: skip
+        run_simulate(preset, out, seed, n_particles, snr, extra, warp_v1, subtomograms)
     except InputError as exc:
         _fail(exc)
 

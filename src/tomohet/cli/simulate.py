@@ -9,10 +9,21 @@ from ..simulate.datasets import get_preset, simulate_preset
 from .runlog import Run
 
 
-def run_simulate(preset: str, out: Path, seed: int = 0, n_particles: int | None = None, snr: float | None = None):
-    """Simulate ``preset`` into ``out`` with a progress bar; returns (layout, ground truth)."""
+def run_simulate(
+    preset: str,
+    out: Path,
+    seed: int = 0,
+    n_particles: int | None = None,
+    snr: float | None = None,
+    acquisition: dict | None = None,
+    warp_v1: bool = False,
+    subtomograms: bool = False,
+):
+    """Simulate ``preset`` into ``out`` with a progress bar (``acquisition`` overrides fields of the preset's
+    :class:`~tomohet.simulate.acquisition.Acquisition`); optionally also a Warp v1 star and RELION 3.1
+    subtomograms. Returns (layout, ground truth)."""
+    run = Run(out, "simulate", dict(locals()))
     p = get_preset(preset)
-    run = Run(out, "simulate", {"preset": preset, "seed": seed, "n_particles": n_particles, "snr": snr})
     n = n_particles or p.n_particles
     run.log.info("%s: %s", preset, p.description)
     with run.progress() as prog:
@@ -26,7 +37,20 @@ def run_simulate(preset: str, out: Path, seed: int = 0, n_particles: int | None 
             prog.update(task, advance=k, rate=f"{rate:.0f} particles/s")
 
         with run.timed("simulate"):
-            layout, truth = simulate_preset(preset, out, seed, n_particles, snr, tick)
+            layout, truth = simulate_preset(preset, out, seed, n_particles, snr, tick, acquisition)
+    if warp_v1 or subtomograms:
+        from ..data.relion5 import read_relion5
+
+        ds = read_relion5(layout.optimisation_set)
+        if warp_v1:
+            from ..data.warp_v1 import write_warp_v1
+
+            run.log.info("wrote %s", write_warp_v1(ds, out / f"{preset}_warp_v1.star"))
+        if subtomograms:
+            from ..data.subtomo import write_relion31_subtomograms
+
+            with run.timed("subtomograms"):
+                run.log.info("wrote %s", write_relion31_subtomograms(ds, out / "subtomograms"))
     run.log.info("measured SNR %.4f (requested %.4f)", layout.measured_snr, snr or p.acquisition.snr)
     run.finish(
         "simulate", seed, preset=preset, n_particles=n, optimisation_set=layout.optimisation_set.name,

@@ -24,7 +24,7 @@ from ..data.mrc import write_stack
 from ..data.relion5 import read_relion5
 from ..data.star import write_star
 from ..physics.forward import batch_transfer_functions
-from ..physics.fourier import irfft2_centered, rfft2_centered, shift_phase_2d
+from ..physics.fourier import half_grid_2d, irfft2_centered, rfft2_centered, shift_phase_2d
 from ..physics.projector import VolumeProjector
 from ..physics.rotations import matrix_to_euler, random_rotations, rotation_about_y
 
@@ -56,6 +56,7 @@ class Acquisition:
     ctf_premultiplied: bool = False
     float16: bool = True  # MRC mode 12 stacks as WarpTools writes
     tilt_axis_jitter_deg: float = 1.0  # per-tilt alignment residual (small in-plane rotation)
+    structured_noise: float = 0.0  # fraction of the noise variance with a 1/|k| spectrum (ice, crowding)
 
     def tilt_angles(self) -> np.ndarray:
         if self.tilts is not None:
@@ -221,6 +222,20 @@ def _axis_angle(axis: np.ndarray, ang: np.ndarray) -> np.ndarray:
     return np.eye(3) + s * k + (1 - c) * (k @ k)
 
 
+def noise_field(shape: tuple[int, ...], structured: float, gen: torch.Generator) -> torch.Tensor:
+    """Unit-variance noise images ``[..., D, D]``: white, plus a fraction ``structured`` of the variance with a
+    ``1/|k|`` amplitude spectrum (low-resolution, background-like structure, as from ice and crowded cytoplasm)."""
+    white = torch.randn(shape, generator=gen)
+    if structured <= 0:
+        return white
+    d = shape[-1]
+    kx, ky = half_grid_2d(d)
+    amp = 1.0 / torch.sqrt(kx**2 + ky**2).clamp_min(1.0)
+    coloured = irfft2_centered(rfft2_centered(torch.randn(shape, generator=gen)) * amp, d)
+    coloured = coloured / coloured.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return np.sqrt(1 - structured) * white + np.sqrt(structured) * coloured
+
+
 def clean_images(projector: VolumeProjector, batch: ImageBatch, rotations: torch.Tensor, pixel_size: float):
     """Noise-free images ``[B, T, D, D]`` of one volume (or, for a stacked projector, ``[K, B, T, D, D]``) and
     their CTFs ``[B*T, D, D//2+1]``: ``IFT[CTF * E * shift * Slice]``."""
@@ -279,7 +294,7 @@ def simulate_images(
         signal_var.extend(var.tolist())
         if sigma is None:  # fixed from the first batch: the noise level of a detector, not per image
             sigma = float(np.sqrt(np.mean(signal_var) / acq.snr))
-        noisy = imgs + sigma * torch.randn(imgs.shape, generator=gen)
+        noisy = imgs + sigma * noise_field(imgs.shape, acq.structured_noise, gen)
         if acq.ctf_premultiplied:  # CTF-premultiplied: signal gets CTF^2, noise becomes CTF-coloured
             ft = rfft2_centered(noisy.reshape(-1, acq.box, acq.box)) * ctfs
             noisy = irfft2_centered(ft, acq.box).reshape(noisy.shape)

@@ -156,10 +156,13 @@ def simulate_preset(
     n_particles: int | None = None,
     snr: float | None = None,
     progress: Callable[[int], None] | None = None,
+    acquisition: dict | None = None,
 ) -> tuple[SimulatedLayout, pd.DataFrame]:
-    """Simulate a named dataset preset (optionally with another size or SNR)."""
+    """Simulate a named dataset preset (optionally with another size, SNR or acquisition fields)."""
     p = get_preset(name)
     acq = p.acquisition if snr is None else replace(p.acquisition, snr=snr)
+    if acquisition:
+        acq = replace(acq, **acquisition)
     phantom = phantoms.preset(p.phantom, box=acq.box, pixel_size=acq.pixel_size, seed=seed, **p.phantom_options)
     return simulate_dataset(phantom, n_particles or p.n_particles, acq, out, name, seed, progress)
 
