@@ -120,3 +120,21 @@ def test_premultiplied_structured_noise(tmp_path):
     assert ds.ctf_premultiplied
     res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=6))
     assert discrete_report(truth["state"].to_numpy(), res.labels)["ari"] >= 0.9
+
+
+def test_focused_classification(assembly):
+    """A mask around subunit A (present in 3 of 4 states) sorts particles by A only: two groups."""
+    import torch
+
+    from tomohet.physics.filters import soft_sphere
+    from tomohet.simulate import phantoms
+
+    out, layout, truth = assembly
+    ds = read_relion5(layout.optimisation_set)
+    ph = phantoms.assembly(box=32, pixel_size=12.0, seed=1)
+    a_region = (ph.volumes[1] - ph.volumes[0]) > 0.2 * (ph.volumes[1] - ph.volumes[0]).max()
+    mask = (torch.nn.functional.conv3d(a_region.float()[None, None], torch.ones(1, 1, 5, 5, 5), padding=2)[0, 0] > 0)
+    mask = mask.float() * soft_sphere(32, 15)
+    res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=6), focus_mask=mask)
+    has_a = (truth["state"].to_numpy() >= 1).astype(int)
+    assert discrete_report(has_a, res.labels)["ari"] >= 0.8

@@ -46,6 +46,7 @@ def run_classify(
     truth: Path | None = None,
     class_maps: bool = True,
     executor=None,
+    focus_mask: Path | None = None,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content."""
     run = Run(out, "classify", {k: v for k, v in locals().items() if k != "executor"})
@@ -60,6 +61,13 @@ def run_classify(
         if maps.shape[-1] != ds.box:
             raise InputError(initial_maps[0], f"map box {maps.shape[-1]} differs from the particles' {ds.box}")
         n_classes, init = len(initial_maps), "maps"
+    mask = None
+    if focus_mask is not None:
+        mask, _ = read_volume(focus_mask)
+        if mask.shape[-1] != ds.box:
+            raise InputError(focus_mask, f"mask box {mask.shape[-1]} differs from the particles' {ds.box}")
+        if mask.min() < 0 or mask.max() > 1 or mask.max() == 0:
+            raise InputError(focus_mask, "a focus mask must have values in [0, 1] and not be empty")
     opts = EMOptions(
         n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
         resolution_limit_A=resolution_limit, anneal_start=anneal_start,
@@ -76,7 +84,8 @@ def run_classify(
 
         with run.timed("classify"):
             try:
-                result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt", executor=executor)
+                result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt", executor=executor,
+                                       focus_mask=mask)  # fmt: skip
             finally:
                 if executor is not None:
                     executor.close()

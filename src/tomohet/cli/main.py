@@ -98,6 +98,7 @@ def classify(
     iterations: int = typer.Option(12, help="maximum EM iterations"),
     init: str = typer.Option("pca", help="initialisation: pca (difference PCA + k-means), random"),
     maps: list[Path] | None = typer.Option(None, "--map", help="initial class maps (repeat; sets the classes)"),
+    focus_mask: Path | None = typer.Option(None, help="mask (MRC, 0..1) for focused classification"),
     seed: int = typer.Option(0, help="random seed"),
     max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
     resolution_limit: float | None = typer.Option(None, help="E-step resolution limit (A)"),
@@ -117,7 +118,8 @@ def classify(
 
     try:
         run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
-                     tomograms, flip_hand, truth, executor=_executor(workers, scheduler, slurm))  # fmt: skip
+                     tomograms, flip_hand, truth, executor=_executor(workers, scheduler, slurm),
+                     focus_mask=focus_mask)  # fmt: skip
     except InputError as exc:
         _fail(exc)
 

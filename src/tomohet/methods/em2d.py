@@ -72,7 +72,7 @@ def _multiplicity(size: int) -> torch.Tensor:
 class _Prepared:
     """Per-batch image spectra and transfer functions, centred and (for premultiplied data) CTF-divided."""
 
-    def __init__(self, ds, chunk: np.ndarray, max_dose: float | None):
+    def __init__(self, ds, chunk: np.ndarray, max_dose: float | None, subtract: VolumeProjector | None = None):
         d = ds.box
         batch = ds.batch(chunk)
         b, t = batch.dose.shape
@@ -85,10 +85,12 @@ class _Prepared:
         if ds.ctf_premultiplied:
             valid = (ctf.abs() > 0.1).float()
             x = torch.where(valid > 0, x / torch.where(valid > 0, ctf, torch.ones_like(ctf)), torch.zeros_like(x))
-        self.x = x
         self.h = ctf * expo
         self.valid = valid * vis.reshape(-1, 1, 1)
         self.rot = batch.rotations.reshape(-1, 3, 3)
+        if subtract is not None:  # focused classification: remove the signal outside the focus mask
+            x = x - subtract.project_ft(self.rot) * self.h * self.valid
+        self.x = x
         self.b, self.t = b, t
 
 
@@ -100,6 +102,7 @@ class EStepState:
     sigma2: torch.Tensor  # [D//2+1] noise power per shell
     options: EMOptions
     assign: Callable  # (particle indices [n], log-likelihoods [n, K]) -> posteriors [n, K]
+    subtract: torch.Tensor | None = None  # consensus outside the focus mask, subtracted from the images
 
 
 @dataclass
@@ -162,6 +165,7 @@ def partial_iteration(
     shell2d, wpix = _band(d, ds.pixel_size, opt.resolution_limit_A)
     n_shells = d // 2 + 1
     proj = VolumeProjector(state.volumes, oversampling=2)
+    sub = VolumeProjector(state.subtract, oversampling=2) if state.subtract is not None else None
     accs = [FourierAccumulator(d) for _ in range(k_cls)]  # M-step insertion on the image grid
     sig_sum = torch.zeros(n_shells, dtype=torch.float64)
     sig_cnt = torch.zeros(n_shells, dtype=torch.float64)
@@ -172,7 +176,7 @@ def partial_iteration(
         key = (int(chunk[0]), len(chunk))
         p = cache.get(key) if cache is not None else None
         if p is None:
-            p = _Prepared(ds, chunk, opt.max_dose)
+            p = _Prepared(ds, chunk, opt.max_dose, sub)
             if cache is not None:
                 cache[key] = p
         model = proj.project_ft(p.rot) * p.h  # [K, BT, D, Dh]
@@ -225,8 +229,10 @@ def run_partitions(ds, state: EStepState, partition_size: int, executor=None, ca
 class EMClassifier:
     """State and steps of the EM classification of one dataset (see the module docstring)."""
 
-    def __init__(self, dataset, options: EMOptions, executor=None):
+    def __init__(self, dataset, options: EMOptions, executor=None, focus_mask: torch.Tensor | None = None):
         self.ds = dataset
+        self.focus_mask = focus_mask
+        self.subtract: torch.Tensor | None = None  # set by initialise() when there is a focus mask
         self.opt = options
         self.executor = executor
         d = dataset.box
@@ -234,6 +240,8 @@ class EMClassifier:
         self.n_shells = d // 2 + 1
         r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
         self.mask = soft_sphere(d, r, edge=3.0)
+        if focus_mask is not None:
+            self.mask = self.mask * focus_mask.float()
         self.sigma2 = torch.ones(self.n_shells)
         self.tau2 = torch.ones(self.n_shells)  # signal power per shell, shared by all classes
         self.volumes = torch.zeros(options.n_classes, d, d, d)
@@ -252,7 +260,8 @@ class EMClassifier:
             key = (int(chunk[0]), len(chunk))
             p = self._cache.get(key) if self._cache is not None else None
             if p is None:
-                p = _Prepared(self.ds, chunk, self.opt.max_dose)
+                sub = VolumeProjector(self.subtract, oversampling=2) if self.subtract is not None else None
+                p = _Prepared(self.ds, chunk, self.opt.max_dose, sub)
                 if self._cache is not None:
                     self._cache[key] = p
             yield chunk, p
@@ -264,7 +273,7 @@ class EMClassifier:
         the EM posterior rule (e.g. stochastic hill climbing)."""
         old = self.posteriors.argmax(1)
         assign = assign or SoftmaxAssign(self.priors, temperature)
-        state = EStepState(self.volumes, self.sigma2, self.opt, assign)
+        state = EStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract)
         sums = run_partitions(self.ds, state, self.opt.partition_size, self.executor, self._cache, progress)
         order = np.argsort(sums.particles)
         self.posteriors = sums.posteriors[order]
@@ -300,6 +309,8 @@ class EMClassifier:
         power ``tau2`` of the regulariser comes from the consensus map, shared by all classes: a class's own
         (shrunk) map would feed back and let small classes, e.g. a rare state, fade away."""
         apix = self.ds.pixel_size
+        if self.focus_mask is not None:
+            self.subtract = consensus * (1 - self.focus_mask.float())
         self.tau2 = _shell_power(fft3_centered(consensus * self.mask), self.d, self.d)
         if maps is None:
             assert labels is not None
@@ -328,7 +339,9 @@ def _shell_power(ft: torch.Tensor, box: int, grid: int) -> torch.Tensor:
     return torch.from_numpy(np.interp(x, np.arange(box // 2 + 1), p.numpy())).float() * (grid / box) ** 3
 
 
-def pca_initial_labels(ds, opt: EMOptions, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def pca_initial_labels(
+    ds, opt: EMOptions, consensus: torch.Tensor, focus_mask: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Wedge-masked difference PCA + k-means: per particle, the Wiener back-projection of its residuals
     against the consensus (low-resolution band, missing wedge = no deviation), top components, k-means.
     Returns (labels, features)."""
@@ -339,11 +352,15 @@ def pca_initial_labels(ds, opt: EMOptions, consensus: torch.Tensor) -> tuple[np.
     small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
     small += small % 2
     proj = VolumeProjector(consensus, oversampling=2)
+    sub = None
+    if focus_mask is not None:  # residuals of the focus region only
+        proj = VolumeProjector(consensus * focus_mask, oversampling=2)
+        sub = VolumeProjector(consensus * (1 - focus_mask), oversampling=2)
     feats = []
     mask = soft_sphere(small, 0.45 * small, edge=1.5)
     lo = d // 2 - small // 2
     for chunk in ds.chunks(opt.batch_size):
-        p = _Prepared(ds, chunk, opt.max_dose)
+        p = _Prepared(ds, chunk, opt.max_dose, sub)
         resid = (p.x - proj.project_ft(p.rot) * p.h) * p.valid
         # crop spectra to the low-resolution band: [BT, small, small//2+1]
         r = resid[:, lo : lo + small, : small // 2 + 1]
@@ -380,14 +397,17 @@ def classify_em2d(
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint: Path | None = None,
     executor=None,
+    focus_mask: torch.Tensor | None = None,
 ) -> Result:
     """EM classification of a :class:`~tomohet.data.model.TiltSeriesParticles` dataset.
 
     ``executor`` (see ``tomohet.parallel``) runs the E-step partitions on other workers; the result is the same.
+    ``focus_mask`` ``[D, D, D]`` (0..1) focuses the classification on a region: the consensus outside it is
+    subtracted from the images (signal subtraction) and the references are masked by it.
     ``progress(stage, done, total)`` reports particles done per stage; ``checkpoint`` (a file) is written
     after every iteration and, if it exists, the run resumes from it."""
     opt = options
-    em = EMClassifier(dataset, opt, executor)
+    em = EMClassifier(dataset, opt, executor, focus_mask)
     t0 = time.perf_counter()
     start = 0
     init_info: dict = {}
@@ -395,6 +415,7 @@ def classify_em2d(
         state = torch.load(checkpoint, weights_only=False)
         em.volumes, em.priors, em.sigma2, em.tau2 = state["volumes"], state["priors"], state["sigma2"], state["tau2"]
         em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
+        em.subtract = state.get("subtract")
     else:
         consensus = reconstruct(dataset, oversampling=1).full
         if initial_maps is not None or opt.init == "maps":
@@ -405,7 +426,7 @@ def classify_em2d(
             rng = np.random.default_rng(opt.seed)
             em.initialise(consensus, labels=rng.integers(0, opt.n_classes, dataset.n_particles))
         elif opt.init == "pca":
-            labels, _ = pca_initial_labels(dataset, opt, consensus)
+            labels, _ = pca_initial_labels(dataset, opt, consensus, focus_mask)
             init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(consensus, labels=labels)
         else:
@@ -428,8 +449,17 @@ def classify_em2d(
                      images_per_s=round(dataset.n_images / (time.perf_counter() - ti), 1))  # fmt: skip
         em.log.append(entry)
         if checkpoint is not None:
-            torch.save({"volumes": em.volumes, "priors": em.priors, "sigma2": em.sigma2, "tau2": em.tau2,
-                        "posteriors": em.posteriors, "log": em.log, "iteration": it + 1}, checkpoint)  # fmt: skip
+            state = {
+                "volumes": em.volumes,
+                "priors": em.priors,
+                "sigma2": em.sigma2,
+                "tau2": em.tau2,
+                "subtract": em.subtract,
+                "posteriors": em.posteriors,
+                "log": em.log,
+                "iteration": it + 1,
+            }
+            torch.save(state, checkpoint)  # fmt: skip
         if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
             break
     labels = em.posteriors.argmax(1)
@@ -442,6 +472,8 @@ def classify_em2d(
 
 def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
     """Noise power per shell from residuals against the consensus map (a first E-step has no classes)."""
+    if em.focus_mask is not None:  # the images already have the consensus outside the mask subtracted
+        consensus = consensus * em.focus_mask
     proj = VolumeProjector(consensus, oversampling=2)
     s = torch.zeros(em.n_shells, dtype=torch.float64)
     c = torch.zeros(em.n_shells, dtype=torch.float64)

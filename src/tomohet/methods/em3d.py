@@ -1,0 +1,547 @@
+"""Bayesian EM classification of 3D subtomograms with their per-voxel weights (given poses, no alignment).
+
+Data. Particle ``i`` is a subtomogram with a per-voxel weight, in one internal form (reference frame, D grid,
+FFTW half layout ``[D, D, D//2+1]``, only the coefficients inside the E-step band are kept):
+
+    d_i(k) = sum_j H_ij(k) X_ij(k)     CTF-premultiplied data (RELION 4 pseudo-subtomogram; H = CTF x exposure)
+    W_i(k) = sum_j H_ij(k)^2           its weight (CTF^2, zero in the missing wedge)
+
+- 2D tilt stacks (:class:`~tomohet.data.model.TiltSeriesParticles`) are inserted here, per particle, directly in
+  the *reference* frame (each image with its own rotation ``A_ij``, i.e. pose = identity in
+  :mod:`tomohet.physics.subtomogram`), so the E-step needs no rotation at all.
+- RELION 4 pseudo-subtomograms (:class:`~tomohet.data.subtomo.Subtomograms`, ``ctf_premultiplied``): ``d`` = the
+  data, ``W`` = the stored CTF^2.
+- RELION 3.1 subtomograms (``X = C V + white noise``, ``C`` the 3D CTF): ``d = C X``, ``W = C^2``. Then
+  ``-|X - C V|^2 / 2 s2 = const + (Re(conj(d) V) - W |V|^2 / 2) / s2``, i.e. the white-noise model of RELION 3.1
+  *is* the weighted model below in this form, and the two ``noise_model`` options coincide for such data.
+
+File subtomograms live in their tomogram frame, ``subtomo_i(x) = V(R_i^T x)``, so ``S_i(k) = V(R_i^T k)``. They
+are resampled once into the reference frame, ``d_ref(q) = d_i(R_i q)`` (data from a 2x zero-padded,
+gridding-precorrected spectrum, weights from their D grid, trilinear ``grid_sample`` with the conventions of
+:mod:`tomohet.physics.projector`), and phase-shifted to undo ``rlnOrigin``. Rotating once costs ``O(N D^3)``;
+rotating the K references into every particle's frame would cost ``O(N K D^3)`` per iteration *and* make the
+M-step an adjoint (scatter) per particle. In the reference frame the E-step is two matrix products
+``[N, P] x [P, K]`` and the M-step a posterior-weighted sum ``[K, N] x [N, P]``.
+
+Noise model (``noise_model="weighted"``, the default and the right one). Each tilt image is
+``X_ij = H_ij P_ij V + N_ij`` with independent noise of power ``sigma2(s)`` per Fourier coefficient in shell ``s``.
+Inserting ``H_ij X_ij`` gives ``d_i = W_i V + n_i`` with ``n_i = sum_j H_ij N_ij`` (the slices of one tilt series
+are independent where they overlap), so ``E|n_i(k)|^2 = sum_j H_ij^2 sigma2(s) = W_i(k) sigma2(s)``: the noise
+of a back-projected subtomogram is *not* white; its variance follows the weight voxel by voxel (high at low
+frequency where all tilts overlap, zero in the missing wedge, dips at the CTF zeros). The log-likelihood is
+
+    log p(d_i | V_k) = -sum_k m_k |d_i - W_i V_k|^2 / (2 W_i sigma2) + const
+                     = sum_k m_k (Re(conj(d_i) V_k) - W_i |V_k|^2 / 2) / sigma2(s) + const_i
+
+(``m_k`` = 1 on the kx = 0 plane and 2 elsewhere: each half-layout coefficient stands for its Friedel pair, as
+in :mod:`tomohet.methods.em2d`), which equals the 2D likelihood of the tilt series up to interpolation: 3D EM
+with these weights is the 2D EM in disguise. ``noise_model="white"`` assumes ``d_i = W_i V + white noise`` (what
+RELION 3.1 assumes when handed a CTF-premultiplied pseudo-subtomogram with ``W`` as its CTF): it weights voxels
+by ``W^2`` instead of ``W``, over-trusting the low frequencies and the voxels many tilts reach.
+
+Noise power per shell: ``sigma2(s) = sum_i sum_k g_ik sum_{k in s} m |d_i - W_i V_k|^2 / sum_i sum_{k in s} m W_i``
+(white: divided by the number of voxels with ``W > 0``). M-step (regularised Wiener, ``tau2`` per shell from the
+consensus, shared by all classes as in em2d): ``V_k = sum_i g_ik d_i / (sum_i g_ik W_i + sigma2 / (fudge tau2))``
+(white: ``sum g W d / (sum g W^2 + ...)``), then a soft spherical mask in real space.
+
+Initialisation (``init="pca"``): a wedge-aware difference PCA: each particle's residual against the consensus,
+``(d_i - W_i V_0) / (W_i + lambda_i)`` in a low-resolution band (zero where the wedge hides it), masked in real
+space, top components, k-means; ``"random"`` (random subsets) and ``"maps"`` (given maps) as in em2d.
+
+FFT normalisation: unnormalised forward transforms (:mod:`tomohet.physics.fourier`); real volumes ``[D, D, D]``
+(z, y, x; origin at D//2); resolutions in Angstrom.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..physics.filters import lowpass, soft_sphere
+from ..physics.forward import batch_transfer_functions
+from ..physics.fourier import crop_to, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
+from ..physics.projector import _band_points, _mirror, gridding_correction
+from ..physics.subtomogram import to_fftw_half
+from .em2d import SoftmaxAssign
+from .result import Result
+
+
+@dataclass
+class EM3DOptions:
+    """Options of :func:`classify_em3d`. Resolutions in Angstrom."""
+
+    n_classes: int = 4
+    n_iter: int = 12
+    init: str = "pca"  # "pca", "random" or "maps" (give ``initial_maps``)
+    init_lowpass_A: float = 40.0
+    init_resolution_A: float | None = None  # band of the PCA features (default: 2.5 x Nyquist)
+    n_components: int | None = None  # PCA components for the initial k-means (default n_classes)
+    anneal_start: float = 1.0  # initial temperature (>1 softens early posteriors), falls to 1 by n_iter/2
+    tau2_fudge: float = 4.0
+    noise_model: str = "weighted"  # "weighted" (variance ~ W per voxel, correct) or "white" (RELION 3.1's)
+    resolution_limit_A: float | None = None  # E-step band limit (default Nyquist)
+    mask_radius_px: float | None = None  # soft spherical mask on the references (default 0.45 D)
+    oversampling: int = 2  # padding of 2D images inserted into subtomograms / of file subtomograms resampled
+    batch_size: int = 32
+    seed: int = 0
+    cache_gb: float = 3.0  # keep the prepared spectra in memory across iterations when they fit
+    tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
+
+
+# ------------------------------------------------------------------------------------------------ the band
+
+
+class _Band:
+    """In-band coefficients of the D-grid FFTW half layout ``[D, D, D//2+1]`` (z, y in FFT order, kx = 0..D//2):
+    flat indices ``[P]``, rounded shell ``[P]``, Friedel multiplicity ``[P]`` and frequencies ``[P, 3]`` (x, y, z)."""
+
+    def __init__(self, d: int, limit_px: float):
+        self.d = d
+        f = torch.fft.fftfreq(d, 1.0 / d)
+        kx = torch.arange(d // 2 + 1, dtype=torch.float32)
+        kz, ky, kxx = torch.meshgrid(f, f, kx, indexing="ij")
+        shell = torch.round(torch.sqrt(kz**2 + ky**2 + kxx**2)).long().reshape(-1)
+        self.idx = torch.nonzero(shell < min(limit_px, d // 2)).squeeze(1)
+        self.shell = shell[self.idx]
+        self.n_shells = d // 2 + 1
+        self.mult = torch.where(kxx.reshape(-1)[self.idx] == 0, 1.0, 2.0).double()
+        self.freq = torch.stack([kxx.reshape(-1), ky.reshape(-1), kz.reshape(-1)], -1)[self.idx]  # (x, y, z)
+        self.lookup = torch.full((d * d * (d // 2 + 1),), -1, dtype=torch.long)
+        self.lookup[self.idx] = torch.arange(len(self.idx))
+
+    @property
+    def size(self) -> int:
+        return len(self.idx)
+
+    def gather(self, half: torch.Tensor) -> torch.Tensor:
+        """``[..., D, D, D//2+1]`` -> ``[..., P]``."""
+        return half.reshape(*half.shape[:-3], -1)[..., self.idx]
+
+    def scatter(self, vec: torch.Tensor) -> torch.Tensor:
+        """``[..., P]`` -> ``[..., D, D, D//2+1]`` (zeros outside the band)."""
+        d = self.d
+        out = torch.zeros(*vec.shape[:-1], d * d * (d // 2 + 1), dtype=vec.dtype)
+        out[..., self.idx] = vec
+        return out.reshape(*vec.shape[:-1], d, d, d // 2 + 1)
+
+    def per_shell(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of ``[P]`` values per shell -> ``[D//2+1]`` float64."""
+        return torch.zeros(self.n_shells, dtype=torch.float64).index_add_(0, self.shell, x.double())
+
+    def to_real(self, vec: torch.Tensor) -> torch.Tensor:
+        """In-band spectra ``[..., P]`` -> real volumes ``[..., D, D, D]`` (origin at D//2)."""
+        d = self.d
+        vol = torch.fft.irfftn(self.scatter(vec.to(torch.complex128)), s=(d, d, d), dim=(-3, -2, -1))
+        return torch.fft.fftshift(vol, dim=(-3, -2, -1)).float()
+
+    def from_real(self, vol: torch.Tensor) -> torch.Tensor:
+        """Real volumes ``[..., D, D, D]`` (origin at D//2) -> in-band spectra ``[..., P]`` complex64."""
+        return self.gather(_rfft3(vol)).to(torch.complex64)
+
+
+def _rfft3(vol: torch.Tensor) -> torch.Tensor:
+    """Real ``[..., D, D, D]`` (origin at D//2) -> FFTW half layout ``[..., D, D, D//2+1]`` (unnormalised)."""
+    return torch.fft.rfftn(torch.fft.ifftshift(vol, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+
+
+# ------------------------------------------------------------------------------- data in the reference frame
+
+
+def _insert_reference_frame(batch, pixel_size: float, premultiplied: bool, oversampling: int):
+    """Reference-frame subtomograms of an :class:`~tomohet.data.model.ImageBatch`: ``(d, W)`` in FFTW half layout
+    ``[B, D, D, D//2+1]`` (complex, real). Each visible image, zero-padded to ``M = oversampling x D``, is inserted
+    with its own rotation (trilinear, in-band pixels only, one ``index_add_`` per channel into B grids of ``M^3``),
+    Hermitian-completed; the data are brought back to the D box by inverse transform, gridding correction and a
+    real-space crop, the weights by taking every ``oversampling``-th voxel, as in
+    :func:`~tomohet.physics.subtomogram.particle_subtomograms` (same result, without the multiplicity count)."""
+    b, t, d = batch.images.shape[:3]
+    m = d * oversampling
+    vis = batch.visible.reshape(-1)
+    ctf, expo = batch_transfer_functions(batch, m, pixel_size)  # [B*T, M, M//2+1]
+    ft = rfft2_centered(pad_to(batch.images.reshape(b * t, d, d).float(), m, 2))
+    ft = ft * shift_phase_2d(m, -batch.shifts.reshape(-1, 2))
+    h = (ctf * expo)[vis]
+    spectra = ft[vis] * (expo[vis] if premultiplied else h)
+    rot = batch.rotations.reshape(-1, 3, 3)[vis]
+    part = torch.arange(b)[:, None].expand(b, t).reshape(-1)[vis]
+    n = rot.shape[0]
+    idx, k2, half = _band_points(m, m, spectra.device)
+    rt = rot.to(torch.float32).transpose(-1, -2)[..., :2]
+    c = (torch.matmul(k2, rt.transpose(-1, -2)) + m // 2).reshape(-1, 3)  # [n * npix, 3] (x, y, z)
+    c0 = torch.floor(c)
+    f = (c - c0).t()
+    lo = c0.long().t()
+    hi = lo + 1
+    w_ax = torch.stack([(1 - f) * ((lo >= 0) & (lo < m)), f * ((hi >= 0) & (hi < m))])  # [2, 3, N]
+    i_ax = torch.stack([lo.clamp(0, m - 1), hi.clamp(0, m - 1)])
+    base = (part[:, None] * m**3).expand(n, len(idx)).reshape(-1)
+    flat = ((i_ax[:, None, None, 2] * m + i_ax[None, :, None, 1]) * m + i_ax[None, None, :, 0]) + base
+    flat = flat.reshape(-1)
+    w = (w_ax[:, None, None, 2] * w_ax[None, :, None, 1] * w_ax[None, None, :, 0]).reshape(8, -1)
+    vals = torch.view_as_real(spectra.reshape(n, -1)[:, idx]) * half[:, None]  # [n, npix, 2]
+    wts = ((h * h).reshape(n, -1)[:, idx] * half).reshape(-1)
+    vals = vals.reshape(-1, 2)
+    data = torch.zeros(2, b * m**3)
+    weight = torch.zeros(b * m**3)
+    for ch in range(2):
+        data[ch].index_add_(0, flat, (w * vals[:, ch]).reshape(-1))
+    weight.index_add_(0, flat, (w * wts).reshape(-1))
+    data_c = torch.complex(data[0], data[1]).reshape(b, m, m, m)
+    weight = weight.reshape(b, m, m, m)
+    data_c = data_c + _mirror(data_c).conj()
+    weight = weight + _mirror(weight)
+    vol = crop_to(ifft3_centered(data_c) / gridding_correction(m), d, 3)
+    sub = torch.arange(d) * oversampling + (m // 2 - oversampling * (d // 2))
+    wd = weight[:, sub[:, None, None], sub[None, :, None], sub[None, None, :]]
+    return _rfft3(vol), to_fftw_half(wd)
+
+
+def _resample_to_reference(
+    data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, band: _Band, pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tomogram-frame subtomograms -> reference-frame in-band spectra ``(d [B, P] complex64, W [B, P])``.
+
+    ``data [B, D, D, D]`` real (premultiplied), ``weight [B, D, D, D]`` full centred, ``rotations [B, 3, 3]`` with
+    ``subtomo_i(x) = V(R_i^T x)``, ``shifts [B, 3]`` pixels (x, y, z; the particle sits at ``-shift``). Samples
+    ``d(R_i q)`` trilinearly on a ``pad``-times padded, gridding-precorrected spectrum and ``W(R_i q)`` on its D grid,
+    then undoes the shift (content moves by ``+shift``)."""
+    b, d = data.shape[0], data.shape[-1]
+    g = d * pad
+    q = band.freq.float()  # [P, 3] (x, y, z)
+    rq = torch.einsum("bij,pj->bpi", rotations.float(), q)  # R_i q
+    ident = torch.allclose(rotations.float(), torch.eye(3).expand(b, 3, 3), atol=1e-6)
+    if ident:  # already in the reference frame: take the voxels as they are
+        dh = band.gather(_rfft3(data))
+        wh = band.gather(to_fftw_half(weight))
+    else:
+        ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(pad_to(data.float(), g, 3) / gridding_correction(g),
+                                dim=(-3, -2, -1)), dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
+        src = torch.view_as_real(ft).permute(0, 4, 1, 2, 3)  # [B, 2, G, G, G]
+        grid = ((rq * pad + g // 2) * (2.0 / (g - 1)) - 1.0)[:, None, None]  # [B, 1, 1, P, 3]
+        s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # [B, 2, P]
+        dh = torch.complex(s[:, 0], s[:, 1])
+        gw = ((rq + d // 2) * (2.0 / (d - 1)) - 1.0)[:, None, None]
+        wh = torch.nn.functional.grid_sample(weight[:, None].float(), gw, mode="bilinear", align_corners=True)
+        wh = wh[:, 0, 0, 0]
+    if shifts is not None and bool((shifts != 0).any()):
+        arg = (band.freq[None].double() * shifts[:, None, :].double()).sum(-1)
+        dh = dh * torch.polar(torch.ones_like(arg), -2 * math.pi * arg / d).to(dh.dtype)
+    return dh.to(torch.complex64), wh.float().clamp_min(0)
+
+
+class _Source:
+    """Prepared reference-frame spectra ``(d [B, P] complex64, W [B, P] float32)`` per chunk of particles, made
+    once and cached when they fit in ``cache_gb``, otherwise remade on every pass (streamed)."""
+
+    def __init__(self, dataset, band: _Band, opt: EM3DOptions):
+        self.ds = dataset
+        self.band = band
+        self.opt = opt
+        self.subtomograms = hasattr(dataset, "volume_paths")
+        fits = dataset.n_particles * band.size * 12 < opt.cache_gb * 1e9
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if fits else None
+
+    def _make(self, chunk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        ds, band = self.ds, self.band
+        if self.subtomograms:
+            bt = ds.batch(chunk)
+            if ds.ctf_premultiplied:  # RELION 4: premultiplied data, CTF^2 weights
+                data, weight = bt.data, bt.weight
+            else:  # RELION 3.1: X = C V + white noise -> d = C X, W = C^2
+                ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(bt.data, dim=(-3, -2, -1)),
+                                                       dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
+                data, weight = ifft3_centered(ft * bt.ctf), bt.ctf**2
+            return _resample_to_reference(data, weight, bt.rotations, bt.shifts, band, self.opt.oversampling)
+        bt = ds.batch(chunk)
+        dh, wh = _insert_reference_frame(bt, ds.pixel_size, ds.ctf_premultiplied, self.opt.oversampling)
+        return band.gather(dh).to(torch.complex64), band.gather(wh).float().clamp_min(0)
+
+    def __iter__(self):
+        for chunk in self.ds.chunks(self.opt.batch_size):
+            key = int(chunk[0])
+            item = self.cache.get(key) if self.cache is not None else None
+            if item is None:
+                item = self._make(chunk)
+                if self.cache is not None:
+                    self.cache[key] = item
+            yield chunk, item[0], item[1]
+
+
+# ------------------------------------------------------------------------------------------------ EM steps
+
+
+@dataclass
+class _Sums:
+    """Posterior-weighted sums over particles, per class and in-band voxel (float64 / complex128)."""
+
+    d: torch.Tensor  # [K, P] sum g d
+    w: torch.Tensor  # [K, P] sum g W
+    wd: torch.Tensor  # [K, P] sum g W d
+    w2: torch.Tensor  # [K, P] sum g W^2
+    d2: torch.Tensor  # [P] sum m |d|^2 (all particles)
+    n_seen: torch.Tensor  # [P] number of particles with W > 0
+
+    @staticmethod
+    def zeros(k: int, p: int) -> _Sums:
+        z = torch.zeros(k, p, dtype=torch.float64)
+        return _Sums(z.to(torch.complex128), z.clone(), z.to(torch.complex128), z.clone(),
+                     torch.zeros(p, dtype=torch.float64), torch.zeros(p, dtype=torch.float64))  # fmt: skip
+
+    def add(self, g: torch.Tensor, d: torch.Tensor, w: torch.Tensor) -> None:
+        """``g [B, K]`` posteriors, ``d [B, P]`` complex128, ``w [B, P]`` float64."""
+        gt = g.T.to(torch.float64)
+        self.d += gt.to(torch.complex128) @ d
+        self.w += gt @ w
+        self.wd += gt.to(torch.complex128) @ (d * w)
+        self.w2 += gt @ (w * w)
+        self.d2 += (d.abs() ** 2).sum(0)
+        self.n_seen += (w > 0).double().sum(0)
+
+
+def _log_likelihood(d: torch.Tensor, w: torch.Tensor, vols: torch.Tensor, inv_s2: torch.Tensor, model: str):
+    """``[B, K]`` log-likelihoods up to a per-particle constant (module docstring). ``d [B, P]`` complex128,
+    ``w [B, P]`` float64, ``vols [K, P]`` complex128, ``inv_s2 [P]`` = m / sigma2 per voxel."""
+    vw = vols * inv_s2
+    p2 = (vols.abs() ** 2) * inv_s2
+    if model == "white":
+        dw = d * w
+        return dw.real @ vw.real.T + dw.imag @ vw.imag.T - 0.5 * ((w * w) @ p2.T)
+    return d.real @ vw.real.T + d.imag @ vw.imag.T - 0.5 * (w @ p2.T)
+
+
+class EM3DClassifier:
+    """State and steps of the 3D EM classification of one dataset (see the module docstring)."""
+
+    def __init__(self, dataset, options: EM3DOptions):
+        if options.noise_model not in ("weighted", "white"):
+            raise ValueError(f"unknown noise_model {options.noise_model!r} (weighted, white)")
+        self.ds = dataset
+        self.opt = options
+        d = dataset.box
+        self.d = d
+        limit = d // 2 if options.resolution_limit_A is None else d * dataset.pixel_size / options.resolution_limit_A
+        self.band = _Band(d, limit)
+        self.source = _Source(dataset, self.band, options)
+        r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
+        self.mask = soft_sphere(d, r, edge=3.0)
+        k = options.n_classes
+        self.sigma2 = torch.ones(self.band.n_shells, dtype=torch.float64)
+        self.tau2 = torch.ones(self.band.n_shells, dtype=torch.float64)
+        self.volumes = torch.zeros(k, self.band.size, dtype=torch.complex128)  # in-band spectra
+        self.priors = np.full(k, 1.0 / k)
+        self.posteriors = np.zeros((dataset.n_particles, k))
+        self.log_likelihood = np.zeros((dataset.n_particles, k))
+        self.log: list[dict] = []
+
+    # -------------------------------------------------------------------------------------- pieces
+    def _noise_power(self, sums: _Sums, vols: torch.Tensor) -> torch.Tensor:
+        """sigma2 per shell from the residual sums (module docstring)."""
+        b = self.band
+        r = sums.d2 - 2 * (vols * sums.wd.conj()).real.sum(0) + ((vols.abs() ** 2) * sums.w2).sum(0)
+        num = b.per_shell(r * b.mult)
+        den = b.per_shell((sums.w.sum(0) if self.opt.noise_model == "weighted" else sums.n_seen) * b.mult)
+        s2 = torch.where(den > 0, num / den.clamp_min(1e-300), self.sigma2)
+        return s2.clamp_min(1e-12 * float(s2.max()))
+
+    def _solve(self, num: torch.Tensor, den: torch.Tensor, fudge: float) -> torch.Tensor:
+        """Wiener ``num / (den + sigma2 / (fudge tau2))`` per voxel, masked in real space: ``[K, P]`` complex128."""
+        reg = (self.sigma2 / (fudge * self.tau2.clamp_min(1e-30)))[self.band.shell]
+        vols = num / (den + reg)
+        return self._masked(vols)
+
+    def _masked(self, vols: torch.Tensor) -> torch.Tensor:
+        return self.band.from_real(self.band.to_real(vols) * self.mask).to(torch.complex128)
+
+    def _m_step_terms(self, sums: _Sums) -> tuple[torch.Tensor, torch.Tensor]:
+        return (sums.d, sums.w) if self.opt.noise_model == "weighted" else (sums.wd, sums.w2)
+
+    def real_volumes(self) -> torch.Tensor:
+        """Class maps ``[K, D, D, D]`` float32 (real space, origin at D//2)."""
+        return self.band.to_real(self.volumes)
+
+    def _pass(self, assign: Callable | None, progress: Callable[[int], None] | None = None):
+        """One pass over the data: log-likelihoods, posteriors (``assign``; None = one class of all particles)
+        and the sums of the M-step and of the noise power."""
+        k = self.volumes.shape[0] if assign is not None else 1
+        sums = _Sums.zeros(k, self.band.size)
+        inv_s2 = self.band.mult / self.sigma2[self.band.shell]
+        lls, posts = [], []
+        for chunk, d, w in self.source:
+            d, w = d.to(torch.complex128), w.double()
+            if assign is None:
+                g = torch.ones(len(chunk), 1, dtype=torch.float64)
+            else:
+                ll = _log_likelihood(d, w, self.volumes, inv_s2, self.opt.noise_model).numpy()
+                post = assign(chunk, ll)
+                lls.append(ll)
+                posts.append(post)
+                g = torch.from_numpy(post)
+            sums.add(g, d, w)
+            if progress:
+                progress(len(chunk))
+        if assign is None:
+            return sums, None, None
+        return sums, np.concatenate(lls), np.concatenate(posts)
+
+    # --------------------------------------------------------------------------------- consensus / init
+    def consensus(self) -> torch.Tensor:
+        """Consensus map (in-band spectrum) of all particles; sets ``sigma2`` and the shared ``tau2``."""
+        sums, _, _ = self._pass(None)
+        num, den = self._m_step_terms(sums)
+        raw = torch.where(den > 1e-12 * float(den.max()), num / den.clamp_min(1e-300), torch.zeros_like(num))
+        self.sigma2 = self._noise_power(sums, raw)
+        b = self.band
+        # signal power: raw power minus its noise (sigma2 / den per voxel, weighted model), per shell
+        noise = torch.where(den > 0, self.sigma2[b.shell] / den.clamp_min(1e-300), torch.zeros_like(den))[0]
+        cnt = b.per_shell(b.mult)
+        p_raw = b.per_shell((raw[0].abs() ** 2) * b.mult) / cnt.clamp_min(1)
+        p_noise = b.per_shell(noise * b.mult) / cnt.clamp_min(1)
+        self.tau2 = torch.maximum(p_raw - p_noise, 0.05 * p_raw).clamp_min(1e-30)
+        cons = self._solve(num, den, 1.0)
+        self.tau2 = self._shell_power(cons[0])  # from the masked consensus, as em2d
+        self._sums_consensus = sums
+        return cons[0]
+
+    def _shell_power(self, vec: torch.Tensor) -> torch.Tensor:
+        b = self.band
+        p = b.per_shell((vec.abs() ** 2) * b.mult) / b.per_shell(b.mult).clamp_min(1)
+        # shells outside the band keep the last in-band value (unused)
+        last = int(b.shell.max())
+        p[last + 1 :] = p[last]
+        return p.clamp_min(1e-30)
+
+    def initialise(self, labels: np.ndarray | None = None, maps: torch.Tensor | None = None) -> None:
+        """References from initial labels (weighted reconstruction per class) or from given real maps
+        ``[K, D, D, D]``, low-passed to ``init_lowpass_A`` and masked."""
+        k = self.opt.n_classes
+        if maps is None:
+            assert labels is not None
+            g = np.eye(k)[labels]
+            sums = _Sums.zeros(k, self.band.size)
+            for chunk, d, w in self.source:
+                sums.add(torch.from_numpy(g[chunk]), d.to(torch.complex128), w.double())
+            num, den = self._m_step_terms(sums)
+            vols = self.band.to_real(self._solve(num, den, self.opt.tau2_fudge))
+        else:
+            vols = maps.float()
+        apix = self.ds.pixel_size
+        vols = torch.stack([lowpass(v, self.opt.init_lowpass_A, apix) * self.mask for v in vols])
+        self.volumes = self.band.from_real(vols).to(torch.complex128)
+        if labels is not None:
+            self.priors = np.bincount(labels, minlength=k) / len(labels)
+            self.posteriors = np.eye(k)[labels]
+
+    def pca_initial_labels(self, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Wedge-aware difference PCA + k-means (module docstring). Returns (labels, features ``[N, q]``)."""
+        from sklearn.cluster import KMeans
+
+        opt, d, apix = self.opt, self.d, self.ds.pixel_size
+        res = opt.init_resolution_A or 2.5 * 2 * apix
+        small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
+        small += small % 2
+        # the small half cube's coefficients in the in-band vector (-1: outside the band)
+        f = torch.fft.fftfreq(small, 1.0 / small).long()
+        kx = torch.arange(small // 2 + 1)
+        iz, iy, ix = torch.meshgrid(f % d, f % d, kx, indexing="ij")
+        pos = self.band.lookup[((iz * d + iy) * (d // 2 + 1) + ix).reshape(-1)]
+        ok = pos >= 0
+        sel = pos[ok]
+        mask = soft_sphere(small, 0.45 * small, edge=1.5)
+        cons = consensus[sel]
+        feats = []
+        for _, dd, w in self.source:
+            dd, w = dd[:, sel].to(torch.complex128), w[:, sel].double()
+            lam = w.mean(1, keepdim=True).clamp_min(1e-12)
+            dev = (dd - w * cons) / (w + lam)
+            cube = torch.zeros(dd.shape[0], small**2 * (small // 2 + 1), dtype=torch.complex128)
+            cube[:, ok] = dev
+            vol = torch.fft.irfftn(cube.reshape(-1, small, small, small // 2 + 1), s=(small,) * 3, dim=(-3, -2, -1))
+            vol = torch.fft.fftshift(vol, dim=(-3, -2, -1)) * mask
+            feats.append(vol.reshape(dd.shape[0], -1))
+        x = torch.cat(feats)
+        x = x - x.mean(0)
+        x = x / x.std(0).clamp_min(1e-12).mean()
+        q = opt.n_components or opt.n_classes
+        u, s, _ = torch.linalg.svd(x, full_matrices=False)
+        z = (u[:, :q] * s[:q]).numpy()
+        km = KMeans(n_clusters=opt.n_classes, n_init=20, random_state=opt.seed).fit(z)
+        return km.labels_.astype(int), z
+
+    # ------------------------------------------------------------------------------------- iterate
+    def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict:
+        """One EM iteration: posteriors, then sigma2, priors and the maps."""
+        old = self.posteriors.argmax(1)
+        sums, ll, post = self._pass(SoftmaxAssign(self.priors, temperature), progress)
+        self.log_likelihood, self.posteriors = ll, post
+        self.sigma2 = self._noise_power(sums, self.volumes)
+        self.priors = post.mean(0)
+        num, den = self._m_step_terms(sums)
+        self.volumes = self._solve(num, den, self.opt.tau2_fudge)
+        lp = ll + np.log(np.maximum(self.priors, 1e-12))
+        total = float((lp.max(1) + np.log(np.exp(lp - lp.max(1, keepdims=True)).sum(1))).sum())
+        return {"log_likelihood": total, "changes": float((post.argmax(1) != old).mean()),
+                "class_sizes": np.bincount(post.argmax(1), minlength=self.opt.n_classes).tolist(),
+                "priors": self.priors.round(4).tolist(), "temperature": temperature}  # fmt: skip
+
+
+def classify_em3d(
+    dataset,
+    options: EM3DOptions | None = None,
+    initial_maps: torch.Tensor | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Result:
+    """EM classification of 3D subtomograms with per-voxel weights, poses given (no alignment).
+
+    ``dataset``: a :class:`~tomohet.data.subtomo.Subtomograms` (RELION 3.1 or 4 files) or a
+    :class:`~tomohet.data.model.TiltSeriesParticles` (the subtomograms are made in memory, in batches, in the
+    reference frame). ``initial_maps [K, D, D, D]`` real, for ``init="maps"``. ``progress(stage, done, total)``
+    reports particles done per stage. Returns a :class:`Result` with ``labels [N]``, ``posteriors [N, K]``, class
+    maps ``[K, D, D, D]``, one log entry per iteration and ``extra`` (``sigma2 [D//2+1]``, ``seconds``,
+    ``prepare_seconds``)."""
+    opt = options or EM3DOptions()
+    t0 = time.perf_counter()
+    em = EM3DClassifier(dataset, opt)
+    n = dataset.n_particles
+    consensus = em.consensus()  # first pass: prepares (and caches) the spectra
+    t_prep = time.perf_counter() - t0
+    info: dict = {}
+    if initial_maps is not None or opt.init == "maps":
+        if initial_maps is None:
+            raise ValueError("init='maps' needs initial_maps")
+        em.initialise(maps=initial_maps)
+    elif opt.init == "random":
+        em.initialise(labels=np.random.default_rng(opt.seed).integers(0, opt.n_classes, n))
+    elif opt.init == "pca":
+        labels, _ = em.pca_initial_labels(consensus)
+        info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
+        em.initialise(labels=labels)
+    else:
+        raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
+    for it in range(opt.n_iter):
+        half = max(1, opt.n_iter // 2)
+        temp = max(1.0, opt.anneal_start ** (1 - it / half)) if opt.anneal_start > 1 else 1.0
+        done = [0]
+
+        def tick(k: int, it: int = it, done: list[int] = done) -> None:
+            done[0] += k
+            if progress:
+                progress(f"iteration {it + 1}/{opt.n_iter}", done[0], n)
+
+        ti = time.perf_counter()
+        entry = em.iterate(temp, tick)
+        dt = time.perf_counter() - ti
+        entry.update(iteration=it + 1, seconds=round(dt, 3), particles_per_s=round(n / max(dt, 1e-9), 1))
+        em.log.append(entry)
+        if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
+            break
+    return Result(
+        method="em3d", options=asdict(opt), labels=em.posteriors.argmax(1), posteriors=em.posteriors,
+        volumes=em.real_volumes(), pixel_size=dataset.pixel_size, log=em.log,
+        extra={"sigma2": em.sigma2.float().numpy(), "seconds": time.perf_counter() - t0, "prepare_seconds": t_prep,
+               "noise_model": opt.noise_model, **info},
+    )  # fmt: skip
