@@ -125,3 +125,23 @@ def test_continuous_preset_truth(tmp_path):
     res = oracle(ds, maps, layout.noise_sigma, coordinates=np.array(meta["map_coordinates"]))
     rho = np.corrcoef(res.coordinate, c)[0, 1]
     assert rho > 0.9
+
+
+def test_layout_mirrors_warptools_columns(smoke, warptools_optset):
+    """The simulated project has the same blocks and columns, in the same order, as WarpTools' own files."""
+    import starfile
+
+    out, layout, truth, ds = smoke
+    real_dir = warptools_optset.parent
+    real_p = starfile.read(next(real_dir.glob("*_4-tomos_10-ptcls_box-32_angpix-12.star")), always_dict=True)
+    real_t = starfile.read(next(real_dir.glob("*_tomograms.star")), always_dict=True)
+    sim_p = starfile.read(layout.particles_star, always_dict=True)
+    sim_t = starfile.read(layout.tomograms_star, always_dict=True)
+    assert list(sim_p) == list(real_p) == ["general", "optics", "particles"]
+    for block in ("optics", "particles"):
+        assert list(sim_p[block].columns) == list(real_p[block].columns)
+    assert list(sim_t["global"].columns) == list(real_t["global"].columns)
+    first_real = real_t[real_t["global"]["rlnTomoName"].iloc[0]]
+    first_sim = sim_t[sim_t["global"]["rlnTomoName"].iloc[0]]
+    assert list(first_sim.columns) == list(first_real.columns)
+    assert sim_p["general"] == real_p["general"]
