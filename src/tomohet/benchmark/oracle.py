@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..physics.forward import batch_transfer_functions
-from ..physics.fourier import rfft2_centered, shift_phase_2d
+from ..physics.fourier import half_spectrum_multiplicity, rfft2_centered, shift_phase_2d
 from ..physics.projector import VolumeProjector
 
 
@@ -27,15 +27,6 @@ class OracleResult:
     posterior: np.ndarray  # [N, K]
     labels: np.ndarray  # [N] MAP state
     coordinate: np.ndarray | None  # [N] posterior mean of the state coordinate (continuous phantoms)
-
-
-def half_spectrum_multiplicity(size: int) -> torch.Tensor:
-    """``[M, M//2+1]``: how many coefficients of the full spectrum each half-spectrum coefficient stands for."""
-    w = torch.full((size, size // 2 + 1), 2.0)
-    w[:, 0] = 1.0
-    if size % 2 == 0:
-        w[:, -1] = 1.0
-    return w
 
 
 def oracle(

@@ -28,7 +28,15 @@ import torch
 
 from ..physics.filters import lowpass, soft_sphere
 from ..physics.forward import batch_transfer_functions
-from ..physics.fourier import fft3_centered, ifft3_centered, radial_index_3d, rfft2_centered, shift_phase_2d
+from ..physics.fourier import (
+    fft3_centered,
+    half_spectrum_multiplicity,
+    ifft3_centered,
+    radial_index_3d,
+    rfft2_centered,
+    shell_index_2d,
+    shift_phase_2d,
+)
 from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .result import Result
@@ -56,17 +64,15 @@ class EMOptions:
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
 
 
-def _shell_index_2d(size: int) -> torch.Tensor:
-    ky = torch.arange(size, dtype=torch.float32) - size // 2
-    kx = torch.arange(size // 2 + 1, dtype=torch.float32)
-    return torch.round(torch.sqrt(kx[None, :] ** 2 + ky[:, None] ** 2)).long()
-
-
-def _multiplicity(size: int) -> torch.Tensor:
-    w = torch.full((size, size // 2 + 1), 2.0)
-    w[:, 0] = 1.0
-    w[:, -1] = 1.0 if size % 2 == 0 else 2.0
-    return w
+def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None) -> _Prepared:
+    """Prepared spectra of a chunk, from ``cache`` (keyed by first index and length) when it holds them."""
+    key = (int(chunk[0]), len(chunk))
+    p = cache.get(key) if cache is not None else None
+    if p is None:
+        p = _Prepared(ds, chunk, max_dose, subtract)
+        if cache is not None:
+            cache[key] = p
+    return p
 
 
 class _Prepared:
@@ -146,9 +152,9 @@ def _band(d: int, pixel_size: float, resolution_limit_A: float | None) -> tuple[
     """Shell index of each half-spectrum pixel (clamped to D//2) and the full-spectrum multiplicity inside the
     E-step band."""
     n_shells = d // 2 + 1
-    shell2d = _shell_index_2d(d).clamp(max=n_shells - 1)
+    shell2d = shell_index_2d(d).clamp(max=n_shells - 1)
     limit = d // 2 if resolution_limit_A is None else d * pixel_size / resolution_limit_A
-    return shell2d, _multiplicity(d) * (shell2d < min(limit, d // 2)).float()
+    return shell2d, half_spectrum_multiplicity(d) * (shell2d < min(limit, d // 2)).float()
 
 
 def partial_iteration(
@@ -173,12 +179,7 @@ def partial_iteration(
     log_norm = 0.5 * (wpix * torch.log(state.sigma2)[shell2d])  # Gaussian normaliser per pixel
     lls, posts = [], []
     for chunk in ds.chunks(opt.batch_size, particles):
-        key = (int(chunk[0]), len(chunk))
-        p = cache.get(key) if cache is not None else None
-        if p is None:
-            p = _Prepared(ds, chunk, opt.max_dose, sub)
-            if cache is not None:
-                cache[key] = p
+        p = _prepared_chunk(ds, chunk, opt.max_dose, sub, cache)
         model = proj.project_ft(p.rot) * p.h  # [K, BT, D, Dh]
         resid2 = (p.x[None] - model).abs() ** 2 * p.valid  # [K, BT, D, Dh]
         r2 = (resid2 * (wpix * inv_s2)).sum(dim=(-2, -1))  # [K, BT]
@@ -254,18 +255,6 @@ class EMClassifier:
         fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
         self._cache: dict | None = {} if fits and executor is None else None
 
-    def prepared(self):
-        """Yield (chunk, prepared spectra) over all particles, from the cache when there is one."""
-        for chunk in self.ds.chunks(self.opt.batch_size):
-            key = (int(chunk[0]), len(chunk))
-            p = self._cache.get(key) if self._cache is not None else None
-            if p is None:
-                sub = VolumeProjector(self.subtract, oversampling=2) if self.subtract is not None else None
-                p = _Prepared(self.ds, chunk, self.opt.max_dose, sub)
-                if self._cache is not None:
-                    self._cache[key] = p
-            yield chunk, p
-
     def iterate(
         self, temperature: float, progress: Callable[[int], None] | None = None, assign: Callable | None = None
     ) -> dict:
@@ -311,7 +300,7 @@ class EMClassifier:
         apix = self.ds.pixel_size
         if self.focus_mask is not None:
             self.subtract = consensus * (1 - self.focus_mask.float())
-        self.tau2 = _shell_power(fft3_centered(consensus * self.mask), self.d, self.d)
+        self.tau2 = _shell_power(fft3_centered(consensus * self.mask), self.d)
         if maps is None:
             assert labels is not None
             vols = []
@@ -325,18 +314,14 @@ class EMClassifier:
             self.posteriors = np.eye(self.opt.n_classes)[labels]
 
 
-def _shell_power(ft: torch.Tensor, box: int, grid: int) -> torch.Tensor:
-    """Mean |V(k)|^2 per shell of a box-D spectrum, resampled to the shells of a G grid ``[G//2+1]``."""
+def _shell_power(ft: torch.Tensor, box: int) -> torch.Tensor:
+    """Mean |V(k)|^2 per shell ``[D//2+1]`` of a full centred box-D spectrum."""
     shells = radial_index_3d(box).reshape(-1).clamp(max=box // 2)
     p = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(0, shells, (ft.abs() ** 2).reshape(-1).double())
     c = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(
         0, shells, torch.ones_like(shells, dtype=torch.float64)
     )
-    p = (p / c.clamp_min(1)).float()
-    if grid == box:
-        return p
-    x = np.arange(grid // 2 + 1) * box / grid
-    return torch.from_numpy(np.interp(x, np.arange(box // 2 + 1), p.numpy())).float() * (grid / box) ** 3
+    return (p / c.clamp_min(1)).float()
 
 
 def pca_initial_labels(
@@ -479,7 +464,9 @@ def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
     c = torch.zeros(em.n_shells, dtype=torch.float64)
     shell2d, wpix = _band(em.d, em.ds.pixel_size, em.opt.resolution_limit_A)
     idx = shell2d.reshape(-1)
-    for _, p in em.prepared():
+    sub = VolumeProjector(em.subtract, oversampling=2) if em.subtract is not None else None
+    for chunk in em.ds.chunks(em.opt.batch_size):
+        p = _prepared_chunk(em.ds, chunk, em.opt.max_dose, sub, em._cache)
         r = (p.x - proj.project_ft(p.rot) * p.h).abs() ** 2 * p.valid * wpix
         s.index_add_(0, idx, r.sum(0).reshape(-1).double())
         c.index_add_(0, idx, (p.valid * wpix).sum(0).reshape(-1).double())

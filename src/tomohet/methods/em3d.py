@@ -65,7 +65,7 @@ import torch
 from ..physics.filters import lowpass, soft_sphere
 from ..physics.forward import batch_transfer_functions
 from ..physics.fourier import crop_to, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
-from ..physics.projector import _band_points, _mirror, gridding_correction
+from ..physics.projector import _band_points, gridding_correction
 from ..physics.subtomogram import to_fftw_half
 from .em2d import SoftmaxAssign
 from .result import Result
@@ -155,10 +155,11 @@ def _rfft3(vol: torch.Tensor) -> torch.Tensor:
 def _insert_reference_frame(batch, pixel_size: float, premultiplied: bool, oversampling: int):
     """Reference-frame subtomograms of an :class:`~tomohet.data.model.ImageBatch`: ``(d, W)`` in FFTW half layout
     ``[B, D, D, D//2+1]`` (complex, real). Each visible image, zero-padded to ``M = oversampling x D``, is inserted
-    with its own rotation (trilinear, in-band pixels only, one ``index_add_`` per channel into B grids of ``M^3``),
-    Hermitian-completed; the data are brought back to the D box by inverse transform, gridding correction and a
-    real-space crop, the weights by taking every ``oversampling``-th voxel, as in
-    :func:`~tomohet.physics.subtomogram.particle_subtomograms` (same result, without the multiplicity count)."""
+    with its own rotation (trilinear, in-band pixels only, one ``index_add_`` per channel into B grids of ``M^3``
+    in FFT order); the data are brought back to the D box by inverse transform (``2 Re ifft`` = the Hermitian
+    completion), gridding correction and a real-space crop, the weights by taking every ``oversampling``-th voxel
+    (plus their Friedel mate), as in :func:`~tomohet.physics.subtomogram.particle_subtomograms` (same result to
+    float precision, without the multiplicity count and several times faster)."""
     b, t, d = batch.images.shape[:3]
     m = d * oversampling
     vis = batch.visible.reshape(-1)
@@ -172,94 +173,120 @@ def _insert_reference_frame(batch, pixel_size: float, premultiplied: bool, overs
     n = rot.shape[0]
     idx, k2, half = _band_points(m, m, spectra.device)
     rt = rot.to(torch.float32).transpose(-1, -2)[..., :2]
-    c = (torch.matmul(k2, rt.transpose(-1, -2)) + m // 2).reshape(-1, 3)  # [n * npix, 3] (x, y, z)
+    c = torch.matmul(k2, rt.transpose(-1, -2)).reshape(-1, 3)  # [n * npix, 3] (x, y, z), k = 0 at 0
     c0 = torch.floor(c)
     f = (c - c0).t()
-    lo = c0.long().t()
-    hi = lo + 1
-    w_ax = torch.stack([(1 - f) * ((lo >= 0) & (lo < m)), f * ((hi >= 0) & (hi < m))])  # [2, 3, N]
-    i_ax = torch.stack([lo.clamp(0, m - 1), hi.clamp(0, m - 1)])
-    base = (part[:, None] * m**3).expand(n, len(idx)).reshape(-1)
+    lo = c0.to(torch.int32).t()  # |k| < M/2: neighbours stay inside (-M/2, M/2], wrapped into FFT order
+    i_ax = torch.stack([lo % m, (lo + 1) % m])  # [2, 3, N]
+    w_ax = torch.stack([1 - f, f])
+    base = (part.to(torch.int32)[:, None] * m**3).expand(n, len(idx)).reshape(-1)
     flat = ((i_ax[:, None, None, 2] * m + i_ax[None, :, None, 1]) * m + i_ax[None, None, :, 0]) + base
     flat = flat.reshape(-1)
     w = (w_ax[:, None, None, 2] * w_ax[None, :, None, 1] * w_ax[None, None, :, 0]).reshape(8, -1)
-    vals = torch.view_as_real(spectra.reshape(n, -1)[:, idx]) * half[:, None]  # [n, npix, 2]
+    vals = (torch.view_as_real(spectra.reshape(n, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
     wts = ((h * h).reshape(n, -1)[:, idx] * half).reshape(-1)
-    vals = vals.reshape(-1, 2)
     data = torch.zeros(2, b * m**3)
     weight = torch.zeros(b * m**3)
     for ch in range(2):
         data[ch].index_add_(0, flat, (w * vals[:, ch]).reshape(-1))
     weight.index_add_(0, flat, (w * wts).reshape(-1))
     data_c = torch.complex(data[0], data[1]).reshape(b, m, m, m)
+    vol = 2 * torch.fft.ifftn(data_c, dim=(-3, -2, -1)).real  # origin at index 0
+    crop = (torch.arange(d) - d // 2) % m  # centred crop of the box, origin at D//2
+    vol = vol[:, crop[:, None, None], crop[None, :, None], crop[None, None, :]]
+    vol = vol / crop_to(gridding_correction(m), d, 3)
     weight = weight.reshape(b, m, m, m)
-    data_c = data_c + _mirror(data_c).conj()
-    weight = weight + _mirror(weight)
-    vol = crop_to(ifft3_centered(data_c) / gridding_correction(m), d, 3)
-    sub = torch.arange(d) * oversampling + (m // 2 - oversampling * (d // 2))
+    kd = torch.arange(d) - d // 2  # D-grid frequencies, full centred order
+    sub, neg = (kd * oversampling) % m, (-kd * oversampling) % m
     wd = weight[:, sub[:, None, None], sub[None, :, None], sub[None, None, :]]
+    wd = wd + weight[:, neg[:, None, None], neg[None, :, None], neg[None, None, :]]
     return _rfft3(vol), to_fftw_half(wd)
 
 
+def _shift_phase(band: _Band, shifts: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` phase factors that move the content of D-box volumes by ``+shifts [B, 3]`` (x, y, z) pixels."""
+    arg = (band.freq[None].double() * shifts[:, None, :].double()).sum(-1)
+    return torch.polar(torch.ones_like(arg), -2 * math.pi * arg / band.d)
+
+
 def _resample_to_reference(
-    data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, band: _Band, pad: int
+    data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, band: _Band, pad: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tomogram-frame subtomograms -> reference-frame in-band spectra ``(d [B, P] complex64, W [B, P])``.
 
-    ``data [B, D, D, D]`` real (premultiplied), ``weight [B, D, D, D]`` full centred, ``rotations [B, 3, 3]`` with
-    ``subtomo_i(x) = V(R_i^T x)``, ``shifts [B, 3]`` pixels (x, y, z; the particle sits at ``-shift``). Samples
-    ``d(R_i q)`` trilinearly on a ``pad``-times padded, gridding-precorrected spectrum and ``W(R_i q)`` on its D grid,
-    then undoes the shift (content moves by ``+shift``)."""
-    b, d = data.shape[0], data.shape[-1]
+    ``data [B, D, D, D]`` real (premultiplied, centred), ``weight [B, D, D, D]`` full centred, ``rotations
+    [B, 3, 3]`` with ``subtomo_i(x) = V(R_i^T x)``: samples ``d(R_i q)`` trilinearly on a ``pad``-times padded,
+    gridding-precorrected spectrum and ``W(R_i q)`` on its D grid (``grid_sample``, ``align_corners=True``)."""
+    d = data.shape[-1]
     g = d * pad
-    q = band.freq.float()  # [P, 3] (x, y, z)
-    rq = torch.einsum("bij,pj->bpi", rotations.float(), q)  # R_i q
-    ident = torch.allclose(rotations.float(), torch.eye(3).expand(b, 3, 3), atol=1e-6)
-    if ident:  # already in the reference frame: take the voxels as they are
-        dh = band.gather(_rfft3(data))
-        wh = band.gather(to_fftw_half(weight))
-    else:
-        ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(pad_to(data.float(), g, 3) / gridding_correction(g),
-                                dim=(-3, -2, -1)), dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
-        src = torch.view_as_real(ft).permute(0, 4, 1, 2, 3)  # [B, 2, G, G, G]
-        grid = ((rq * pad + g // 2) * (2.0 / (g - 1)) - 1.0)[:, None, None]  # [B, 1, 1, P, 3]
-        s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # [B, 2, P]
-        dh = torch.complex(s[:, 0], s[:, 1])
-        gw = ((rq + d // 2) * (2.0 / (d - 1)) - 1.0)[:, None, None]
-        wh = torch.nn.functional.grid_sample(weight[:, None].float(), gw, mode="bilinear", align_corners=True)
-        wh = wh[:, 0, 0, 0]
-    if shifts is not None and bool((shifts != 0).any()):
-        arg = (band.freq[None].double() * shifts[:, None, :].double()).sum(-1)
-        dh = dh * torch.polar(torch.ones_like(arg), -2 * math.pi * arg / d).to(dh.dtype)
-    return dh.to(torch.complex64), wh.float().clamp_min(0)
+    rq = torch.einsum("bij,pj->bpi", rotations.float(), band.freq.float())  # R_i q, (x, y, z)
+    ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(pad_to(data.float(), g, 3) / gridding_correction(g),
+                            dim=(-3, -2, -1)), dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
+    src = torch.view_as_real(ft).permute(0, 4, 1, 2, 3)  # [B, 2, G, G, G]
+    grid = ((rq * pad + g // 2) * (2.0 / (g - 1)) - 1.0)[:, None, None]  # [B, 1, 1, P, 3]
+    s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # [B, 2, P]
+    gw = ((rq + d // 2) * (2.0 / (d - 1)) - 1.0)[:, None, None]
+    wh = torch.nn.functional.grid_sample(weight[:, None].float(), gw, mode="bilinear", align_corners=True)
+    return torch.complex(s[:, 0], s[:, 1]), wh[:, 0, 0, 0].clamp_min(0)
+
+
+@dataclass
+class _Chunk:
+    """Prepared spectra of B particles: ``d, w [B, P]`` in the particle's own frame (exact, for the E-step),
+    ``rot [B, 3, 3]`` its pose (None: already the reference frame) and ``d_ref, w_ref`` the same data resampled
+    into the reference frame (for the M-step sums)."""
+
+    particles: np.ndarray
+    d: torch.Tensor  # complex64
+    w: torch.Tensor  # float32
+    rot: torch.Tensor | None
+    d_ref: torch.Tensor
+    w_ref: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        n = self.d.numel() * 12
+        return n if self.rot is None else 2 * n
 
 
 class _Source:
-    """Prepared reference-frame spectra ``(d [B, P] complex64, W [B, P] float32)`` per chunk of particles, made
-    once and cached when they fit in ``cache_gb``, otherwise remade on every pass (streamed)."""
+    """Prepared spectra per chunk of particles (:class:`_Chunk`), made once and cached when they fit in
+    ``cache_gb``, otherwise remade on every pass (streamed from the files / images)."""
 
     def __init__(self, dataset, band: _Band, opt: EM3DOptions):
         self.ds = dataset
         self.band = band
         self.opt = opt
         self.subtomograms = hasattr(dataset, "volume_paths")
-        fits = dataset.n_particles * band.size * 12 < opt.cache_gb * 1e9
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if fits else None
+        per = band.size * 12 * (2 if self.subtomograms else 1)
+        fits = dataset.n_particles * per < opt.cache_gb * 1e9
+        self.cache: dict[int, _Chunk] | None = {} if fits else None
 
-    def _make(self, chunk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _make(self, chunk: np.ndarray) -> _Chunk:
         ds, band = self.ds, self.band
-        if self.subtomograms:
-            bt = ds.batch(chunk)
-            if ds.ctf_premultiplied:  # RELION 4: premultiplied data, CTF^2 weights
-                data, weight = bt.data, bt.weight
-            else:  # RELION 3.1: X = C V + white noise -> d = C X, W = C^2
-                ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(bt.data, dim=(-3, -2, -1)),
-                                                       dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
-                data, weight = ifft3_centered(ft * bt.ctf), bt.ctf**2
-            return _resample_to_reference(data, weight, bt.rotations, bt.shifts, band, self.opt.oversampling)
         bt = ds.batch(chunk)
-        dh, wh = _insert_reference_frame(bt, ds.pixel_size, ds.ctf_premultiplied, self.opt.oversampling)
-        return band.gather(dh).to(torch.complex64), band.gather(wh).float().clamp_min(0)
+        if not self.subtomograms:
+            dh, wh = _insert_reference_frame(bt, ds.pixel_size, ds.ctf_premultiplied, self.opt.oversampling)
+            d, w = band.gather(dh).to(torch.complex64), band.gather(wh).float().clamp_min(0)
+            return _Chunk(chunk, d, w, None, d, w)
+        if ds.ctf_premultiplied:  # RELION 4: premultiplied data, CTF^2 weights
+            data, weight = bt.data, bt.weight
+        else:  # RELION 3.1: X = C V + white noise -> d = C X, W = C^2
+            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(bt.data, dim=(-3, -2, -1)),
+                                                   dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
+            data, weight = ifft3_centered(ft * bt.ctf), bt.ctf**2
+        d = band.gather(_rfft3(data))
+        w = band.gather(to_fftw_half(weight)).float().clamp_min(0)
+        moved = bool((bt.shifts != 0).any())
+        if moved:  # the particle sits at -shift: move it to the centre (weights are unaffected)
+            d = d * _shift_phase(band, bt.shifts).to(d.dtype)
+        rot = bt.rotations.double()
+        if torch.allclose(rot, torch.eye(3, dtype=rot.dtype).expand_as(rot), atol=1e-7):
+            return _Chunk(chunk, d.to(torch.complex64), w, None, d.to(torch.complex64), w)
+        d_ref, w_ref = _resample_to_reference(data, weight, rot, band, self.opt.oversampling)
+        if moved:
+            d_ref = d_ref * _shift_phase(band, bt.shifts).to(d_ref.dtype)
+        return _Chunk(chunk, d.to(torch.complex64), w, rot, d_ref.to(torch.complex64), w_ref.float())
 
     def __iter__(self):
         for chunk in self.ds.chunks(self.opt.batch_size):
@@ -269,7 +296,43 @@ class _Source:
                 item = self._make(chunk)
                 if self.cache is not None:
                     self.cache[key] = item
-            yield chunk, item[0], item[1]
+            yield item
+
+
+class _References:
+    """The class maps as in-band spectra ``[K, P]`` and, for particles in their own frame, a 2x padded,
+    gridding-precorrected spectrum sampled at ``R_i^T k`` (trilinear ``grid_sample``, as
+    :class:`~tomohet.physics.projector.VolumeProjector` does for slices)."""
+
+    def __init__(self, band: _Band, vols: torch.Tensor, pad: int = 2):
+        self.band = band
+        self.vols = vols  # [K, P] complex128
+        self.pad = pad
+        self._ft: torch.Tensor | None = None
+
+    def _grid(self) -> torch.Tensor:
+        if self._ft is None:
+            g = self.band.d * self.pad
+            real = pad_to(self.band.to_real(self.vols), g, 3) / gridding_correction(g)
+            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(real, dim=(-3, -2, -1)), dim=(-3, -2, -1)),
+                                    dim=(-3, -2, -1))  # fmt: skip
+            k = ft.shape[0]
+            self._ft = torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(1, 2 * k, g, g, g).contiguous()
+        return self._ft
+
+    def sample(self, rot: torch.Tensor | None) -> torch.Tensor:
+        """Class spectra seen by each particle: ``[B, K, P]`` complex128 (``[1, K, P]`` when ``rot`` is None)."""
+        if rot is None:
+            return self.vols[None]
+        src = self._grid()
+        g = src.shape[-1]
+        k = self.vols.shape[0]
+        b = rot.shape[0]
+        q = torch.einsum("bji,pj->bpi", rot.float(), self.band.freq.float())  # R_i^T k, (x, y, z)
+        grid = ((q * self.pad + g // 2) * (2.0 / (g - 1)) - 1.0)[None, None]  # [1, 1, B, P, 3]
+        s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)  # [1, 2K, 1, B, P]
+        s = s.reshape(k, 2, b, -1).permute(2, 0, 3, 1).double()
+        return torch.complex(s[..., 0], s[..., 1])
 
 
 # ------------------------------------------------------------------------------------------------ EM steps
@@ -283,7 +346,7 @@ class _Sums:
     w: torch.Tensor  # [K, P] sum g W
     wd: torch.Tensor  # [K, P] sum g W d
     w2: torch.Tensor  # [K, P] sum g W^2
-    d2: torch.Tensor  # [P] sum m |d|^2 (all particles)
+    d2: torch.Tensor  # [P] sum |d|^2 (all particles)
     n_seen: torch.Tensor  # [P] number of particles with W > 0
 
     @staticmethod
@@ -293,7 +356,8 @@ class _Sums:
                      torch.zeros(p, dtype=torch.float64), torch.zeros(p, dtype=torch.float64))  # fmt: skip
 
     def add(self, g: torch.Tensor, d: torch.Tensor, w: torch.Tensor) -> None:
-        """``g [B, K]`` posteriors, ``d [B, P]`` complex128, ``w [B, P]`` float64."""
+        """``g [B, K]`` posteriors, ``d [B, P]`` complex, ``w [B, P]`` real (reference frame)."""
+        d, w = d.to(torch.complex128), w.double()
         gt = g.T.to(torch.float64)
         self.d += gt.to(torch.complex128) @ d
         self.w += gt @ w
@@ -303,15 +367,24 @@ class _Sums:
         self.n_seen += (w > 0).double().sum(0)
 
 
-def _log_likelihood(d: torch.Tensor, w: torch.Tensor, vols: torch.Tensor, inv_s2: torch.Tensor, model: str):
+def _log_likelihood(d: torch.Tensor, w: torch.Tensor, vr: torch.Tensor, inv_s2: torch.Tensor, model: str):
     """``[B, K]`` log-likelihoods up to a per-particle constant (module docstring). ``d [B, P]`` complex128,
-    ``w [B, P]`` float64, ``vols [K, P]`` complex128, ``inv_s2 [P]`` = m / sigma2 per voxel."""
-    vw = vols * inv_s2
-    p2 = (vols.abs() ** 2) * inv_s2
+    ``w [B, P]`` float64, ``vr [B or 1, K, P]`` the class spectra in the particle's frame, ``inv_s2 [P]`` =
+    m / sigma2 per voxel."""
     if model == "white":
-        dw = d * w
-        return dw.real @ vw.real.T + dw.imag @ vw.imag.T - 0.5 * ((w * w) @ p2.T)
-    return d.real @ vw.real.T + d.imag @ vw.imag.T - 0.5 * (w @ p2.T)
+        d, w = d * w, w * w
+    a = torch.einsum("bp,bkp->bk", d.real * inv_s2, vr.real.expand(d.shape[0], -1, -1))
+    a += torch.einsum("bp,bkp->bk", d.imag * inv_s2, vr.imag.expand(d.shape[0], -1, -1))
+    b = torch.einsum("bp,bkp->bk", w * inv_s2, (vr.abs() ** 2).expand(d.shape[0], -1, -1))
+    return a - 0.5 * b
+
+
+def _residual_per_shell(d, w, vr, band: _Band) -> torch.Tensor:
+    """``sum_{k in shell} m |d - W V|^2`` per particle, class and shell: ``[B, K, S]`` float64."""
+    r = (d.abs() ** 2)[:, None] - 2 * w[:, None] * (d.conj()[:, None] * vr).real + (w * w)[:, None] * vr.abs() ** 2
+    onehot = torch.zeros(band.size, band.n_shells, dtype=torch.float64)
+    onehot[torch.arange(band.size), band.shell] = band.mult
+    return r @ onehot
 
 
 class EM3DClassifier:
@@ -340,7 +413,8 @@ class EM3DClassifier:
 
     # -------------------------------------------------------------------------------------- pieces
     def _noise_power(self, sums: _Sums, vols: torch.Tensor) -> torch.Tensor:
-        """sigma2 per shell from the residual sums (module docstring)."""
+        """sigma2 per shell from the reference-frame sums against maps ``vols [K, P]`` (for the consensus, before
+        any E-step; the iterations use the particle-frame residuals of :meth:`_pass`)."""
         b = self.band
         r = sums.d2 - 2 * (vols * sums.wd.conj()).real.sum(0) + ((vols.abs() ** 2) * sums.w2).sum(0)
         num = b.per_shell(r * b.mult)
@@ -365,33 +439,43 @@ class EM3DClassifier:
         return self.band.to_real(self.volumes)
 
     def _pass(self, assign: Callable | None, progress: Callable[[int], None] | None = None):
-        """One pass over the data: log-likelihoods, posteriors (``assign``; None = one class of all particles)
-        and the sums of the M-step and of the noise power."""
+        """One pass over the data: log-likelihoods and posteriors (``assign``; None = one class of all particles,
+        no E-step), the M-step sums and the noise power per shell from the posterior-weighted residuals.
+        Returns ``(sums, ll [N, K], posteriors [N, K], sigma2 [S] or None)``."""
         k = self.volumes.shape[0] if assign is not None else 1
         sums = _Sums.zeros(k, self.band.size)
-        inv_s2 = self.band.mult / self.sigma2[self.band.shell]
+        b = self.band
+        inv_s2 = b.mult / self.sigma2[b.shell]
+        refs = _References(b, self.volumes) if assign is not None else None
+        num = torch.zeros(b.n_shells, dtype=torch.float64)
+        den = torch.zeros(b.n_shells, dtype=torch.float64)
         lls, posts = [], []
-        for chunk, d, w in self.source:
-            d, w = d.to(torch.complex128), w.double()
-            if assign is None:
-                g = torch.ones(len(chunk), 1, dtype=torch.float64)
+        for c in self.source:
+            if refs is None:
+                g = torch.ones(len(c.particles), 1, dtype=torch.float64)
             else:
-                ll = _log_likelihood(d, w, self.volumes, inv_s2, self.opt.noise_model).numpy()
-                post = assign(chunk, ll)
+                d, w = c.d.to(torch.complex128), c.w.double()
+                vr = refs.sample(c.rot)
+                ll = _log_likelihood(d, w, vr, inv_s2, self.opt.noise_model).numpy()
+                post = assign(c.particles, ll)
                 lls.append(ll)
                 posts.append(post)
                 g = torch.from_numpy(post)
-            sums.add(g, d, w)
+                num += (_residual_per_shell(d, w, vr, b) * g[:, :, None]).sum((0, 1))
+                seen = w if self.opt.noise_model == "weighted" else (w > 0).double()
+                den += b.per_shell((seen * b.mult).sum(0))
+            sums.add(g, c.d_ref, c.w_ref)
             if progress:
-                progress(len(chunk))
-        if assign is None:
-            return sums, None, None
-        return sums, np.concatenate(lls), np.concatenate(posts)
+                progress(len(c.particles))
+        if refs is None:
+            return sums, None, None, None
+        s2 = torch.where(den > 0, num / den.clamp_min(1e-300), self.sigma2)
+        return sums, np.concatenate(lls), np.concatenate(posts), s2.clamp_min(1e-12 * float(s2.max()))
 
     # --------------------------------------------------------------------------------- consensus / init
     def consensus(self) -> torch.Tensor:
         """Consensus map (in-band spectrum) of all particles; sets ``sigma2`` and the shared ``tau2``."""
-        sums, _, _ = self._pass(None)
+        sums = self._pass(None)[0]
         num, den = self._m_step_terms(sums)
         raw = torch.where(den > 1e-12 * float(den.max()), num / den.clamp_min(1e-300), torch.zeros_like(num))
         self.sigma2 = self._noise_power(sums, raw)
@@ -423,8 +507,8 @@ class EM3DClassifier:
             assert labels is not None
             g = np.eye(k)[labels]
             sums = _Sums.zeros(k, self.band.size)
-            for chunk, d, w in self.source:
-                sums.add(torch.from_numpy(g[chunk]), d.to(torch.complex128), w.double())
+            for c in self.source:
+                sums.add(torch.from_numpy(g[c.particles]), c.d_ref, c.w_ref)
             num, den = self._m_step_terms(sums)
             vols = self.band.to_real(self._solve(num, den, self.opt.tau2_fudge))
         else:
@@ -454,8 +538,8 @@ class EM3DClassifier:
         mask = soft_sphere(small, 0.45 * small, edge=1.5)
         cons = consensus[sel]
         feats = []
-        for _, dd, w in self.source:
-            dd, w = dd[:, sel].to(torch.complex128), w[:, sel].double()
+        for c in self.source:
+            dd, w = c.d_ref[:, sel].to(torch.complex128), c.w_ref[:, sel].double()
             lam = w.mean(1, keepdim=True).clamp_min(1e-12)
             dev = (dd - w * cons) / (w + lam)
             cube = torch.zeros(dd.shape[0], small**2 * (small // 2 + 1), dtype=torch.complex128)
@@ -476,9 +560,8 @@ class EM3DClassifier:
     def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: posteriors, then sigma2, priors and the maps."""
         old = self.posteriors.argmax(1)
-        sums, ll, post = self._pass(SoftmaxAssign(self.priors, temperature), progress)
-        self.log_likelihood, self.posteriors = ll, post
-        self.sigma2 = self._noise_power(sums, self.volumes)
+        sums, ll, post, sigma2 = self._pass(SoftmaxAssign(self.priors, temperature), progress)
+        self.log_likelihood, self.posteriors, self.sigma2 = ll, post, sigma2
         self.priors = post.mean(0)
         num, den = self._m_step_terms(sums)
         self.volumes = self._solve(num, den, self.opt.tau2_fudge)

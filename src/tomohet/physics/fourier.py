@@ -43,6 +43,22 @@ def half_grid_2d(size: int, device: torch.device | str | None = None) -> tuple[t
     return kx[None, :].expand(size, -1), ky[:, None].expand(-1, size // 2 + 1)
 
 
+def half_spectrum_multiplicity(size: int) -> torch.Tensor:
+    """``[M, M//2+1]``: how many coefficients of the full spectrum each half-spectrum coefficient stands for
+    (2, except the kx = 0 column and, for even M, the kx = M/2 column)."""
+    w = torch.full((size, size // 2 + 1), 2.0)
+    w[:, 0] = 1.0
+    if size % 2 == 0:
+        w[:, -1] = 1.0
+    return w
+
+
+def shell_index_2d(size: int) -> torch.Tensor:
+    """Rounded radius (Fourier pixels) of each pixel of a half centred ``[M, M//2+1]`` spectrum, int64."""
+    kx, ky = half_grid_2d(size)
+    return torch.round(torch.sqrt(kx**2 + ky**2)).long()
+
+
 def radial_index_3d(size: int, device=None) -> torch.Tensor:
     """Rounded radius (in Fourier voxels) of each voxel of a full centred ``[G, G, G]`` grid, int64."""
     k = torch.arange(size, device=device, dtype=torch.float32) - size // 2
