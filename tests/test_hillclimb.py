@@ -155,3 +155,18 @@ def test_labels_do_not_depend_on_partitioning(smoke):
     assert a.log[-1]["changes"] > 0
     assert (a.labels == b.labels).all()
     assert np.allclose(a.volumes.numpy(), b.volumes.numpy(), atol=1e-4)
+
+
+def test_cli_hillclimb_writes_consistency(smoke, tmp_path):
+    import starfile
+    from typer.testing import CliRunner
+
+    from tomohet.cli.main import app
+
+    star = smoke[0].source_path  # the optimisation set the dataset was read from
+    r = CliRunner().invoke(app, ["classify", str(star), "--out", str(tmp_path / "h"), "-K", "2", "--method",
+                                 "hillclimb", "--runs", "2", "--iterations", "3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    parts = starfile.read(tmp_path / "h" / "particles.star")["particles"]
+    assert parts["tomohetConsistency"].between(0, 1).all() and (parts["tomohetConsistency"] >= 0.5).all()
+    assert set(parts["rlnClassNumber"]) == {1, 2}

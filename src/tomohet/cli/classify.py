@@ -17,6 +17,7 @@ from ..data.io import read_particles
 from ..data.mrc import read_volume, write_volume
 from ..errors import InputError
 from ..methods.em2d import EMOptions, classify_em2d
+from ..methods.hillclimb import HillClimbOptions, classify_hillclimb
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
 from .runlog import Run
@@ -47,6 +48,8 @@ def run_classify(
     class_maps: bool = True,
     executor=None,
     focus_mask: Path | None = None,
+    method: str = "em",
+    runs: int = 3,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content."""
     run = Run(out, "classify", {k: v for k, v in locals().items() if k != "executor"})
@@ -84,8 +87,18 @@ def run_classify(
 
         with run.timed("classify"):
             try:
-                result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt", executor=executor,
-                                       focus_mask=mask)  # fmt: skip
+                if method == "em":
+                    result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt",
+                                           executor=executor, focus_mask=mask)  # fmt: skip
+                elif method == "hillclimb":
+                    if mask is not None or maps is not None:
+                        raise InputError(None, "hill climbing takes neither --focus-mask nor --map", "--method")
+                    hc = HillClimbOptions(n_classes=n_classes, n_iter=n_iter, n_runs=runs, seed=seed,
+                                          init="pca" if init == "pca" else "random", max_dose=max_dose,
+                                          resolution_limit_A=resolution_limit)  # fmt: skip
+                    result = classify_hillclimb(ds, hc, progress, executor, checkpoint=out / "checkpoint.pt")
+                else:
+                    raise InputError(None, f"unknown method {method!r} (em, hillclimb)", "--method")
             finally:
                 if executor is not None:
                     executor.close()
@@ -95,6 +108,8 @@ def run_classify(
     labels = result.labels
     post = result.posteriors
     columns = {"rlnClassNumber": labels + 1, "rlnMaxValueProbDistribution": post.max(1)}
+    if "consistency" in result.extra:  # fraction of independent runs agreeing with the consensus class
+        columns["tomohetConsistency"] = np.asarray(result.extra["consistency"])
     next_input = write_annotated(ds, out, columns)
     pd.DataFrame(post, columns=[f"p{k + 1}" for k in range(post.shape[1])]).assign(
         particle=ds.names, rlnClassNumber=labels + 1
@@ -125,7 +140,7 @@ def run_classify(
     truth = truth or find_ground_truth(input_path)
     if truth is not None:
         fields["metrics"] = _metrics_against_truth(ds, truth, labels, run)
-    run.finish("em2d", seed, **fields)
+    run.finish(result.method, seed, **fields)
     return json.loads((out / "result.json").read_text())
 
 

@@ -95,6 +95,8 @@ def classify(
     input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
     classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
+    method: str = typer.Option("em", help="em (Bayesian EM) or hillclimb (STOPGAP-style annealed hill climbing)"),
+    runs: int = typer.Option(3, help="independent runs for hillclimb (consistency across runs)"),
     iterations: int = typer.Option(12, help="maximum EM iterations"),
     init: str = typer.Option("pca", help="initialisation: pca (difference PCA + k-means), random"),
     maps: list[Path] | None = typer.Option(None, "--map", help="initial class maps (repeat; sets the classes)"),
@@ -119,7 +121,7 @@ def classify(
     try:
         run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
                      tomograms, flip_hand, truth, executor=_executor(workers, scheduler, slurm),
-                     focus_mask=focus_mask)  # fmt: skip
+                     focus_mask=focus_mask, method=method, runs=runs)  # fmt: skip
     except InputError as exc:
         _fail(exc)
 
