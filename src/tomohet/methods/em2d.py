@@ -429,6 +429,8 @@ def classify_em2d(
                 progress(f"iteration {it + 1}/{opt.n_iter}", done[0], n)
 
         ti = time.perf_counter()
+        if progress:  # announce the stage first, so that rates are timed from its start
+            progress(f"iteration {it + 1}/{opt.n_iter}", 0, n)
         entry = em.iterate(temp, tick)
         entry.update(iteration=it + 1, seconds=round(time.perf_counter() - ti, 2),
                      images_per_s=round(dataset.n_images / (time.perf_counter() - ti), 1))  # fmt: skip
