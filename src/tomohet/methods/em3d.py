@@ -92,7 +92,7 @@ class EM3DOptions:
     noise_model: str = "weighted"  # "weighted" (variance ~ W per voxel, correct) or "white" (RELION 3.1's)
     resolution_limit_A: float | None = None  # E-step band limit (default Nyquist)
     mask_radius_px: float | None = None  # soft spherical mask on the references (default 0.45 D)
-    oversampling: int = 2  # padding of 2D images inserted into subtomograms / of file subtomograms resampled
+    oversampling: int = 2  # padding of the 2D images inserted into subtomograms (2D-stack input)
     batch_size: int = 32
     seed: int = 0
     cache_gb: float = 3.0  # keep the prepared spectra in memory across iterations when they fit
@@ -254,9 +254,11 @@ class _Chunk:
         return n if self.rot is None else 2 * n
 
 
-class _Source:
+class PreparedSpectra:
     """Prepared spectra per chunk of particles (:class:`_Chunk`), made once and cached when they fit in
-    ``cache_gb``, otherwise remade on every pass (streamed from the files / images)."""
+    ``cache_gb``, otherwise remade on every pass (streamed from the files / images). Build it with
+    :func:`prepare_em3d` to share the work between runs that differ only in EM options (same band, batch size and
+    oversampling)."""
 
     def __init__(self, dataset, band: _Band, opt: EM3DOptions):
         self.ds = dataset
@@ -395,7 +397,7 @@ def _residual_per_shell(d, w, vr, band: _Band) -> torch.Tensor:
 class EM3DClassifier:
     """State and steps of the 3D EM classification of one dataset (see the module docstring)."""
 
-    def __init__(self, dataset, options: EM3DOptions):
+    def __init__(self, dataset, options: EM3DOptions, prepared: PreparedSpectra | None = None):
         if options.noise_model not in ("weighted", "white"):
             raise ValueError(f"unknown noise_model {options.noise_model!r} (weighted, white)")
         self.ds = dataset
@@ -404,7 +406,14 @@ class EM3DClassifier:
         self.d = d
         limit = d // 2 if options.resolution_limit_A is None else d * dataset.pixel_size / options.resolution_limit_A
         self.band = _Band(d, limit)
-        self.source = _Source(dataset, self.band, options)
+        if prepared is not None:
+            same = prepared.ds is dataset and torch.equal(prepared.band.idx, self.band.idx)
+            if not same or (prepared.opt.batch_size, prepared.opt.oversampling) != (
+                options.batch_size,
+                options.oversampling,
+            ):
+                raise ValueError("prepared spectra were made for another dataset, band, batch size or oversampling")
+        self.source = prepared or PreparedSpectra(dataset, self.band, options)
         r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
         self.mask = soft_sphere(d, r, edge=3.0)
         k = options.n_classes
@@ -493,7 +502,6 @@ class EM3DClassifier:
         self.tau2 = torch.maximum(p_raw - p_noise, 0.05 * p_raw).clamp_min(1e-30)
         cons = self._solve(num, den, 1.0)
         self.tau2 = self._shell_power(cons[0])  # from the masked consensus, as em2d
-        self._sums_consensus = sums
         return cons[0]
 
     def _shell_power(self, vec: torch.Tensor) -> torch.Tensor:
@@ -561,6 +569,19 @@ class EM3DClassifier:
         km = KMeans(n_clusters=opt.n_classes, n_init=20, random_state=opt.seed).fit(z)
         return km.labels_.astype(int), z
 
+    def score(self, maps: torch.Tensor) -> np.ndarray:
+        """Log-likelihoods ``[N, K]`` (up to a per-particle constant) of every particle under the real maps
+        ``[K, D, D, D]`` with the current noise power (run :meth:`consensus` first for a data-driven one)."""
+        b = self.band
+        refs = _References(b, b.from_real(maps.float()).to(torch.complex128))
+        inv_s2 = b.mult / self.sigma2[b.shell]
+        out = np.zeros((self.ds.n_particles, maps.shape[0]))
+        for c in self.source:
+            vr = refs.sample(c.rot)
+            out[c.particles] = _log_likelihood(c.d.to(torch.complex128), c.w.double(), vr, inv_s2,
+                                               self.opt.noise_model).numpy()  # fmt: skip
+        return out
+
     # ------------------------------------------------------------------------------------- iterate
     def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: posteriors, then sigma2, priors and the maps."""
@@ -577,11 +598,21 @@ class EM3DClassifier:
                 "priors": self.priors.round(4).tolist(), "temperature": temperature}  # fmt: skip
 
 
+def prepare_em3d(dataset, options: EM3DOptions | None = None) -> PreparedSpectra:
+    """Prepared (and, when they fit, cached) spectra of ``dataset`` for :func:`classify_em3d` runs with the same
+    band, batch size and oversampling; the spectra are made on the first pass that needs them."""
+    opt = options or EM3DOptions()
+    d = dataset.box
+    limit = d // 2 if opt.resolution_limit_A is None else d * dataset.pixel_size / opt.resolution_limit_A
+    return PreparedSpectra(dataset, _Band(d, limit), opt)
+
+
 def classify_em3d(
     dataset,
     options: EM3DOptions | None = None,
     initial_maps: torch.Tensor | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    prepared: PreparedSpectra | None = None,
 ) -> Result:
     """EM classification of 3D subtomograms with per-voxel weights, poses given (no alignment).
 
@@ -590,10 +621,11 @@ def classify_em3d(
     reference frame). ``initial_maps [K, D, D, D]`` real, for ``init="maps"``. ``progress(stage, done, total)``
     reports particles done per stage. Returns a :class:`Result` with ``labels [N]``, ``posteriors [N, K]``, class
     maps ``[K, D, D, D]``, one log entry per iteration and ``extra`` (``sigma2 [D//2+1]``, ``seconds``,
-    ``prepare_seconds``)."""
+    ``prepare_seconds``: the first pass, which makes the spectra unless ``prepared`` (:func:`prepare_em3d`) already
+    holds them)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
-    em = EM3DClassifier(dataset, opt)
+    em = EM3DClassifier(dataset, opt, prepared)
     n = dataset.n_particles
     consensus = em.consensus()  # first pass: prepares (and caches) the spectra
     t_prep = time.perf_counter() - t0
