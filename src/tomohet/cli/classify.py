@@ -17,6 +17,7 @@ from ..data.io import read_particles
 from ..data.mrc import read_volume, write_volume
 from ..errors import InputError
 from ..methods.em2d import EMOptions, classify_em2d
+from ..methods.em3d import EM3DOptions, classify_em3d
 from ..methods.hillclimb import HillClimbOptions, classify_hillclimb
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
@@ -90,6 +91,12 @@ def run_classify(
                 if method == "em":
                     result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt",
                                            executor=executor, focus_mask=mask)  # fmt: skip
+                elif method == "em3d":  # subtomograms made in memory from the stacks, per-voxel CTF^2 weights
+                    if mask is not None:
+                        raise InputError(None, "em3d does not take --focus-mask yet", "--method")
+                    e3 = EM3DOptions(n_classes=n_classes, n_iter=n_iter, init=init, seed=seed,
+                                     resolution_limit_A=resolution_limit, anneal_start=anneal_start)  # fmt: skip
+                    result = classify_em3d(ds, e3, maps, progress)
                 elif method == "hillclimb":
                     if mask is not None or maps is not None:
                         raise InputError(None, "hill climbing takes neither --focus-mask nor --map", "--method")
@@ -98,7 +105,7 @@ def run_classify(
                                           resolution_limit_A=resolution_limit)  # fmt: skip
                     result = classify_hillclimb(ds, hc, progress, executor, checkpoint=out / "checkpoint.pt")
                 else:
-                    raise InputError(None, f"unknown method {method!r} (em, hillclimb)", "--method")
+                    raise InputError(None, f"unknown method {method!r} (em, em3d, hillclimb)", "--method")
             finally:
                 if executor is not None:
                     executor.close()
@@ -136,7 +143,8 @@ def run_classify(
                 plot_central_slices(out / f"class_{k + 1:03d}_slices.png", rec.filtered.numpy(), f"class {k + 1}")
             classes.append(entry)
     fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
-                    "images_per_s_per_iteration": float(np.mean([e["images_per_s"] for e in result.log]))}  # fmt: skip
+                    "images_per_s_per_iteration": float(np.mean([ds.n_images / max(e["seconds"], 1e-9)
+                                                                 for e in result.log]))}  # fmt: skip
     truth = truth or find_ground_truth(input_path)
     if truth is not None:
         fields["metrics"] = _metrics_against_truth(ds, truth, labels, run)

@@ -95,7 +95,9 @@ def classify(
     input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
     classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
-    method: str = typer.Option("em", help="em (Bayesian EM) or hillclimb (STOPGAP-style annealed hill climbing)"),
+    method: str = typer.Option(
+        "em", help="em (EM on 2D stacks), em3d (EM on subtomograms made from them), hillclimb (annealed)"
+    ),
     runs: int = typer.Option(3, help="independent runs for hillclimb (consistency across runs)"),
     iterations: int = typer.Option(12, help="maximum EM iterations"),
     init: str = typer.Option("pca", help="initialisation: pca (difference PCA + k-means), random"),
