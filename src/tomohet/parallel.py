@@ -37,6 +37,7 @@ class DaskExecutor:
 
         cores = os.cpu_count() or 2
         self._cluster = None
+        self._dataset: tuple | None = None  # (dataset, its future on the workers)
         if address:
             self.client = Client(address)
         elif slurm is not None:
@@ -69,8 +70,12 @@ class DaskExecutor:
         """``[fn(dataset, p, state) for p in partitions]`` on the workers, results in partition order."""
         from dask.distributed import as_completed
 
-        ds_f = self.client.scatter(dataset, broadcast=True)
-        st_f = self.client.scatter(state, broadcast=True)
+        # unique keys (hash=False): re-scattering equal data under the same key lets the release of an earlier
+        # future drop data a later one depends on ("lost dependencies"); the dataset is sent once per executor
+        if self._dataset is None or self._dataset[0] is not dataset:
+            self._dataset = (dataset, self.client.scatter(dataset, broadcast=True, hash=False))
+        ds_f = self._dataset[1]
+        st_f = self.client.scatter(state, broadcast=True, hash=False)
         futures = [self.client.submit(fn, ds_f, p, st_f, pure=False) for p in partitions]
         sizes = {f.key: len(p) for f, p in zip(futures, partitions, strict=True)}
         for f in as_completed(futures):
