@@ -18,6 +18,13 @@ import torch
 from .images import ImageSource
 
 
+def particle_chunks(n_particles: int, size: int, particles: np.ndarray | None = None):
+    """Yield index arrays of at most ``size`` of ``particles`` (default ``0..n_particles-1``), in order."""
+    idx = np.arange(n_particles) if particles is None else np.asarray(particles)
+    for s in range(0, len(idx), size):
+        yield idx[s : s + size]
+
+
 @dataclass
 class ImageBatch:
     """A batch of B particles x T tilts: images and every per-image quantity the forward model needs."""
@@ -107,9 +114,7 @@ class TiltSeriesParticles:
 
     def chunks(self, size: int, particles: np.ndarray | None = None):
         """Yield particle index arrays of at most ``size`` particles (all particles by default)."""
-        idx = np.arange(self.n_particles) if particles is None else np.asarray(particles)
-        for s in range(0, len(idx), size):
-            yield idx[s : s + size]
+        return particle_chunks(self.n_particles, size, particles)
 
     def summary(self) -> str:
         return (

@@ -35,7 +35,7 @@ import torch
 from ..errors import InputError
 from ..physics.rotations import euler_to_matrix, matrix_to_euler, mirror_z
 from ..physics.subtomogram import batch_subtomograms, from_fftw_half, relion31_form, to_fftw_half
-from .model import TiltSeriesParticles
+from .model import TiltSeriesParticles, particle_chunks
 from .mrc import write_volume
 from .star import block_as_frame, numeric_column, read_star, require_columns, resolve_path, write_star
 
@@ -124,9 +124,7 @@ class Subtomograms:
 
     def chunks(self, size: int, particles: np.ndarray | None = None):
         """Yield particle index arrays of at most ``size`` particles (all particles by default)."""
-        idx = np.arange(self.n_particles) if particles is None else np.asarray(particles)
-        for s in range(0, len(idx), size):
-            yield idx[s : s + size]
+        return particle_chunks(self.n_particles, size, particles)
 
     def summary(self) -> str:
         return (

@@ -39,6 +39,7 @@ from ..physics.fourier import (
 )
 from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volume
 from ..physics.reconstruct import reconstruct
+from .iteration import anneal_temperature, stage_ticker
 from .result import Result
 
 
@@ -419,19 +420,9 @@ def classify_em2d(
         em.sigma2 = _initial_sigma2(em, consensus)
     n = dataset.n_particles
     for it in range(start, opt.n_iter):
-        half = max(1, opt.n_iter // 2)
-        temp = max(1.0, opt.anneal_start ** (1 - it / half)) if opt.anneal_start > 1 else 1.0
-        done = [0]
-
-        def tick(k: int, it: int = it, done: list[int] = done) -> None:
-            done[0] += k
-            if progress:
-                progress(f"iteration {it + 1}/{opt.n_iter}", done[0], n)
-
+        temp = anneal_temperature(it, opt.n_iter, opt.anneal_start)
         ti = time.perf_counter()
-        if progress:  # announce the stage first, so that rates are timed from its start
-            progress(f"iteration {it + 1}/{opt.n_iter}", 0, n)
-        entry = em.iterate(temp, tick)
+        entry = em.iterate(temp, stage_ticker(progress, f"iteration {it + 1}/{opt.n_iter}", n))
         entry.update(iteration=it + 1, seconds=round(time.perf_counter() - ti, 2),
                      images_per_s=round(dataset.n_images / (time.perf_counter() - ti), 1))  # fmt: skip
         em.log.append(entry)

@@ -74,6 +74,7 @@ from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rf
 from ..physics.projector import _band_points, gridding_correction
 from ..physics.subtomogram import to_fftw_half
 from .em2d import SoftmaxAssign
+from .iteration import anneal_temperature, stage_ticker
 from .result import Result
 
 
@@ -643,17 +644,9 @@ def classify_em3d(
     else:
         raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
     for it in range(opt.n_iter):
-        half = max(1, opt.n_iter // 2)
-        temp = max(1.0, opt.anneal_start ** (1 - it / half)) if opt.anneal_start > 1 else 1.0
-        done = [0]
-
-        def tick(k: int, it: int = it, done: list[int] = done) -> None:
-            done[0] += k
-            if progress:
-                progress(f"iteration {it + 1}/{opt.n_iter}", done[0], n)
-
+        temp = anneal_temperature(it, opt.n_iter, opt.anneal_start)
         ti = time.perf_counter()
-        entry = em.iterate(temp, tick)
+        entry = em.iterate(temp, stage_ticker(progress, f"iteration {it + 1}/{opt.n_iter}", n))
         dt = time.perf_counter() - ti
         entry.update(iteration=it + 1, seconds=round(dt, 3), particles_per_s=round(n / max(dt, 1e-9), 1))
         em.log.append(entry)

@@ -38,6 +38,7 @@ import torch
 from ..physics.reconstruct import reconstruct
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
 from .em2d import EMClassifier, EMOptions, _initial_sigma2, pca_initial_labels
+from .iteration import stage_ticker
 from .result import Result
 
 
@@ -215,13 +216,7 @@ def _run_once(
         temp = temperature_at(opt, it)
         current = em.posteriors.argmax(1)
         rule = HillClimbAssign(current, temp, opt.seed, run, it, opt.acceptance, scale)
-        done = [0]
-
-        def tick(m: int, it: int = it, done: list[int] = done) -> None:
-            done[0] += m
-            if progress:
-                progress(f"run {run + 1}/{opt.n_runs} iteration {it + 1}/{opt.n_iter}", done[0], n)
-
+        tick = stage_ticker(progress, f"run {run + 1}/{opt.n_runs} iteration {it + 1}/{opt.n_iter}", n)
         ti = time.perf_counter()
         entry = em.iterate(1.0, tick, assign=rule)
         labels = em.posteriors.argmax(1)
