@@ -51,21 +51,47 @@ class VolumeProjector:
         self.grid = g
         vol = pad_to(vol, g, 3) / gridding_correction(g, vol.device)
         ft = fft3_centered(vol)  # [K, G, G, G]
-        # channels (re, im) per volume for grid_sample: [1, 2K, G, G, G]
-        self._ft = torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(1, -1, g, g, g).contiguous()
         self.n_volumes = vol.shape[0]
+        # voxel-major table [G^3, K, 2]: the K volumes' (re, im) of one voxel are contiguous, so a trilinear
+        # corner is one short contiguous read for all volumes (a channels-first grid_sample reads 2K far-apart
+        # places per corner and is slower on CPU). One zero plane is appended on the high side of each axis:
+        # in-band points reach up to G/2 voxels from the centre, i.e. between index G-1 and G (zero there, as
+        # grid_sample's zero padding); they never go below index 0.
+        tab = torch.view_as_real(ft).permute(1, 2, 3, 0, 4).reshape(g, g, g, 2 * self.n_volumes)
+        self._table = torch.nn.functional.pad(tab, (0, 0, 0, 1, 0, 1, 0, 1)).reshape(-1, 2 * self.n_volumes)
 
-    def project_ft(self, rotations: torch.Tensor) -> torch.Tensor:
-        """Half centred spectra on the D grid: ``[B, D, D//2+1]`` (or ``[K, B, D, D//2+1]`` for a stack)."""
-        d, g = self.box, self.grid
-        coords, inband = slice_coordinates(rotations, d, g / d)
-        b = coords.shape[0]
-        grid = (coords + g // 2) * (2.0 / (g - 1)) - 1.0  # align_corners=True normalisation
-        out = torch.nn.functional.grid_sample(
-            self._ft, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
-        )  # [1, 2K, B, M, Mh]
-        out = out.reshape(self.n_volumes, 2, b, d, d // 2 + 1).permute(0, 2, 3, 4, 1).contiguous()
-        ft = torch.view_as_complex(out) * inband
+    def project_ft(self, rotations: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+        """Half centred spectra on the D grid: ``[B, D, D//2+1]`` (or ``[K, B, D, D//2+1]`` for a stack).
+
+        Trilinear interpolation at ``(G/D) A^T (kx, ky, 0)`` of the in-band pixels (radius < D/2, zero
+        outside), the same values as ``grid_sample(align_corners=True)`` on the oversampled grid; ``chunk``
+        bounds the number of pixels interpolated at once (memory)."""
+        d, g, k = self.box, self.grid, self.n_volumes
+        idx, k2, _ = _band_points(d, g, rotations.device)
+        b = rotations.shape[0]
+        rt = rotations.to(torch.float32).transpose(-1, -2)[..., :2]  # [B, 3, 2]: columns 0, 1 of A^T
+        c = (torch.matmul(k2, rt.transpose(-1, -2)) + g // 2).reshape(-1, 3)  # [B*n, 3] (x, y, z) voxels
+        vals = torch.empty(c.shape[0], 2 * k, dtype=torch.float32, device=c.device)
+        g1 = g + 1  # the padded table's size
+        offsets = [(oz * g1 + oy) * g1 + ox for oz in (0, 1) for oy in (0, 1) for ox in (0, 1)]
+        for s0 in range(0, c.shape[0], chunk):
+            cc = c[s0 : s0 + chunk]
+            base = torch.floor(cc).clamp(0, g - 1)
+            f = (cc - base).clamp(0, 1)
+            bl = base.long()
+            flat = (bl[:, 2] * g1 + bl[:, 1]) * g1 + bl[:, 0]
+            wx, wy, wz = [(1 - f[:, i : i + 1], f[:, i : i + 1]) for i in range(3)]
+            acc = vals[s0 : s0 + chunk].zero_()
+            corner = 0
+            for oz in (0, 1):
+                for oy in (0, 1):
+                    wzy = wz[oz] * wy[oy]
+                    for ox in (0, 1):
+                        acc.addcmul_(self._table.index_select(0, flat + offsets[corner]), wzy * wx[ox])
+                        corner += 1
+        out = torch.zeros(k, b, d * (d // 2 + 1), dtype=torch.complex64, device=c.device)
+        out[:, :, idx] = torch.view_as_complex(vals.reshape(b, -1, k, 2).permute(2, 0, 1, 3).contiguous())
+        ft = out.reshape(k, b, d, d // 2 + 1)
         return ft if self.stacked else ft[0]
 
     def project(self, rotations: torch.Tensor) -> torch.Tensor:
