@@ -133,7 +133,7 @@ def test_focused_classification(assembly):
     ds = read_relion5(layout.optimisation_set)
     ph = phantoms.assembly(box=32, pixel_size=12.0, seed=1)
     a_region = (ph.volumes[1] - ph.volumes[0]) > 0.2 * (ph.volumes[1] - ph.volumes[0]).max()
-    mask = (torch.nn.functional.conv3d(a_region.float()[None, None], torch.ones(1, 1, 5, 5, 5), padding=2)[0, 0] > 0)
+    mask = torch.nn.functional.conv3d(a_region.float()[None, None], torch.ones(1, 1, 5, 5, 5), padding=2)[0, 0] > 0
     mask = mask.float() * soft_sphere(32, 15)
     res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=6), focus_mask=mask)
     has_a = (truth["state"].to_numpy() >= 1).astype(int)
