@@ -29,7 +29,7 @@ def assembly(tmp_path_factory):
     meta = json.loads((out / "dataset.json").read_text())
     maps = torch.stack([read_volume(out / f)[0] for f in meta["maps"]])
     return {"ds": ds, "truth": truth["state"].to_numpy(), "maps": maps, "sigma": layout.noise_sigma,
-            "prepared": prepare_em3d(ds, OPT)}  # fmt: skip
+            "prepared": prepare_em3d(ds, OPT), "folder": out}  # fmt: skip
 
 
 def test_em3d_recovers_four_states_like_em2d(assembly):
@@ -80,3 +80,47 @@ def test_relion_subtomogram_files_classify(assembly, tmp_path, relion4):
     assert not torch.allclose(sub.rotations, torch.eye(3, dtype=sub.rotations.dtype).expand_as(sub.rotations))
     res = classify_em3d(sub, EM3DOptions(n_classes=4, n_iter=8))
     assert adjusted_rand_index(t[sel], res.labels) >= 0.85, res.log[-1]
+
+
+def test_classify_cli_on_relion_subtomograms_with_class_maps_and_resume(assembly, tmp_path):
+    """``tomohet classify SUBTOMO.star --method em3d``: labels against the truth, gold-standard class maps from the
+    subtomograms, a particles.star that points at the user's volumes, resume from the checkpoint, and a clear
+    error for a 2D-only method."""
+    import starfile
+    from typer.testing import CliRunner
+
+    from tomohet.cli.main import app
+
+    ds, t = assembly["ds"], assembly["truth"]
+    sel = np.arange(96)
+    star = write_relion31_subtomograms(ds, tmp_path / "sub", particles=sel, oversampling=1, batch_size=32)
+    before = star.read_bytes()
+    truth = assembly["folder"] / "ground_truth.csv"
+    runner = CliRunner()
+    args = ["classify", str(star), "--out", str(tmp_path / "c"), "-K", "4", "--method", "em3d", "--truth", str(truth)]
+    r = runner.invoke(app, args + ["--iterations", "3"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "c" / "result.json").read_text())
+    assert res["metrics"]["method"]["ari"] >= 0.85, res["metrics"]
+    assert "oracle" not in res["metrics"]  # the oracle scores 2D images
+    assert res["subtomograms_per_s_per_iteration"] > 0
+    out_star = starfile.read(tmp_path / "c" / "particles.star", always_dict=True)["particles"]
+    assert (np.sort(out_star["rlnClassNumber"].unique()) == np.arange(1, 5)).all()
+    first = (tmp_path / "c" / out_star["rlnImageName"].iloc[0]).resolve()
+    assert first == (star.parent / starfile.read(star, always_dict=True)["particles"]["rlnImageName"].iloc[0]).resolve()
+    for c in res["classes"]:  # each state reconstructs; the half maps agree at low resolution
+        if c["n"] >= 4:
+            fsc = np.loadtxt(tmp_path / "c" / f"class_{c['class']:03d}_fsc.csv", delimiter=",", skiprows=1)
+            assert fsc[1:4, 1].min() > 0.8, fsc[:6]
+            assert read_volume(tmp_path / "c" / f"class_{c['class']:03d}_map.mrc")[0].shape == (32, 32, 32)
+    # the subset star of one class is a valid input of the next run
+    sub_star = next((tmp_path / "c" / "subsets").glob("class_*particles.star"))
+    assert len(read_subtomograms(sub_star).names) == res["classes"][int(sub_star.name[6:9]) - 1]["n"]
+    # resume: 3 more iterations on top of the checkpoint of the first 3
+    r = runner.invoke(app, args + ["--iterations", "6"])
+    assert r.exit_code == 0, r.output
+    log = json.loads((tmp_path / "c" / "result.json").read_text())["iterations"]
+    assert log[0]["iteration"] == 1 and log[-1]["iteration"] > 3
+    assert star.read_bytes() == before
+    r = runner.invoke(app, ["classify", str(star), "--out", str(tmp_path / "e"), "--method", "em"])
+    assert r.exit_code != 0 and "--method" in r.output and "em3d" in r.output

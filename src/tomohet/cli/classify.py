@@ -13,11 +13,12 @@ import torch
 from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import discrete_report
 from ..data.annotate import write_annotated
-from ..data.io import read_particles
+from ..data.io import read_any
 from ..data.mrc import read_volume, write_volume
+from ..data.subtomo import Subtomograms
 from ..errors import InputError
 from ..methods.em2d import EMOptions, classify_em2d
-from ..methods.em3d import EM3DOptions, classify_em3d
+from ..methods.em3d import EM3DClassifier, EM3DOptions, classify_em3d, prepare_em3d
 from ..methods.hillclimb import HillClimbOptions, classify_hillclimb
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
@@ -55,8 +56,15 @@ def run_classify(
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content."""
     run = Run(out, "classify", {k: v for k, v in locals().items() if k != "executor"})
     with run.timed("read"):
-        ds = read_particles(input_path, tomograms)
+        ds = read_any(input_path, tomograms)
     run.log.info("%s", ds.summary())
+    subtomograms = isinstance(ds, Subtomograms)
+    if subtomograms:  # 3D input: only the 3D EM applies, on the volumes as they are
+        for given, flag in ((method != "em3d", "--method"), (flip_hand, "--flip-hand"), (max_dose is not None,
+                            "--max-dose"), (focus_mask is not None, "--focus-mask")):  # fmt: skip
+            if given:
+                raise InputError(input_path, "3D subtomograms are classified with --method em3d, without "
+                                 "--flip-hand, --max-dose or --focus-mask", flag)  # fmt: skip
     if flip_hand:
         ds.rotations = ds.rotations @ mirror_z()
     maps = None
@@ -76,6 +84,8 @@ def run_classify(
         n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
         resolution_limit_A=resolution_limit, anneal_start=anneal_start,
     )  # fmt: skip
+    n_images = ds.n_particles if subtomograms else ds.n_images  # what one "image" is: a tilt or a subtomogram
+    unit = "subtomograms" if subtomograms else "images"
     with run.progress() as prog:
         task = prog.add_task("initialising", total=ds.n_particles, rate="")
         t0 = [time.perf_counter(), ""]
@@ -83,8 +93,8 @@ def run_classify(
         def progress(stage: str, done: int, total: int) -> None:
             if stage != t0[1]:
                 t0[0], t0[1] = time.perf_counter(), stage
-            rate = done * ds.n_images / ds.n_particles / max(time.perf_counter() - t0[0], 1e-9)
-            prog.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f} images/s")
+            rate = done * n_images / ds.n_particles / max(time.perf_counter() - t0[0], 1e-9)
+            prog.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f} {unit}/s")
 
         with run.timed("classify"):
             try:
@@ -96,7 +106,8 @@ def run_classify(
                         raise InputError(None, "em3d does not take --focus-mask yet", "--method")
                     e3 = EM3DOptions(n_classes=n_classes, n_iter=n_iter, init=init, seed=seed,
                                      resolution_limit_A=resolution_limit, anneal_start=anneal_start)  # fmt: skip
-                    result = classify_em3d(ds, e3, maps, progress)
+                    prepared = prepare_em3d(ds, e3)
+                    result = classify_em3d(ds, e3, maps, progress, prepared, checkpoint=out / "checkpoint.pt")
                 elif method == "hillclimb":
                     if mask is not None or maps is not None:
                         raise InputError(None, "hill climbing takes neither --focus-mask nor --map", "--method")
@@ -125,6 +136,10 @@ def run_classify(
     )
     classes = []
     with run.timed("class_maps"):
+        if subtomograms and class_maps:  # gold-standard halves from the subtomograms, full band
+            full = EM3DOptions(n_classes=result.n_classes)
+            em = EM3DClassifier(ds, full, prepared if resolution_limit is None else None)
+            recs = em.class_reconstructions(labels, ds.half_set)
         for k in range(result.n_classes):
             members = np.flatnonzero(labels == k)
             entry = {"class": k + 1, "n": int(len(members)), "fraction": float(len(members) / ds.n_particles)}
@@ -132,7 +147,7 @@ def run_classify(
             if len(members) >= 2:
                 entry["particles"] = str(write_annotated(ds, out / "subsets", columns, members, f"class_{k + 1:03d}"))
             if class_maps and len(members) >= 4:
-                rec = reconstruct(ds, members)
+                rec = recs[k] if subtomograms else reconstruct(ds, members)
                 for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
                     write_volume(out / f"class_{k + 1:03d}_{name}.mrc", vol, ds.pixel_size)
                 entry["resolution_A"] = rec.resolution
@@ -143,7 +158,7 @@ def run_classify(
                 plot_central_slices(out / f"class_{k + 1:03d}_slices.png", rec.filtered.numpy(), f"class {k + 1}")
             classes.append(entry)
     fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
-                    "images_per_s_per_iteration": float(np.mean([ds.n_images / max(e["seconds"], 1e-9)
+                    f"{unit}_per_s_per_iteration": float(np.mean([n_images / max(e["seconds"], 1e-9)
                                                                  for e in result.log]))}  # fmt: skip
     truth = truth or find_ground_truth(input_path)
     if truth is not None:
@@ -164,7 +179,7 @@ def _metrics_against_truth(ds, truth_path: Path, labels: np.ndarray, run: Run) -
     states = np.array([by_name[n] for n in ds.names])
     metrics = {"method": discrete_report(states, labels)}
     meta_path = truth_path.parent / "dataset.json"
-    if meta_path.exists():
+    if meta_path.exists() and not isinstance(ds, Subtomograms):  # the oracle scores the 2D tilt images
         meta = json.loads(meta_path.read_text())
         if meta.get("map_coordinates") is None:
             maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])

@@ -92,11 +92,16 @@ def _executor(workers: int, scheduler: str | None, slurm: str | None):
 
 @app.command()
 def classify(
-    input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
+    input: Path = typer.Argument(
+        ...,
+        help="optimisation set, RELION 5 particles star, Warp v1 image-series star, or RELION 3.1/4 subtomogram "
+        "star (3D; --method em3d)",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
     classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
     method: str = typer.Option(
-        "em", help="em (EM on 2D stacks), em3d (EM on subtomograms made from them), hillclimb (annealed)"
+        "em",
+        help="em (EM on 2D stacks), em3d (EM on subtomograms: given, or made from the stacks), hillclimb (annealed)",
     ),
     runs: int = typer.Option(3, help="independent runs for hillclimb (consistency across runs)"),
     iterations: int = typer.Option(12, help="maximum EM iterations"),

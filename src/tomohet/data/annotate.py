@@ -3,11 +3,14 @@ or as a subset, in the input's own format, ready for the next tomohet / RELION /
 
 RELION 5 input: ``particles.star`` + ``tomograms.star`` + ``optimisation_set.star`` (one row per particle).
 Warp v1 input: an image-series ``particles.star`` (one row per image; the particle's value on each of its rows).
+RELION 3.1/4 subtomogram input: the star with its blocks, the volume and CTF paths rewritten to point (relative to
+the new star) at the user's files, which stay where they are.
 Rows and column names of the input are kept; nothing the user gave is modified.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +19,12 @@ import pandas as pd
 from .model import TiltSeriesParticles
 from .relion5 import write_relion5
 from .star import read_star, write_star
+from .subtomo import Subtomograms
 from .warp_v1 import write_warp_v1
 
 
 def write_annotated(
-    dataset: TiltSeriesParticles,
+    dataset: TiltSeriesParticles | Subtomograms,
     out_dir: str | Path,
     columns: dict[str, np.ndarray],
     subset: np.ndarray | None = None,
@@ -51,4 +55,19 @@ def write_annotated(
         blocks[name] = df[np.isin(particle, keep)].reset_index(drop=True)
         write_star(blocks, path)
         return path
+    if isinstance(dataset, Subtomograms):
+        return _write_subtomograms(dataset, out_dir / f"{stem}particles.star", columns, keep)
     raise ValueError(f"cannot write particles of a {dataset.source_format!r} dataset")
+
+
+def _write_subtomograms(dataset: Subtomograms, path: Path, columns: dict[str, np.ndarray], keep: np.ndarray) -> Path:
+    blocks = dict(dataset.tables["blocks"])
+    name = next(k for k, v in blocks.items() if isinstance(v, pd.DataFrame) and "rlnImageName" in v.columns)
+    df = blocks[name].copy()
+    df["rlnImageName"] = [os.path.relpath(p.resolve(), path.parent.resolve()) for p in dataset.volume_paths]
+    df["rlnCtfImage"] = [os.path.relpath(p.resolve(), path.parent.resolve()) for p in dataset.ctf_paths]
+    for col, values in columns.items():
+        df[col] = np.asarray(values)
+    blocks[name] = df.iloc[keep].reset_index(drop=True)
+    write_star(blocks, path)
+    return path

@@ -8,7 +8,7 @@ from ..errors import InputError
 from .model import TiltSeriesParticles
 from .relion5 import is_optimisation_set, is_relion5_particles, read_relion5
 from .star import read_star
-from .subtomo import is_subtomogram_star
+from .subtomo import Subtomograms, is_subtomogram_star, read_subtomograms
 from .warp_v1 import looks_like_image_series, read_warp_v1
 
 
@@ -41,3 +41,11 @@ def read_particles(path: str | Path, tomograms: str | Path | None = None) -> Til
     if fmt == "warp_v1":
         return read_warp_v1(path)
     raise InputError(path, f"format {fmt!r} holds 3D subtomograms; this command needs 2D tilt-series stacks")
+
+
+def read_any(path: str | Path, tomograms: str | Path | None = None) -> TiltSeriesParticles | Subtomograms:
+    """Read 2D tilt-series stacks (:func:`read_particles`) or RELION 3.1/4 3D subtomograms, whichever ``path``
+    holds."""
+    if detect_format(path) == "relion_subtomo":
+        return read_subtomograms(path)
+    return read_particles(path, tomograms)

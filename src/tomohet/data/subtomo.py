@@ -310,8 +310,9 @@ def write_relion31_subtomograms(
             row.update({"rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
                         "rlnOriginXAngst": 0.0, "rlnOriginYAngst": 0.0, "rlnOriginZAngst": 0.0,
                         "rlnOpticsGroup": 1, "rlnRandomSubset": int(dataset.half_set[i])})  # fmt: skip
+            row = {"rlnTomoParticleName": dataset.names[i], **row}  # RELION 3.1 keeps labels it does not know
             if relion4:
-                row = {"rlnTomoName": tomo, "rlnTomoParticleName": dataset.names[i], **row}
+                row = {"rlnTomoName": tomo, **row}
             rows.append(row)
     for col, vals in (("rlnVoltage", dataset.voltage), ("rlnSphericalAberration", dataset.spherical_aberration),
                       ("rlnAmplitudeContrast", dataset.amplitude_contrast)):  # fmt: skip

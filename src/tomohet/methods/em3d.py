@@ -64,14 +64,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..physics.filters import lowpass, soft_sphere
+from ..physics.filters import fsc, lowpass, resolution_at, shell_frequencies, soft_sphere
 from ..physics.forward import batch_transfer_functions
 from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
 from ..physics.projector import _band_points, gridding_correction
+from ..physics.reconstruct import Reconstruction
 from ..physics.subtomogram import to_fftw_half
 from .em2d import SoftmaxAssign
 from .iteration import anneal_temperature, stage_ticker
@@ -598,6 +600,76 @@ class EM3DClassifier:
                 "class_sizes": np.bincount(post.argmax(1), minlength=self.opt.n_classes).tolist(),
                 "priors": self.priors.round(4).tolist(), "temperature": temperature}  # fmt: skip
 
+    # ------------------------------------------------------------------------------------ checkpoint
+    def save_state(self, path: Path, iteration: int) -> None:
+        """Write what the next iteration needs (maps, priors, noise and signal power, posteriors, log)."""
+        state = {"volumes": self.volumes, "priors": self.priors, "sigma2": self.sigma2, "tau2": self.tau2,
+                 "posteriors": self.posteriors, "log": self.log, "iteration": iteration,
+                 "band": self.band.size, "options": asdict(self.opt)}  # fmt: skip
+        tmp = Path(path).with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # never a half-written checkpoint
+
+    def load_state(self, path: Path) -> int:
+        """Restore a :meth:`save_state` checkpoint; returns the number of iterations it had done."""
+        state = torch.load(path, weights_only=False)
+        if state["band"] != self.band.size or state["volumes"].shape[0] != self.opt.n_classes:
+            raise ValueError(f"{path}: checkpoint of another run (classes, box or resolution limit differ)")
+        self.volumes, self.priors, self.sigma2, self.tau2 = (
+            state["volumes"],
+            state["priors"],
+            state["sigma2"],
+            state["tau2"],
+        )
+        self.posteriors, self.log = state["posteriors"], state["log"]
+        return int(state["iteration"])
+
+    # -------------------------------------------------------------------------------- class maps
+    def class_reconstructions(self, labels: np.ndarray, half_set: np.ndarray) -> list[Reconstruction | None]:
+        """Gold-standard maps of each class from its members' reference-frame subtomograms: half maps (split by
+        ``half_set`` 1/2, or alternately when a class has only one half), their FSC, and the full map, all
+        Wiener-filtered with the per-shell SNR from the FSC (as :func:`~tomohet.physics.reconstruct.reconstruct`
+        does for 2D stacks). Needs the full band (no resolution limit) for meaningful maps; None for classes
+        with fewer than 4 members."""
+        k = self.opt.n_classes
+        halves = np.asarray(half_set).copy()
+        for c in range(k):
+            members = np.flatnonzero(labels == c)
+            if len(members) and len(set(halves[members])) < 2:
+                halves[members] = 1 + np.arange(len(members)) % 2
+        group = 2 * np.asarray(labels) + (halves - 1)
+        onehot = np.eye(2 * k)[group]
+        sums = _Sums.zeros(2 * k, self.band.size)
+        for c in self.source:
+            sums.add(torch.from_numpy(onehot[c.particles]), c.d_ref, c.w_ref)
+        num, den = self._m_step_terms(sums)
+        b, d, apix = self.band, self.d, self.ds.pixel_size
+        cnt = b.per_shell(b.mult).clamp_min(1)
+        out: list[Reconstruction | None] = []
+        for c in range(k):
+            if (labels == c).sum() < 4:
+                out.append(None)
+                continue
+            nh, dh = num[2 * c : 2 * c + 2], den[2 * c : 2 * c + 2]
+            mean_w = torch.stack([b.per_shell(x * b.mult) / cnt for x in dh])  # [2, S]
+            reg = 1e-3 * mean_w.mean(1, keepdim=True)[:, [0] * b.n_shells].clamp_min(1e-12)
+            for _ in range(3):  # weak constant regulariser, then the halves' own FSC
+                h = b.to_real(nh / (dh + reg[:, b.shell]))
+                curve = fsc(h[0], h[1]).float()
+                snr = (curve / (1 - curve).clamp_min(1e-3)).clamp_min(1e-3).double()
+                reg = mean_w / snr
+            full_fsc = (2 * curve / (1 + curve).clamp_min(1e-6)).double()
+            snr_full = (full_fsc / (1 - full_fsc).clamp_min(1e-3)).clamp_min(1e-3)
+            wsum = dh.sum(0)
+            reg_full = (b.per_shell(wsum * b.mult) / cnt / snr_full)[b.shell]
+            full = b.to_real(nh.sum(0) / (wsum + reg_full))
+            res = resolution_at(curve, d, apix)
+            out.append(Reconstruction(
+                half1=h[0], half2=h[1], full=full, filtered=lowpass(full, max(res, 2 * apix), apix), fsc=curve,
+                frequencies=shell_frequencies(d, apix), resolution=res, pixel_size=apix,
+            ))  # fmt: skip
+        return out
+
 
 def prepare_em3d(dataset, options: EM3DOptions | None = None) -> PreparedSpectra:
     """Prepared (and, when they fit, cached) spectra of ``dataset`` for :func:`classify_em3d` runs with the same
@@ -614,6 +686,7 @@ def classify_em3d(
     initial_maps: torch.Tensor | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     prepared: PreparedSpectra | None = None,
+    checkpoint: Path | None = None,
 ) -> Result:
     """EM classification of 3D subtomograms with per-voxel weights, poses given (no alignment).
 
@@ -623,33 +696,41 @@ def classify_em3d(
     reports particles done per stage. Returns a :class:`Result` with ``labels [N]``, ``posteriors [N, K]``, class
     maps ``[K, D, D, D]``, one log entry per iteration and ``extra`` (``sigma2 [D//2+1]``, ``seconds``,
     ``prepare_seconds``: the first pass, which makes the spectra unless ``prepared`` (:func:`prepare_em3d`) already
-    holds them)."""
+    holds them). ``checkpoint`` (a file) is written after every iteration and, if it exists, the run resumes from
+    it (the options must be the same)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
     em = EM3DClassifier(dataset, opt, prepared)
     n = dataset.n_particles
-    consensus = em.consensus()  # first pass: prepares (and caches) the spectra
-    t_prep = time.perf_counter() - t0
     info: dict = {}
-    if initial_maps is not None or opt.init == "maps":
-        if initial_maps is None:
-            raise ValueError("init='maps' needs initial_maps")
-        em.initialise(maps=initial_maps)
-    elif opt.init == "random":
-        em.initialise(labels=np.random.default_rng(opt.seed).integers(0, opt.n_classes, n))
-    elif opt.init == "pca":
-        labels, _ = em.pca_initial_labels(consensus)
-        info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
-        em.initialise(labels=labels)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        start, info = em.load_state(checkpoint), {"resumed_from_iteration": em.log[-1]["iteration"] if em.log else 0}
+        t_prep = 0.0
     else:
-        raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
-    for it in range(opt.n_iter):
+        consensus = em.consensus()  # first pass: prepares (and caches) the spectra
+        t_prep = time.perf_counter() - t0
+        if initial_maps is not None or opt.init == "maps":
+            if initial_maps is None:
+                raise ValueError("init='maps' needs initial_maps")
+            em.initialise(maps=initial_maps)
+        elif opt.init == "random":
+            em.initialise(labels=np.random.default_rng(opt.seed).integers(0, opt.n_classes, n))
+        elif opt.init == "pca":
+            labels, _ = em.pca_initial_labels(consensus)
+            info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
+            em.initialise(labels=labels)
+        else:
+            raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
+    for it in range(start, opt.n_iter):
         temp = anneal_temperature(it, opt.n_iter, opt.anneal_start)
         ti = time.perf_counter()
         entry = em.iterate(temp, stage_ticker(progress, f"iteration {it + 1}/{opt.n_iter}", n))
         dt = time.perf_counter() - ti
         entry.update(iteration=it + 1, seconds=round(dt, 3), particles_per_s=round(n / max(dt, 1e-9), 1))
         em.log.append(entry)
+        if checkpoint is not None:
+            em.save_state(checkpoint, it + 1)
         if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
             break
     return Result(
