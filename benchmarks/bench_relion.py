@@ -37,10 +37,16 @@ from tomohet.data.relion5 import read_relion5
 from tomohet.data.subtomo import read_subtomograms, write_relion31_subtomograms
 from tomohet.methods.em2d import EMOptions, classify_em2d
 from tomohet.methods.em3d import EM3DOptions, classify_em3d
+from tomohet.methods.hillclimb import HillClimbOptions, classify_hillclimb
 from tomohet.physics.reconstruct import reconstruct
 from tomohet.simulate.datasets import simulate_preset
 
-PRESETS = {"discrete_easy": (600, 2), "discrete_hard": (1000, 4)}  # particles, classes
+# case -> (tomohet preset, particles, classes, SNR or None for the preset's)
+PRESETS = {
+    "discrete_easy": ("discrete_easy", 600, 2, None),
+    "discrete_hard": ("discrete_hard", 1000, 4, None),
+    "discrete_default_snr0.005": ("discrete_default", 1000, 4, 0.005),  # where the oracle drops below 1
+}
 ROOT = Path(__file__).resolve().parent
 
 
@@ -71,12 +77,14 @@ def run_relion(star: Path, out: Path, ref: Path, k: int, diameter_A: float, iter
             "classes": parts["rlnClassNumber"].astype(int).to_numpy()}  # fmt: skip
 
 
-def bench_preset(name: str, n: int, k: int, out: Path, iters: int, threads: int, write_os: int) -> dict:
+def bench_preset(
+    name: str, preset: str, n: int, k: int, snr: float | None, out: Path, iters: int, threads: int, write_os: int
+) -> dict:
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     sim = out / "data"
     if not (sim / "dataset.json").exists():
-        simulate_preset(name, sim, seed=0, n_particles=n)
+        simulate_preset(preset, sim, seed=0, n_particles=n, snr=snr)
     meta = json.loads((sim / "dataset.json").read_text())
     truth = __import__("pandas").read_csv(sim / "ground_truth.csv")["state"].to_numpy()
     ds = read_relion5(sim / meta["optimisation_set"])
@@ -122,6 +130,14 @@ def bench_preset(name: str, n: int, k: int, out: Path, iters: int, threads: int,
     t0 = time.perf_counter()
     r2 = classify_em2d(ds, EMOptions(n_classes=k, n_iter=12))
     add("tomohet em2d (2D tilt stacks)", r2.labels, time.perf_counter() - t0, len(r2.log), log=r2.log)
+    for init in ("random", "pca"):  # STOPGAP's scheme (random starts) and the same from the PCA start
+        t0 = time.perf_counter()
+        hc = classify_hillclimb(ds, HillClimbOptions(n_classes=k, init=init, n_runs=3))
+        cons = np.asarray(hc.extra["consistency"])
+        keep = cons >= 1.0
+        ari_keep = adjusted_rand_index(truth[keep], hc.labels[keep]) if keep.sum() > 1 else float("nan")
+        add(f"tomohet hillclimb x3 runs, {init} starts", hc.labels, time.perf_counter() - t0, len(hc.log),
+            f"consistent in all runs: {keep.mean():.0%} of particles, ARI {ari_keep:.3f} on them", hc.log)  # fmt: skip
     sub = read_subtomograms(star)
     t0 = time.perf_counter()
     r3 = classify_em3d(sub, EM3DOptions(n_classes=k, n_iter=12))
@@ -147,10 +163,11 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     for i, p in enumerate(args.presets):
-        n, k = PRESETS[p]
+        preset, n, k, snr = PRESETS[p]
         if args.particles:
             n = args.particles[i]
-        results.append(bench_preset(p, n, k, args.out / f"{p}_{n}", args.iter, args.threads, args.write_oversampling))
+        results.append(bench_preset(p, preset, n, k, snr, args.out / f"{p}_{n}", args.iter, args.threads,
+                                    args.write_oversampling))  # fmt: skip
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "machine": platform.platform(),
            "cpus": os.cpu_count(), "load_average": os.getloadavg(), "threads": args.threads}  # fmt: skip
     res_dir = ROOT / "results"
