@@ -178,6 +178,7 @@ def partial_iteration(
     sig_cnt = torch.zeros(n_shells, dtype=torch.float64)
     inv_s2 = (1.0 / state.sigma2)[shell2d]
     log_norm = 0.5 * (wpix * torch.log(state.sigma2)[shell2d])  # Gaussian normaliser per pixel
+    inband = (wpix > 0).float()  # the E-step band: sigma2 is known there, and only there are maps compared
     lls, posts = [], []
     for chunk in ds.chunks(opt.batch_size, particles):
         p = _prepared_chunk(ds, chunk, opt.max_dose, sub, cache)
@@ -195,7 +196,7 @@ def partial_iteration(
         sig_sum.index_add_(0, shell2d.reshape(-1), w_r.sum(0).reshape(-1).double())
         sig_cnt.index_add_(0, shell2d.reshape(-1), (p.valid * wpix).sum(0).reshape(-1).double())
         # M-step sums: insertion weighted by posterior, H and 1/sigma2
-        hw = p.h * p.valid * inv_s2
+        hw = p.h * p.valid * inv_s2 * inband
         data = p.x * hw
         wts = p.h * hw
         for k in range(k_cls):
@@ -281,15 +282,17 @@ class EMClassifier:
 
     def _m_step(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
         d = self.d
-        for k in range(self.opt.n_classes):
+        k_cls = self.opt.n_classes
+        sums = []
+        for k in range(k_cls):
             acc = FourierAccumulator(d)
             acc.data, acc.weight = data_sums[k], weight_sums[k]
-            data, weight = acc.finalize()
-            g = data.shape[-1]
-            shells = radial_index_3d(g).clamp(max=g // 2)
-            reg = 1.0 / (self.opt.tau2_fudge * self.tau2[shells].clamp_min(1e-20))
-            vol = wiener_volume(data, weight, d, reg.float())
-            self.volumes[k] = vol * self.mask
+            sums.append(acc.finalize())
+        g = sums[0][0].shape[-1]
+        shells = radial_index_3d(g).clamp(max=g // 2)
+        reg = (1.0 / (self.opt.tau2_fudge * self.tau2[shells].clamp_min(1e-20))).float()
+        for k, (dk, wk) in enumerate(sums):
+            self.volumes[k] = wiener_volume(dk, wk, d, reg) * self.mask
 
     # ------------------------------------------------------------------------------------ initialisation
     def initialise(
