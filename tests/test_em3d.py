@@ -91,7 +91,7 @@ def test_classify_cli_on_relion_subtomograms_with_class_maps_and_resume(assembly
 
     from tomohet.cli.main import app
 
-    ds, t = assembly["ds"], assembly["truth"]
+    ds = assembly["ds"]
     sel = np.arange(96)
     star = write_relion31_subtomograms(ds, tmp_path / "sub", particles=sel, oversampling=1, batch_size=32)
     before = star.read_bytes()
