@@ -69,6 +69,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..physics.filters import fsc, lowpass, resolution_at, shell_frequencies, soft_sphere
 from ..physics.forward import batch_transfer_functions
 from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
@@ -614,7 +615,8 @@ class EM3DClassifier:
         """Restore a :meth:`save_state` checkpoint; returns the number of iterations it had done."""
         state = torch.load(path, weights_only=False)
         if state["band"] != self.band.size or state["volumes"].shape[0] != self.opt.n_classes:
-            raise ValueError(f"{path}: checkpoint of another run (classes, box or resolution limit differ)")
+            raise InputError(path, "checkpoint of another run (classes, box or resolution limit differ); remove it "
+                             "or choose another output folder", "checkpoint")  # fmt: skip
         self.volumes, self.priors, self.sigma2, self.tau2 = (
             state["volumes"],
             state["priors"],
@@ -652,7 +654,7 @@ class EM3DClassifier:
                 continue
             nh, dh = num[2 * c : 2 * c + 2], den[2 * c : 2 * c + 2]
             mean_w = torch.stack([b.per_shell(x * b.mult) / cnt for x in dh])  # [2, S]
-            reg = 1e-3 * mean_w.mean(1, keepdim=True)[:, [0] * b.n_shells].clamp_min(1e-12)
+            reg = (1e-3 * mean_w.mean(1, keepdim=True)).expand(-1, b.n_shells).clamp_min(1e-12)
             for _ in range(3):  # weak constant regulariser, then the halves' own FSC
                 h = b.to_real(nh / (dh + reg[:, b.shell]))
                 curve = fsc(h[0], h[1]).float()
@@ -697,7 +699,7 @@ def classify_em3d(
     maps ``[K, D, D, D]``, one log entry per iteration and ``extra`` (``sigma2 [D//2+1]``, ``seconds``,
     ``prepare_seconds``: the first pass, which makes the spectra unless ``prepared`` (:func:`prepare_em3d`) already
     holds them). ``checkpoint`` (a file) is written after every iteration and, if it exists, the run resumes from
-    it (the options must be the same)."""
+    it (same classes, box and resolution limit; ``n_iter`` may differ: the run continues up to it)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
     em = EM3DClassifier(dataset, opt, prepared)
@@ -705,7 +707,8 @@ def classify_em3d(
     info: dict = {}
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        start, info = em.load_state(checkpoint), {"resumed_from_iteration": em.log[-1]["iteration"] if em.log else 0}
+        start = em.load_state(checkpoint)
+        info["resumed_from_iteration"] = start
         t_prep = 0.0
     else:
         consensus = em.consensus()  # first pass: prepares (and caches) the spectra
