@@ -334,8 +334,6 @@ def pca_initial_labels(
     """Wedge-masked difference PCA + k-means: per particle, the Wiener back-projection of its residuals
     against the consensus (low-resolution band, missing wedge = no deviation), top components, k-means.
     Returns (labels, features)."""
-    from sklearn.cluster import KMeans
-
     d, apix = ds.box, ds.pixel_size
     res = opt.init_resolution_A or 2.5 * 2 * apix
     small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
@@ -356,13 +354,21 @@ def pca_initial_labels(
         h = (p.h * p.valid)[:, lo : lo + small, : small // 2 + 1]
         vols = _per_particle_backprojection(r * h, h * h, p.rot, p.b, p.t, small)
         feats.append((vols * mask).reshape(p.b, -1))
-    x = torch.cat(feats).double()
+    return pca_kmeans(torch.cat(feats), opt.n_classes, opt.n_components, opt.seed)
+
+
+def pca_kmeans(features: torch.Tensor, n_classes: int, n_components: int | None, seed: int):
+    """Labels ``[N]`` and PCA scores ``[N, q]`` of per-particle features ``[N, F]``: centred, scaled by the mean
+    feature standard deviation, top ``q`` components (default ``n_classes``), k-means (20 starts)."""
+    from sklearn.cluster import KMeans
+
+    x = features.double()
     x = x - x.mean(0)
     x = x / x.std(0).clamp_min(1e-12).mean()
-    q = opt.n_components or opt.n_classes
+    q = n_components or n_classes
     u, s, _ = torch.linalg.svd(x, full_matrices=False)
     z = (u[:, :q] * s[:q]).numpy()
-    km = KMeans(n_clusters=opt.n_classes, n_init=20, random_state=opt.seed).fit(z)
+    km = KMeans(n_clusters=n_classes, n_init=20, random_state=seed).fit(z)
     return km.labels_.astype(int), z
 
 

@@ -76,7 +76,7 @@ from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rf
 from ..physics.projector import _band_points, gridding_correction
 from ..physics.reconstruct import Reconstruction
 from ..physics.subtomogram import to_fftw_half
-from .em2d import SoftmaxAssign
+from .em2d import SoftmaxAssign, pca_kmeans
 from .iteration import anneal_temperature, stage_ticker
 from .result import Result
 
@@ -539,8 +539,6 @@ class EM3DClassifier:
 
     def pca_initial_labels(self, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Wedge-aware difference PCA + k-means (module docstring). Returns (labels, features ``[N, q]``)."""
-        from sklearn.cluster import KMeans
-
         opt, d, apix = self.opt, self.d, self.ds.pixel_size
         res = opt.init_resolution_A or 2.5 * 2 * apix
         small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
@@ -564,14 +562,7 @@ class EM3DClassifier:
             vol = torch.fft.irfftn(cube.reshape(-1, small, small, small // 2 + 1), s=(small,) * 3, dim=(-3, -2, -1))
             vol = torch.fft.fftshift(vol, dim=(-3, -2, -1)) * mask
             feats.append(vol.reshape(dd.shape[0], -1))
-        x = torch.cat(feats)
-        x = x - x.mean(0)
-        x = x / x.std(0).clamp_min(1e-12).mean()
-        q = opt.n_components or opt.n_classes
-        u, s, _ = torch.linalg.svd(x, full_matrices=False)
-        z = (u[:, :q] * s[:q]).numpy()
-        km = KMeans(n_clusters=opt.n_classes, n_init=20, random_state=opt.seed).fit(z)
-        return km.labels_.astype(int), z
+        return pca_kmeans(torch.cat(feats), opt.n_classes, opt.n_components, opt.seed)
 
     def score(self, maps: torch.Tensor) -> np.ndarray:
         """Log-likelihoods ``[N, K]`` (up to a per-particle constant) of every particle under the real maps
