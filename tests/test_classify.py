@@ -165,3 +165,47 @@ def test_m_step_from_true_labels_reproduces_the_true_maps(assembly):
     for k in range(4):
         c = torch.corrcoef(torch.stack([em.volumes[k].flatten(), (maps[k] * em.mask).flatten()]))[0, 1]
         assert c >= 0.97, (k, float(c))
+
+
+def test_band_limited_em_on_cropped_images_equals_the_full_grid(assembly, monkeypatch):
+    """With an E-step band limit, EM runs on images Fourier-cropped to the band (working box < D); the
+    posteriors and maps are those of the same EM on the full grid, and the automatic limit follows the
+    consensus resolution."""
+    from tomohet.methods import em2d
+
+    out, layout, truth = assembly
+    ds = read_relion5(layout.optimisation_set)
+    opt = EMOptions(n_classes=4, n_iter=3, seed=0, resolution_limit_A=45.0)
+    cropped = classify_em2d(ds, opt)
+    assert cropped.extra["working_box"] == em2d.working_size(32, 12.0, 45.0) == 2 * 9 + 4
+    monkeypatch.setattr(em2d, "working_size", lambda d, apix, limit: d)
+    full = classify_em2d(ds, opt)
+    assert full.extra["working_box"] == 32
+    assert np.abs(cropped.posteriors - full.posteriors).max() < 1e-3
+    rel = float((cropped.volumes - full.volumes).norm() / full.volumes.norm())
+    assert rel < 1e-4
+    # the automatic band: consensus resolution x 1.2 in frequency, within [shell D/8, Nyquist]
+    assert em2d.auto_resolution_limit(60.0, 32, 12.0) == pytest.approx(48.0)
+    assert em2d.auto_resolution_limit(36.0, 32, 12.0) == pytest.approx(30.0)
+    assert em2d.auto_resolution_limit(25.0, 32, 12.0) == pytest.approx(24.0)
+    auto = cropped.extra
+    assert full.options["resolution_limit_A"] == 45.0 and auto["e_step_limit_A"] == 45.0
+    res = classify_em2d(ds, EMOptions(n_classes=4, n_iter=1))
+    lim = em2d.auto_resolution_limit(res.extra["consensus_resolution_A"], 32, 12.0)
+    assert res.extra["e_step_limit_A"] == pytest.approx(lim, abs=0.01)
+
+
+def test_randomised_pca_scores_match_the_exact_svd():
+    import torch
+
+    from tomohet.methods.em2d import leading_scores
+
+    gen = torch.Generator().manual_seed(0)
+    n, f, q = 600, 3000, 3
+    x = torch.randn(n, q, generator=gen) @ torch.randn(q, f, generator=gen) * 0.2 + torch.randn(n, f, generator=gen)
+    x -= x.mean(0)
+    exact = leading_scores(x, q)
+    fast = leading_scores(x, q, seed=1, exact_below=100)
+    qa, qb = torch.linalg.qr(exact)[0], torch.linalg.qr(fast)[0]
+    assert torch.linalg.svdvals(qa.T @ qb).min() > 0.999  # same subspace
+    assert torch.allclose(exact.norm(dim=0), fast.norm(dim=0), rtol=1e-3)

@@ -31,3 +31,32 @@ def test_extraction_matches_grid_sample_including_band_edge():
         assert (got - ref).abs().max() < 1e-5 * ref.abs().max()
         single = VolumeProjector(vols[1]).project_ft(rots[:5])
         assert (single - ref[1, :5]).abs().max() < 1e-5 * ref.abs().max()
+
+
+def test_cropped_extraction_is_the_band_of_the_full_one():
+    """``out_size`` M gives the central M x (M//2+1) part of the full spectra inside radius M/2, from a table
+    cropped to match (Fourier cropping for band-limited EM), and refuses odd or too large sizes."""
+    gen = torch.Generator().manual_seed(4)
+    d = 32
+    vols = torch.randn(2, d, d, d, generator=gen)
+    q = torch.linalg.qr(torch.randn(50, 3, 3, generator=gen))[0]
+    rots = q * torch.det(q)[:, None, None].sign()
+    full = VolumeProjector(vols).project_ft(rots)
+    for m in (10, 16, 24):
+        proj = VolumeProjector(vols, out_size=m)
+        got = proj.project_ft(rots)
+        assert got.shape == (2, 50, m, m // 2 + 1)
+        assert proj._table.shape[0] < VolumeProjector(vols)._table.shape[0]
+        lo = d // 2 - m // 2
+        ky = torch.arange(m)[:, None] - m // 2
+        kx = torch.arange(m // 2 + 1)[None]
+        band = (kx**2 + ky**2) < (m / 2) ** 2
+        ref = full[:, :, lo : lo + m, : m // 2 + 1] * band
+        assert (got - ref).abs().max() < 1e-5 * full.abs().max()
+    for bad in (9, 34):
+        try:
+            VolumeProjector(vols, out_size=bad)
+        except ValueError as e:
+            assert "out_size" in str(e)
+        else:
+            raise AssertionError(f"out_size={bad} accepted")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,8 @@ class EMOptions:
     anneal_start: float = 1.0  # initial temperature (>1 softens early posteriors), falls to 1 by n_iter/2
     tau2_fudge: float = 4.0
     max_dose: float | None = None  # images with more pre-exposure are ignored
-    resolution_limit_A: float | None = None  # E-step band limit (default Nyquist)
+    resolution_limit_A: float | None = None  # E-step band limit (default: auto_band, else Nyquist)
+    auto_band: bool = True  # no limit given: limit the band to the consensus map's resolution (see below)
     mask_radius_px: float | None = None  # soft spherical mask on the references (default 0.45 D)
     batch_size: int = 32
     seed: int = 0
@@ -65,21 +66,25 @@ class EMOptions:
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
 
 
-def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None) -> _Prepared:
+def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> _Prepared:
     """Prepared spectra of a chunk, from ``cache`` (keyed by first index and length) when it holds them."""
     key = (int(chunk[0]), len(chunk))
     p = cache.get(key) if cache is not None else None
     if p is None:
-        p = _Prepared(ds, chunk, max_dose, subtract)
+        p = _Prepared(ds, chunk, max_dose, subtract, size)
         if cache is not None:
             cache[key] = p
     return p
 
 
 class _Prepared:
-    """Per-batch image spectra and transfer functions, centred and (for premultiplied data) CTF-divided."""
+    """Per-batch image spectra and transfer functions, centred and (for premultiplied data) CTF-divided, on the
+    working grid of ``size`` (<= D: Fourier-cropped to the frequencies below size/2 of the D grid)."""
 
-    def __init__(self, ds, chunk: np.ndarray, max_dose: float | None, subtract: VolumeProjector | None = None):
+    def __init__(
+        self, ds, chunk: np.ndarray, max_dose: float | None, subtract: VolumeProjector | None = None,
+        size: int | None = None,
+    ):  # fmt: skip
         d = ds.box
         batch = ds.batch(chunk)
         b, t = batch.dose.shape
@@ -92,6 +97,9 @@ class _Prepared:
         if ds.ctf_premultiplied:
             valid = (ctf.abs() > 0.1).float()
             x = torch.where(valid > 0, x / torch.where(valid > 0, ctf, torch.ones_like(ctf)), torch.zeros_like(x))
+        m = d if size is None else size
+        lo = d // 2 - m // 2
+        x, ctf, expo, valid = (a[:, lo : lo + m, : m // 2 + 1] for a in (x, ctf, expo, valid))
         self.h = ctf * expo
         self.valid = valid * vis.reshape(-1, 1, 1)
         self.rot = batch.rotations.reshape(-1, 3, 3)
@@ -149,13 +157,37 @@ class SoftmaxAssign:
         return p / p.sum(1, keepdims=True)
 
 
-def _band(d: int, pixel_size: float, resolution_limit_A: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shell index of each half-spectrum pixel (clamped to D//2) and the full-spectrum multiplicity inside the
-    E-step band."""
-    n_shells = d // 2 + 1
-    shell2d = shell_index_2d(d).clamp(max=n_shells - 1)
+AUTO_BAND_MARGIN = 1.2  # the automatic E-step band reaches 1.2 x the consensus map's FSC-0.143 frequency
+
+
+def auto_resolution_limit(consensus_resolution_A: float, d: int, pixel_size: float) -> float:
+    """E-step band limit (Angstrom) from the consensus map's gold-standard resolution: its frequency times
+    :data:`AUTO_BAND_MARGIN`, never coarser than shell D/8 nor finer than Nyquist. Beyond the resolution of
+    the average of all particles, class differences carry no signal either (they are weaker than the
+    average), only noise that class maps overfit; RELION's classification limits its band the same way.
+    The images are then Fourier-cropped to the band, which is what makes large boxes fast."""
+    limit = min(consensus_resolution_A / AUTO_BAND_MARGIN, d * pixel_size / 8)
+    return max(limit, 2 * pixel_size)
+
+
+def working_size(d: int, pixel_size: float, resolution_limit_A: float | None) -> int:
+    """Box of the Fourier-cropped working grid for an E-step band limit: the band (radius < D apix / limit
+    Fourier pixels) plus a margin of 2 for the trilinear insertion, even, at most D."""
+    if resolution_limit_A is None:
+        return d
+    m = 2 * math.ceil(d * pixel_size / resolution_limit_A) + 4
+    return min(d, m + m % 2)
+
+
+def _band(
+    d: int, pixel_size: float, resolution_limit_A: float | None, size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shell index (in Fourier pixels of the D grid, clamped to D//2) of each pixel of the half spectrum of
+    the working grid (``size``, default D) and the full-spectrum multiplicity inside the E-step band."""
+    m = d if size is None else size
+    shell2d = shell_index_2d(m).clamp(max=d // 2)
     limit = d // 2 if resolution_limit_A is None else d * pixel_size / resolution_limit_A
-    return shell2d, half_spectrum_multiplicity(d) * (shell2d < min(limit, d // 2)).float()
+    return shell2d, half_spectrum_multiplicity(m) * (shell2d < min(limit, d // 2, m // 2)).float()
 
 
 def partial_iteration(
@@ -168,12 +200,13 @@ def partial_iteration(
     """E-step and M-step sums for one partition of particles (the map of the map/reduce)."""
     opt = state.options
     d = ds.box
+    m = working_size(d, ds.pixel_size, opt.resolution_limit_A)
     k_cls = state.volumes.shape[0]
-    shell2d, wpix = _band(d, ds.pixel_size, opt.resolution_limit_A)
+    shell2d, wpix = _band(d, ds.pixel_size, opt.resolution_limit_A, m)
     n_shells = d // 2 + 1
-    proj = VolumeProjector(state.volumes, oversampling=2)
-    sub = VolumeProjector(state.subtract, oversampling=2) if state.subtract is not None else None
-    accs = [FourierAccumulator(d) for _ in range(k_cls)]  # M-step insertion on the image grid
+    proj = VolumeProjector(state.volumes, oversampling=2, out_size=m)
+    sub = VolumeProjector(state.subtract, oversampling=2, out_size=m) if state.subtract is not None else None
+    accs = [FourierAccumulator(m) for _ in range(k_cls)]  # M-step insertion on the (cropped) image grid
     sig_sum = torch.zeros(n_shells, dtype=torch.float64)
     sig_cnt = torch.zeros(n_shells, dtype=torch.float64)
     inv_s2 = (1.0 / state.sigma2)[shell2d]
@@ -181,7 +214,7 @@ def partial_iteration(
     inband = (wpix > 0).float()  # the E-step band: sigma2 is known there, and only there are maps compared
     lls, posts = [], []
     for chunk in ds.chunks(opt.batch_size, particles):
-        p = _prepared_chunk(ds, chunk, opt.max_dose, sub, cache)
+        p = _prepared_chunk(ds, chunk, opt.max_dose, sub, cache, m)
         model = proj.project_ft(p.rot) * p.h  # [K, BT, D, Dh]
         resid2 = (p.x[None] - model).abs() ** 2 * p.valid  # [K, BT, D, Dh]
         r2 = (resid2 * (wpix * inv_s2)).sum(dim=(-2, -1))  # [K, BT]
@@ -240,6 +273,7 @@ class EMClassifier:
         self.executor = executor
         d = dataset.box
         self.d = d
+        self.m = working_size(d, dataset.pixel_size, options.resolution_limit_A)
         self.n_shells = d // 2 + 1
         r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
         self.mask = soft_sphere(d, r, edge=3.0)
@@ -253,7 +287,7 @@ class EMClassifier:
         self.log_likelihood = np.zeros((dataset.n_particles, options.n_classes))
         self.log: list[dict] = []
         # prepared spectra are cached across iterations when they fit (images x 2 complex + 2 real planes)
-        per_particle = dataset.n_tilts * d * (d // 2 + 1) * 4 * 6
+        per_particle = dataset.n_tilts * self.m * (self.m // 2 + 1) * 4 * 6
         fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
         self._cache: dict | None = {} if fits and executor is None else None
 
@@ -285,7 +319,7 @@ class EMClassifier:
         k_cls = self.opt.n_classes
         sums = []
         for k in range(k_cls):
-            acc = FourierAccumulator(d)
+            acc = FourierAccumulator(self.m)
             acc.data, acc.weight = data_sums[k], weight_sums[k]
             sums.append(acc.finalize())
         g = sums[0][0].shape[-1]
@@ -335,9 +369,7 @@ def pca_initial_labels(
     against the consensus (low-resolution band, missing wedge = no deviation), top components, k-means.
     Returns (labels, features)."""
     d, apix = ds.box, ds.pixel_size
-    res = opt.init_resolution_A or 2.5 * 2 * apix
-    small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
-    small += small % 2
+    small = feature_box(d, apix, opt.init_resolution_A)
     proj = VolumeProjector(consensus, oversampling=2)
     sub = None
     if focus_mask is not None:  # residuals of the focus region only
@@ -357,19 +389,48 @@ def pca_initial_labels(
     return pca_kmeans(torch.cat(feats), opt.n_classes, opt.n_components, opt.seed)
 
 
+MAX_FEATURE_BOX = 32  # per-particle PCA features are at most 32^3 voxels (10^4 particles: 1.3 GB, float32)
+
+
+def feature_box(d: int, pixel_size: float, resolution_A: float | None) -> int:
+    """Even box of the per-particle PCA features: the band up to ``resolution_A`` (default 2.5 x Nyquist),
+    at least 8, at most :data:`MAX_FEATURE_BOX` and D (a coarser band when the limit would exceed it)."""
+    res = resolution_A or 2.5 * 2 * pixel_size
+    small = int(min(d, MAX_FEATURE_BOX, max(8, 2 * math.ceil(d * pixel_size / res))))
+    return small + small % 2
+
+
 def pca_kmeans(features: torch.Tensor, n_classes: int, n_components: int | None, seed: int):
     """Labels ``[N]`` and PCA scores ``[N, q]`` of per-particle features ``[N, F]``: centred, scaled by the mean
     feature standard deviation, top ``q`` components (default ``n_classes``), k-means (20 starts)."""
     from sklearn.cluster import KMeans
 
-    x = features.double()
+    x = features.float()
     x = x - x.mean(0)
-    x = x / x.std(0).clamp_min(1e-12).mean()
+    x /= x.std(0).clamp_min(1e-12).mean()
     q = n_components or n_classes
-    u, s, _ = torch.linalg.svd(x, full_matrices=False)
-    z = (u[:, :q] * s[:q]).numpy()
+    z = leading_scores(x, q, seed).numpy()
     km = KMeans(n_clusters=n_classes, n_init=20, random_state=seed).fit(z)
     return km.labels_.astype(int), z
+
+
+def leading_scores(x: torch.Tensor, q: int, seed: int = 0, exact_below: int = 2000) -> torch.Tensor:
+    """Scores ``U_q S_q`` ``[N, q]`` (float64) of the top ``q`` principal components of a centred ``[N, F]``
+    matrix. Exact SVD when ``min(N, F) <= exact_below``; otherwise a seeded randomised range finder with
+    power iterations (Halko, Martinsson & Tropp 2011, SIAM Rev. 53:217), which needs O(N F q) time and
+    no N x N or F x F matrix, so 10^4 particles x 10^4-10^5 features fit in memory."""
+    n, f = x.shape
+    if min(n, f) <= exact_below:
+        u, s, _ = torch.linalg.svd(x.double(), full_matrices=False)
+        return u[:, :q] * s[:q]
+    gen = torch.Generator().manual_seed(seed)
+    omega = torch.randn(f, q + 10, generator=gen, dtype=x.dtype)
+    y, _ = torch.linalg.qr(x @ omega)
+    for _ in range(6):  # power iterations sharpen the gap to the noise components
+        w, _ = torch.linalg.qr(x.T @ y)
+        y, _ = torch.linalg.qr(x @ w)
+    ub, s, _ = torch.linalg.svd((y.T @ x).double(), full_matrices=False)
+    return (y.double() @ ub[:, :q]) * s[:q]
 
 
 def _per_particle_backprojection(data, weight, rot, b, t, size) -> torch.Tensor:
@@ -402,17 +463,28 @@ def classify_em2d(
     ``progress(stage, done, total)`` reports particles done per stage; ``checkpoint`` (a file) is written
     after every iteration and, if it exists, the run resumes from it."""
     opt = options
-    em = EMClassifier(dataset, opt, executor, focus_mask)
     t0 = time.perf_counter()
     start = 0
     init_info: dict = {}
+    state = None
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
+        opt = replace(opt, resolution_limit_A=state.get("resolution_limit_A", opt.resolution_limit_A))
+    else:
+        rec = reconstruct(dataset, oversampling=1)
+        consensus = rec.full
+        init_info["consensus_resolution_A"] = round(rec.resolution, 2)
+        if opt.resolution_limit_A is None and opt.auto_band:
+            limit = auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size)
+            opt = replace(opt, resolution_limit_A=limit)
+    em = EMClassifier(dataset, opt, executor, focus_mask)
+    init_info["e_step_limit_A"] = round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2)
+    init_info["working_box"] = em.m
+    if state is not None:
         em.volumes, em.priors, em.sigma2, em.tau2 = state["volumes"], state["priors"], state["sigma2"], state["tau2"]
         em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
         em.subtract = state.get("subtract")
     else:
-        consensus = reconstruct(dataset, oversampling=1).full
         if initial_maps is not None or opt.init == "maps":
             if initial_maps is None:
                 raise ValueError("init='maps' needs initial_maps")
@@ -445,6 +517,7 @@ def classify_em2d(
                 "posteriors": em.posteriors,
                 "log": em.log,
                 "iteration": it + 1,
+                "resolution_limit_A": opt.resolution_limit_A,
             }
             torch.save(state, checkpoint)  # fmt: skip
         if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
@@ -461,14 +534,14 @@ def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
     """Noise power per shell from residuals against the consensus map (a first E-step has no classes)."""
     if em.focus_mask is not None:  # the images already have the consensus outside the mask subtracted
         consensus = consensus * em.focus_mask
-    proj = VolumeProjector(consensus, oversampling=2)
+    proj = VolumeProjector(consensus, oversampling=2, out_size=em.m)
     s = torch.zeros(em.n_shells, dtype=torch.float64)
     c = torch.zeros(em.n_shells, dtype=torch.float64)
-    shell2d, wpix = _band(em.d, em.ds.pixel_size, em.opt.resolution_limit_A)
+    shell2d, wpix = _band(em.d, em.ds.pixel_size, em.opt.resolution_limit_A, em.m)
     idx = shell2d.reshape(-1)
-    sub = VolumeProjector(em.subtract, oversampling=2) if em.subtract is not None else None
+    sub = VolumeProjector(em.subtract, oversampling=2, out_size=em.m) if em.subtract is not None else None
     for chunk in em.ds.chunks(em.opt.batch_size):
-        p = _prepared_chunk(em.ds, chunk, em.opt.max_dose, sub, em._cache)
+        p = _prepared_chunk(em.ds, chunk, em.opt.max_dose, sub, em._cache, em.m)
         r = (p.x - proj.project_ft(p.rot) * p.h).abs() ** 2 * p.valid * wpix
         s.index_add_(0, idx, r.sum(0).reshape(-1).double())
         c.index_add_(0, idx, (p.valid * wpix).sum(0).reshape(-1).double())

@@ -76,7 +76,7 @@ from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rf
 from ..physics.projector import _band_points, gridding_correction
 from ..physics.reconstruct import Reconstruction
 from ..physics.subtomogram import to_fftw_half
-from .em2d import SoftmaxAssign, pca_kmeans
+from .em2d import SoftmaxAssign, feature_box, pca_kmeans
 from .iteration import anneal_temperature, stage_ticker
 from .result import Result
 
@@ -539,10 +539,8 @@ class EM3DClassifier:
 
     def pca_initial_labels(self, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Wedge-aware difference PCA + k-means (module docstring). Returns (labels, features ``[N, q]``)."""
-        opt, d, apix = self.opt, self.d, self.ds.pixel_size
-        res = opt.init_resolution_A or 2.5 * 2 * apix
-        small = int(min(d, max(8, 2 * math.ceil(d * apix / res))))
-        small += small % 2
+        opt, d = self.opt, self.d
+        small = feature_box(d, self.ds.pixel_size, opt.init_resolution_A)
         # the small half cube's coefficients in the in-band vector (-1: outside the band)
         f = torch.fft.fftfreq(small, 1.0 / small).long()
         kx = torch.arange(small // 2 + 1)

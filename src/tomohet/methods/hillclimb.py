@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ import torch
 
 from ..physics.reconstruct import reconstruct
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
-from .em2d import EMClassifier, EMOptions, _initial_sigma2, pca_initial_labels
+from .em2d import EMClassifier, EMOptions, _initial_sigma2, auto_resolution_limit, pca_initial_labels
 from .iteration import stage_ticker
 from .result import Result
 
@@ -61,7 +61,8 @@ class HillClimbOptions:
     n_components: int | None = None  # PCA components for the k-means (default n_classes)
     tau2_fudge: float = 4.0
     max_dose: float | None = None  # images with more pre-exposure are ignored
-    resolution_limit_A: float | None = None  # likelihood band limit (default Nyquist)
+    resolution_limit_A: float | None = None  # likelihood band limit (default: auto_band, else Nyquist)
+    auto_band: bool = True  # no limit given: the consensus map's resolution sets it (em2d.auto_resolution_limit)
     mask_radius_px: float | None = None  # soft spherical mask on the references (default 0.45 D)
     batch_size: int = 32
     cache_gb: float = 3.0
@@ -75,7 +76,7 @@ class HillClimbOptions:
             init_resolution_A=self.init_resolution_A, n_components=self.n_components, tau2_fudge=self.tau2_fudge,
             max_dose=self.max_dose, resolution_limit_A=self.resolution_limit_A, mask_radius_px=self.mask_radius_px,
             batch_size=self.batch_size, seed=self.seed, cache_gb=self.cache_gb, partition_size=self.partition_size,
-            tol_changes=self.tol_changes,
+            tol_changes=self.tol_changes, auto_band=self.auto_band,
         )  # fmt: skip
 
 
@@ -257,11 +258,14 @@ def classify_hillclimb(
     temperature_at(opt, 0)  # validates the cooling schedule
     t0 = time.perf_counter()
     runs: list[dict] = []
+    rec = reconstruct(dataset, oversampling=1)
+    consensus_map = rec.full
+    if opt.resolution_limit_A is None and opt.auto_band:
+        opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size))
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
         if state.get("options") == asdict(opt):
             runs = state["runs"]
-    consensus_map = reconstruct(dataset, oversampling=1).full
     features = None
     if opt.init == "pca" and len(runs) < opt.n_runs:
         _, features = pca_initial_labels(dataset, opt.em_options(), consensus_map)

@@ -9,6 +9,8 @@ multiplies real space by ``sinc^2(x / G)`` per axis, which :func:`gridding_corre
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .fourier import crop_to, fft3_centered, half_grid_2d, ifft3_centered, irfft2_centered, pad_to
@@ -37,40 +39,53 @@ class VolumeProjector:
     """Projects one volume (or a stack of K volumes) for many rotations at once.
 
     The volume ``[D, D, D]`` or ``[K, D, D, D]`` is zero-padded by ``oversampling``, divided by the gridding
-    profile and transformed once; :meth:`project_ft` then returns half centred spectra on the D grid.
+    profile and transformed once; :meth:`project_ft` then returns half centred spectra on the D grid, or with
+    ``out_size`` M < D only their central M x (M//2+1) part (the frequencies below M/2 of the D grid, same
+    values; Fourier cropping for band-limited work, with a table cropped to match).
     """
 
-    def __init__(self, volume: torch.Tensor, oversampling: float = 2.0):
+    def __init__(self, volume: torch.Tensor, oversampling: float = 2.0, out_size: int | None = None):
         vol = volume.to(torch.float32)
         self.stacked = vol.ndim == 4
         if not self.stacked:
             vol = vol[None]
         self.box = vol.shape[-1]
+        self.out_size = self.box if out_size is None else int(out_size)
+        if self.out_size != self.box and not (2 <= self.out_size < self.box and self.out_size % 2 == 0):
+            raise ValueError(f"out_size must be even and at most the box {self.box}, got {out_size}")
         g = int(round(self.box * oversampling))
         g += g % 2
         self.grid = g
         vol = pad_to(vol, g, 3) / gridding_correction(g, vol.device)
         ft = fft3_centered(vol)  # [K, G, G, G]
+        # in-band points of an M-spectrum lie within (M/2) G/D voxels of the centre: keep that cube plus one
+        # voxel on each side, so every trilinear corner reads the same value as on the full grid
+        self._scale = g / self.box
+        gc = min(g, 2 * math.ceil(self.out_size * self._scale / 2) + 2)
+        self._centre = gc // 2
+        ft = crop_to(ft, gc, 3)
         self.n_volumes = vol.shape[0]
         # voxel-major table [G^3, K, 2]: the K volumes' (re, im) of one voxel are contiguous, so a trilinear
         # corner is one short contiguous read for all volumes (a channels-first grid_sample reads 2K far-apart
         # places per corner and is slower on CPU). One zero plane is appended on the high side of each axis:
         # in-band points reach up to G/2 voxels from the centre, i.e. between index G-1 and G (zero there, as
         # grid_sample's zero padding); they never go below index 0.
-        tab = torch.view_as_real(ft).permute(1, 2, 3, 0, 4).reshape(g, g, g, 2 * self.n_volumes)
+        self._table_size = gc
+        tab = torch.view_as_real(ft).permute(1, 2, 3, 0, 4).reshape(gc, gc, gc, 2 * self.n_volumes)
         self._table = torch.nn.functional.pad(tab, (0, 0, 0, 1, 0, 1, 0, 1)).reshape(-1, 2 * self.n_volumes)
 
     def project_ft(self, rotations: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
-        """Half centred spectra on the D grid: ``[B, D, D//2+1]`` (or ``[K, B, D, D//2+1]`` for a stack).
+        """Half centred spectra on the M grid (``out_size``, default D): ``[B, M, M//2+1]`` (or
+        ``[K, B, M, M//2+1]`` for a stack).
 
-        Trilinear interpolation at ``(G/D) A^T (kx, ky, 0)`` of the in-band pixels (radius < D/2, zero
+        Trilinear interpolation at ``(G/D) A^T (kx, ky, 0)`` of the in-band pixels (radius < M/2, zero
         outside), the same values as ``grid_sample(align_corners=True)`` on the oversampled grid; ``chunk``
         bounds the number of pixels interpolated at once (memory)."""
-        d, g, k = self.box, self.grid, self.n_volumes
-        idx, k2, _ = _band_points(d, g, rotations.device)
+        d, g, k = self.out_size, self._table_size, self.n_volumes
+        idx, k2, _ = _band_points(d, d * self._scale, rotations.device)
         b = rotations.shape[0]
         rt = rotations.to(torch.float32).transpose(-1, -2)[..., :2]  # [B, 3, 2]: columns 0, 1 of A^T
-        c = (torch.matmul(k2, rt.transpose(-1, -2)) + g // 2).reshape(-1, 3)  # [B*n, 3] (x, y, z) voxels
+        c = (torch.matmul(k2, rt.transpose(-1, -2)) + self._centre).reshape(-1, 3)  # [B*n, 3] (x, y, z) voxels
         vals = torch.empty(c.shape[0], 2 * k, dtype=torch.float32, device=c.device)
         g1 = g + 1  # the padded table's size
         offsets = [(oz * g1 + oy) * g1 + ox for oz in (0, 1) for oy in (0, 1) for ox in (0, 1)]
@@ -96,6 +111,8 @@ class VolumeProjector:
 
     def project(self, rotations: torch.Tensor) -> torch.Tensor:
         """Real-space projections ``[B, D, D]`` (sum along the rotated z axis, in volume units)."""
+        if self.out_size != self.box:
+            raise ValueError("real-space projections need the full box (out_size = D)")
         return irfft2_centered(self.project_ft(rotations), self.box)
 
 
@@ -184,11 +201,17 @@ def wiener_volume(
 ) -> torch.Tensor:
     """Real-space volume ``[D, D, D]`` from accumulated sums: ``V = data / (weight + regularizer)``, inverse
     transform, gridding correction and crop to the box. ``regularizer`` is a scalar or a ``[G,G,G]`` grid
-    (e.g. 1/SNR per shell); frequencies outside the band (radius >= G/2) are zeroed."""
+    (e.g. 1/SNR per shell); frequencies outside the band (radius >= G/2) are zeroed. A grid smaller than the
+    box (sums of Fourier-cropped images, inserted without oversampling) is zero-padded to the box first."""
     g = data.shape[-1]
     ft = data / (weight + regularizer)
     k = torch.arange(g, device=data.device, dtype=torch.float32) - g // 2
     r2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
     ft = ft * (r2 < (g / 2) ** 2)
+    if g < box:
+        full = torch.zeros((box,) * 3, dtype=ft.dtype, device=ft.device)
+        lo = box // 2 - g // 2
+        full[lo : lo + g, lo : lo + g, lo : lo + g] = ft
+        ft, g = full, box
     vol = ifft3_centered(ft) / gridding_correction(g, data.device)
     return crop_to(vol, box, 3).contiguous()
