@@ -131,3 +131,20 @@ def test_the_60A_metric_has_a_floor_near_0_8_whatever_the_reading(warp, referenc
     scrambled = reconstruct(dataclasses.replace(warp, rotations=p @ poses)).full
     assert score(scrambled, reference) >= 0.944 - 0.2
     assert band_fsc(scrambled, reference) <= band_fsc(reconstruct(warp).full, reference) - 0.3
+
+
+def test_classify_real_ribosome_tilts_with_a_one_particle_class(ribosome_star):
+    """EM on the 6 real ribosome particles with K = 2: the PCA start gives a one-particle class, whose map
+    (no second half to compare) once came out NaN and turned every posterior NaN. Now everything is finite,
+    and the E-step band is cropped below Nyquist (the 6-particle consensus only reaches ~175 A)."""
+    from tomohet.data.warp_v1 import read_warp_v1
+    from tomohet.methods.em2d import EMOptions, classify_em2d
+
+    ds = read_warp_v1(ribosome_star)
+    single = reconstruct(ds, np.array([2]))
+    assert torch.isfinite(single.full).all() and single.full.abs().max() > 0
+    res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=3))
+    assert np.isfinite(res.posteriors).all() and np.allclose(res.posteriors.sum(1), 1)
+    assert all(np.isfinite(e["log_likelihood"]) for e in res.log)
+    assert torch.isfinite(res.volumes).all()
+    assert res.extra["working_box"] < ds.box

@@ -120,6 +120,9 @@ def run_classify(
             finally:
                 if executor is not None:
                     executor.close()
+    if "e_step_limit_A" in result.extra:
+        run.log.info("E-step band to %.1f A (consensus %s A), images cropped to box %d", result.extra["e_step_limit_A"],
+                     result.extra.get("consensus_resolution_A", "?"), result.extra["working_box"])  # fmt: skip
     for e in result.log:
         run.log.info("iteration %d: sizes %s, changes %.3f, log-likelihood %.6g (%.1f s)", e["iteration"],
                      e["class_sizes"], e["changes"], e["log_likelihood"], e["seconds"])  # fmt: skip
@@ -160,6 +163,9 @@ def run_classify(
     fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
                     f"{unit}_per_s_per_iteration": float(np.mean([n_images / max(e["seconds"], 1e-9)
                                                                  for e in result.log]))}  # fmt: skip
+    for key in ("consensus_resolution_A", "e_step_limit_A", "working_box"):  # the E-step band (2D EM)
+        if key in result.extra:
+            fields[key] = result.extra[key]
     truth = truth or find_ground_truth(input_path)
     if truth is not None:
         fields["metrics"] = _metrics_against_truth(ds, truth, labels, run)

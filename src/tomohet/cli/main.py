@@ -110,7 +110,9 @@ def classify(
     focus_mask: Path | None = typer.Option(None, help="mask (MRC, 0..1) for focused classification"),
     seed: int = typer.Option(0, help="random seed"),
     max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
-    resolution_limit: float | None = typer.Option(None, help="E-step resolution limit (A)"),
+    resolution_limit: float | None = typer.Option(
+        None, help="E-step resolution limit (A); default 1.2 x the consensus map's resolution (em, hillclimb)"
+    ),
     anneal: float = typer.Option(1.0, help="initial annealing temperature (> 1 softens early posteriors)"),
     tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
     flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the maps (opposite handedness)"),

@@ -309,6 +309,8 @@ class EMClassifier:
         self._m_step(sums.data, sums.weight)
         lp = self.log_likelihood + np.log(np.maximum(self.priors, 1e-12))
         total_ll = float((lp.max(1) + np.log(np.exp(lp - lp.max(1, keepdims=True)).sum(1))).sum())
+        if not np.isfinite(total_ll):
+            raise FloatingPointError("EM log-likelihood is not finite: a class map or the noise power went NaN")
         changes = float((self.posteriors.argmax(1) != old).mean())
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
             self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),

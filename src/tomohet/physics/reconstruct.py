@@ -94,8 +94,19 @@ def reconstruct(
     halves = [idx[dataset.half_set[idx] == h] for h in (1, 2)]
     if min(len(h) for h in halves) == 0:  # one-sided subsets: split evenly
         halves = [idx[0::2], idx[1::2]]
+    if len(idx) == 0:
+        raise ValueError("reconstruct needs at least one particle")
     accs = [accumulate(dataset, h, oversampling, batch_size, invert_contrast, progress) for h in halves]
     sums = [a.finalize() for a in accs]
+    if len(halves[1]) == 0:  # a single particle: no half maps to compare, a weakly regularised map
+        dt, w = sums[0]
+        full = wiener_volume(dt, w, d, 1e-3 * float(w.mean()) + 1e-12)
+        curve = torch.zeros(d // 2 + 1)
+        curve[0] = 1.0
+        return Reconstruction(
+            half1=full, half2=torch.zeros_like(full), full=full, filtered=full, fsc=curve,
+            frequencies=shell_frequencies(d, apix), resolution=float("inf"), pixel_size=apix,
+        )  # fmt: skip
     # pass 1: weak constant regulariser -> FSC -> per-shell SNR
     eps = [1e-3 * float(w.mean()) + 1e-12 for _, w in sums]
     first = [wiener_volume(dt, w, d, e) for (dt, w), e in zip(sums, eps, strict=True)]
