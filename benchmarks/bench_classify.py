@@ -183,10 +183,11 @@ def vm_status() -> dict:
     return out
 
 
-def speed_worker(folder: Path, cache_gb: float, iters: int) -> dict:
-    """One case in this (fresh) process: ``iters`` EM iterations from the true maps; prints JSON."""
+def speed_worker(folder: Path, cache_gb: float, iters: int, limit: float | None = None) -> dict:
+    """One case in this (fresh) process: ``iters`` EM iterations from the true maps, E-step band to ``limit``
+    (Angstrom; None: Nyquist, images not cropped); prints JSON."""
     ds, maps, _, meta = open_dataset(folder)
-    opt = EMOptions(n_classes=maps.shape[0], cache_gb=cache_gb, seed=SEED)
+    opt = EMOptions(n_classes=maps.shape[0], cache_gb=cache_gb, seed=SEED, resolution_limit_A=limit)
     em = EMClassifier(ds, opt)
     em.volumes = maps.clone()
     em.tau2 = torch.ones(em.n_shells)
@@ -201,7 +202,8 @@ def speed_worker(folder: Path, cache_gb: float, iters: int) -> dict:
                     "images_per_cpu_s": ds.n_images / c, "load": load()})  # fmt: skip
     st = vm_status()
     return {"n_particles": ds.n_particles, "n_images": ds.n_images, "box": ds.box, "cache_gb": cache_gb,
-            "cached": em._cache is not None, "iterations": its, "rss_before_mib": rss_before,
+            "resolution_limit_A": limit, "working_box": em.m, "cached": em._cache is not None, "iterations": its,
+            "rss_before_mib": rss_before,
             "peak_rss_mib": st["VmHWM"]}  # fmt: skip
 
 
@@ -224,19 +226,21 @@ def run_speed(args) -> dict:
                      "bytes_on_disk": stack_bytes(folder)})  # fmt: skip
         print(f"simulated box {box}: {n} particles in {sim_s:.0f} s [load {load()}]", flush=True)
         per_particle = 41 * box * (box // 2 + 1) * 4 * 6
-        for cache_gb in (0.0, 3.0):
+        limits = [None] + (args.limits if box == 64 else [])
+        for cache_gb, limit in [(c, None) for c in (0.0, 3.0)] + [(0.0, lim) for lim in limits[1:]]:
             if cache_gb > 0 and per_particle * n >= cache_gb * 1e9:
                 print(f"box {box}: prepared spectra ({per_particle * n / 1e9:.1f} GB) exceed the default cache")
                 continue
             cmd = [sys.executable, __file__, "--worker", str(folder), "--cache-gb", str(cache_gb),
-                   "--iters", str(args.iters)]  # fmt: skip
+                   "--iters", str(args.iters)] + ([] if limit is None else ["--limit", str(limit)])  # fmt: skip
             t0 = time.perf_counter()
             r = subprocess.run(cmd, capture_output=True, text=True, check=True)
             c = json.loads(r.stdout.strip().splitlines()[-1])
             c["subprocess_seconds"] = time.perf_counter() - t0
             cases.append(c)
             rates = ", ".join(f"{i['images_per_s']:.0f} ({i['images_per_cpu_s']:.0f}/cpu-s)" for i in c["iterations"])
-            print(f"box {box} n {n} cache_gb {cache_gb}: images/s per iteration {rates}; peak RSS "
+            print(f"box {box} (working box {c['working_box']}) n {n} cache_gb {cache_gb}: images/s per iteration "
+                  f"{rates}; peak RSS "
                   f"{c['peak_rss_mib']:.0f} MiB (before iterating {c['rss_before_mib']:.0f}) [load {load()}]",
                   flush=True)  # fmt: skip
             write(args, "speed", {"machine": machine(), "quick": args.quick, "simulations": sims, "cases": cases})
@@ -269,13 +273,20 @@ def main() -> None:
         default=["curve", "rare", "easy"],
         help="which accuracy cases: curve,rare,easy (default all)",
     )
+    ap.add_argument(
+        "--limits",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[],
+        help="E-step band limits (A) of extra box-64 speed cases, images Fourier-cropped (e.g. 18,24)",
+    )
+    ap.add_argument("--limit", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="", help="suffix of the JSON file (to run parts side by side)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--cache-gb", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     if args.worker:
-        print(json.dumps(speed_worker(Path(args.worker), args.cache_gb, args.iters)))
+        print(json.dumps(speed_worker(Path(args.worker), args.cache_gb, args.iters, args.limit)))
         return
     print(f"machine: {os.cpu_count()} cores, load {load()}", flush=True)
     if args.only in (None, "snr"):

@@ -163,7 +163,7 @@ def run_classify(
     fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
                     f"{unit}_per_s_per_iteration": float(np.mean([n_images / max(e["seconds"], 1e-9)
                                                                  for e in result.log]))}  # fmt: skip
-    for key in ("consensus_resolution_A", "e_step_limit_A", "working_box"):  # the E-step band (2D EM)
+    for key in ("consensus_resolution_A", "e_step_limit_A", "working_box", "consensus_seconds", "init_seconds"):
         if key in result.extra:
             fields[key] = result.extra[key]
     truth = truth or find_ground_truth(input_path)

@@ -365,8 +365,9 @@ def _shell_power(ft: torch.Tensor, box: int) -> torch.Tensor:
 
 
 def pca_initial_labels(
-    ds, opt: EMOptions, consensus: torch.Tensor, focus_mask: torch.Tensor | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    ds, opt: EMOptions, consensus: torch.Tensor, focus_mask: torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Wedge-masked difference PCA + k-means: per particle, the Wiener back-projection of its residuals
     against the consensus (low-resolution band, missing wedge = no deviation), top components, k-means.
     Returns (labels, features)."""
@@ -388,6 +389,8 @@ def pca_initial_labels(
         h = (p.h * p.valid)[:, lo : lo + small, : small // 2 + 1]
         vols = _per_particle_backprojection(r * h, h * h, p.rot, p.b, p.t, small)
         feats.append((vols * mask).reshape(p.b, -1))
+        if progress:
+            progress(len(chunk))
     return pca_kmeans(torch.cat(feats), opt.n_classes, opt.n_components, opt.seed)
 
 
@@ -465,6 +468,7 @@ def classify_em2d(
     ``progress(stage, done, total)`` reports particles done per stage; ``checkpoint`` (a file) is written
     after every iteration and, if it exists, the run resumes from it."""
     opt = options
+    n = dataset.n_particles
     t0 = time.perf_counter()
     start = 0
     init_info: dict = {}
@@ -473,8 +477,10 @@ def classify_em2d(
         state = torch.load(checkpoint, weights_only=False)
         opt = replace(opt, resolution_limit_A=state.get("resolution_limit_A", opt.resolution_limit_A))
     else:
-        rec = reconstruct(dataset, oversampling=1)
+        ts = time.perf_counter()
+        rec = reconstruct(dataset, oversampling=1, progress=stage_ticker(progress, "consensus map", n))
         consensus = rec.full
+        init_info["consensus_seconds"] = round(time.perf_counter() - ts, 2)
         init_info["consensus_resolution_A"] = round(rec.resolution, 2)
         if opt.resolution_limit_A is None and opt.auto_band:
             limit = auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size)
@@ -495,13 +501,14 @@ def classify_em2d(
             rng = np.random.default_rng(opt.seed)
             em.initialise(consensus, labels=rng.integers(0, opt.n_classes, dataset.n_particles))
         elif opt.init == "pca":
-            labels, _ = pca_initial_labels(dataset, opt, consensus, focus_mask)
+            ts = time.perf_counter()
+            labels, _ = pca_initial_labels(dataset, opt, consensus, focus_mask, stage_ticker(progress, "PCA start", n))
+            init_info["init_seconds"] = round(time.perf_counter() - ts, 2)
             init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(consensus, labels=labels)
         else:
             raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
-        em.sigma2 = _initial_sigma2(em, consensus)
-    n = dataset.n_particles
+        em.sigma2 = _initial_sigma2(em, consensus, stage_ticker(progress, "noise power", n))
     for it in range(start, opt.n_iter):
         temp = anneal_temperature(it, opt.n_iter, opt.anneal_start)
         ti = time.perf_counter()
@@ -532,7 +539,9 @@ def classify_em2d(
     )  # fmt: skip
 
 
-def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
+def _initial_sigma2(
+    em: EMClassifier, consensus: torch.Tensor, progress: Callable[[int], None] | None = None
+) -> torch.Tensor:
     """Noise power per shell from residuals against the consensus map (a first E-step has no classes)."""
     if em.focus_mask is not None:  # the images already have the consensus outside the mask subtracted
         consensus = consensus * em.focus_mask
@@ -547,4 +556,6 @@ def _initial_sigma2(em: EMClassifier, consensus: torch.Tensor) -> torch.Tensor:
         r = (p.x - proj.project_ft(p.rot) * p.h).abs() ** 2 * p.valid * wpix
         s.index_add_(0, idx, r.sum(0).reshape(-1).double())
         c.index_add_(0, idx, (p.valid * wpix).sum(0).reshape(-1).double())
+        if progress:
+            progress(len(chunk))
     return torch.where(c > 0, s / c.clamp_min(1), torch.ones_like(s)).float().clamp_min(1e-12)
