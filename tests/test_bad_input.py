@@ -64,7 +64,7 @@ def warptools_copy(warptools_optset, tmp_path) -> Callable[..., tuple[Path, Path
 
 
 def test_missing_particle_column(warptools_copy, tmp_path):
-    oset, pstar = warptools_copy(lambda b: b["particles"].drop(columns="rlnAngleTilt", inplace=True))
+    oset, pstar = warptools_copy(lambda b: b.update(particles=b["particles"].drop(columns="rlnAngleTilt")))
     before = snapshot([oset, pstar])
     with pytest.raises(InputError) as err:
         read_particles(oset)
