@@ -65,11 +65,11 @@ class VolumeProjector:
         self._centre = gc // 2
         ft = crop_to(ft, gc, 3)
         self.n_volumes = vol.shape[0]
-        # voxel-major table [G^3, K, 2]: the K volumes' (re, im) of one voxel are contiguous, so a trilinear
-        # corner is one short contiguous read for all volumes (a channels-first grid_sample reads 2K far-apart
-        # places per corner and is slower on CPU). One zero plane is appended on the high side of each axis:
-        # in-band points reach up to G/2 voxels from the centre, i.e. between index G-1 and G (zero there, as
-        # grid_sample's zero padding); they never go below index 0.
+        # voxel-major table [Gc^3, K, 2] (Gc: the kept cube): the K volumes' (re, im) of one voxel are
+        # contiguous, so a trilinear corner is one short contiguous read for all volumes (a channels-first
+        # grid_sample reads 2K far-apart places per corner and is slower on CPU). One zero plane is appended on
+        # the high side of each axis: uncropped, in-band points reach up to G/2 voxels from the centre, i.e.
+        # between index G-1 and G (zero there, as grid_sample's zero padding); they never go below index 0.
         self._table_size = gc
         tab = torch.view_as_real(ft).permute(1, 2, 3, 0, 4).reshape(gc, gc, gc, 2 * self.n_volumes)
         self._table = torch.nn.functional.pad(tab, (0, 0, 0, 1, 0, 1, 0, 1)).reshape(-1, 2 * self.n_volumes)
