@@ -149,7 +149,7 @@ def test_m_step_from_true_labels_reproduces_the_true_maps(assembly):
     import torch
 
     from tomohet.data.mrc import read_volume
-    from tomohet.methods.em2d import EMClassifier, _initial_sigma2
+    from tomohet.methods.em2d import EMClassifier, initial_sigma2
     from tomohet.physics.reconstruct import reconstruct
 
     out, layout, truth = assembly
@@ -160,7 +160,7 @@ def test_m_step_from_true_labels_reproduces_the_true_maps(assembly):
     cons = reconstruct(ds, oversampling=1).full
     em = EMClassifier(ds, EMOptions(n_classes=4))
     em.initialise(cons, labels=states)
-    em.sigma2 = _initial_sigma2(em, cons)
+    em.sigma2 = initial_sigma2(em, cons)
     em.iterate(1.0, assign=lambda idx, ll: np.eye(4)[states[idx]])
     for k in range(4):
         c = torch.corrcoef(torch.stack([em.volumes[k].flatten(), (maps[k] * em.mask).flatten()]))[0, 1]
@@ -198,7 +198,7 @@ def test_band_limited_em_on_cropped_images_equals_the_full_grid(assembly, monkey
 def test_randomised_pca_scores_match_the_exact_svd():
     import torch
 
-    from tomohet.methods.em2d import leading_scores
+    from tomohet.methods.difference_pca import leading_scores
 
     gen = torch.Generator().manual_seed(0)
     n, f, q = 600, 3000, 3

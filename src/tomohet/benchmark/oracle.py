@@ -1,10 +1,11 @@
 """The oracle: the Bayes-optimal classifier / regressor that is given the true maps, poses and noise level.
 
 For each particle and each candidate state map ``V_k`` the log-likelihood of its whole tilt series under the
-real noise model is ``sum_j sum_k w_k |X_jk - mu_jk|^2 / (2 M^2 sigma^2 v_k)`` (negated), where ``mu`` is the
+real noise model is ``sum_j sum_k w_k |X_jk - mu_jk|^2 / (2 M^2 sigma^2)`` (negated), where ``mu`` is the
 forward model's image of ``V_k`` (same projector, CTF and exposure as the simulator), ``M^2`` the pixel count
-(unnormalised FFT), ``w_k`` the multiplicity of a half-spectrum coefficient in the full spectrum, and
-``v_k = 1`` for white noise or ``CTF_k^2`` for CTF-premultiplied images (CTF-coloured noise). Posteriors use
+(unnormalised FFT) and ``w_k`` the multiplicity of a half-spectrum coefficient in the full spectrum, over the
+whole spectrum; CTF-premultiplied images are divided by their CTF (``physics.likelihood``), which makes their
+CTF-coloured noise white again. Posteriors use
 the true abundances as priors. It is the physical limit every method is reported against.
 """
 
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..physics.forward import batch_transfer_functions
-from ..physics.fourier import half_spectrum_multiplicity, rfft2_centered, shift_phase_2d
+from ..physics.fourier import half_spectrum_multiplicity
+from ..physics.likelihood import gaussian_log_likelihood, prepare_images, squared_residuals
 from ..physics.projector import VolumeProjector
 
 
@@ -49,23 +50,13 @@ def oracle(
     proj = VolumeProjector(volumes, oversampling=2)
     wmult = half_spectrum_multiplicity(d)
     ll = np.zeros((dataset.n_particles, k))
+    inv_sigma2 = torch.tensor(1.0 / (d * d * noise_sigma**2))  # per coefficient of an unnormalised FFT
     for chunk in dataset.chunks(batch_size):
-        batch = dataset.batch(chunk)
-        b, t = batch.dose.shape
-        rots = (batch.rotations if rotations is None else rotations[torch.from_numpy(chunk)]).reshape(-1, 3, 3)
-        ctf, expo = batch_transfer_functions(batch, d, dataset.pixel_size)
-        x = rfft2_centered(batch.images.reshape(-1, d, d))
-        mu = proj.project_ft(rots) * (ctf * expo) * shift_phase_2d(d, batch.shifts.reshape(-1, 2))  # [K, BT, ..]
-        if dataset.ctf_premultiplied:
-            mu = mu * ctf
-            var = ctf**2
-            keep = var > 1e-4
-            inv = torch.where(keep, 1.0 / var.clamp_min(1e-4), torch.zeros_like(var))
-        else:
-            inv = torch.ones_like(ctf)
-        inv = inv * wmult * batch.visible.reshape(-1)[:, None, None]
-        r2 = ((x[None] - mu).abs() ** 2 * inv).sum(dim=(-2, -1))  # [K, BT]
-        ll[chunk] = (-r2 / (2 * d * d * noise_sigma**2)).reshape(k, b, t).sum(-1).T.double().numpy()
+        # premultiplied images: divided by the CTF, masked where |CTF| <= 0.01 (physics.likelihood)
+        p = prepare_images(dataset, chunk, min_ctf=0.01)
+        rots = p.rotations if rotations is None else rotations[torch.from_numpy(chunk)].reshape(-1, 3, 3)
+        resid2 = squared_residuals(p, proj.project_ft(rots))  # [K, BT, D, Dh]
+        ll[chunk] = gaussian_log_likelihood(p, resid2, wmult, inv_sigma2).numpy()
         if progress:
             progress(len(chunk))
     logp = ll + (np.log(np.asarray(priors, dtype=np.float64)) if priors is not None else 0.0)

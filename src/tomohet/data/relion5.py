@@ -19,6 +19,7 @@ defocus.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from .images import ImageSource
 from .model import TiltSeriesParticles
 from .star import (
     block_as_frame,
+    int_column,
+    key_value_number,
     numeric_column,
     parse_vector,
     read_star,
@@ -39,6 +42,18 @@ from .star import (
     resolve_path,
     write_star,
 )
+from .validate import (
+    check_box,
+    check_flag,
+    check_half_sets,
+    check_pixel_size,
+    check_positive,
+    check_rotations,
+    check_unique,
+    check_visible,
+)
+
+log = logging.getLogger("tomohet")
 
 PARTICLE_COLUMNS = [
     "rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
@@ -61,9 +76,9 @@ def is_relion5_particles(blocks: dict[str, Any]) -> bool:
     return isinstance(p, pd.DataFrame) and "rlnTomoName" in p.columns
 
 
-def read_optimisation_set(path: Path) -> tuple[Path, Path]:
-    """Paths of the particles and tomograms stars named by an optimisation set."""
-    blocks = read_star(path)
+def read_optimisation_set(path: Path, blocks: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Paths of the particles and tomograms stars named by an optimisation set (``blocks``: already parsed)."""
+    blocks = read_star(path) if blocks is None else blocks
     kv: dict[str, Any] = {}
     for b in blocks.values():
         if isinstance(b, dict):
@@ -94,10 +109,15 @@ def _tilt_tables(tpath: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], di
     blocks = read_star(tpath)
     glob = block_as_frame(blocks, "global", tpath)
     require_columns(glob, ["rlnTomoName"], tpath, "global")
+    if len(glob) == 0:
+        raise InputError(tpath, "no tomograms: data_global has no rows", "rlnTomoName")
+    check_unique(glob["rlnTomoName"].astype(str).tolist(), tpath, "rlnTomoName", "tomogram")
     per_tomo = {}
     for name in glob["rlnTomoName"].astype(str):
         df = block_as_frame(blocks, name, tpath)
         require_columns(df, TILT_COLUMNS, tpath, name)
+        if len(df) == 0:
+            raise InputError(tpath, f"tilt series {name!r}: data_{name} has no tilt images", "rlnTomoProjX")
         per_tomo[name] = df
     return glob, per_tomo, blocks
 
@@ -106,11 +126,13 @@ def _projections(df: pd.DataFrame, tpath: Path, block: str) -> np.ndarray:
     """``[T, 4, 4]`` projection matrices of one tomogram."""
     rows = []
     for c in ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW"):
-        vecs = [parse_vector(v, tpath, c) for v in df[c]]
+        vecs = [parse_vector(v, tpath, c, f"tilt series {block!r}, row {r + 1}: ") for r, v in enumerate(df[c])]
         if any(len(v) != 4 for v in vecs):
             raise InputError(tpath, f"data_{block}: projection rows must have 4 entries", c)
         rows.append(np.array(vecs))
-    return np.stack(rows, axis=1)
+    proj = np.stack(rows, axis=1)
+    check_rotations(proj[:, :3, :3], tpath, block)
+    return proj
 
 
 def _optics_value(optics: pd.DataFrame, groups: np.ndarray, col: str, path: Path, default=None) -> np.ndarray:
@@ -118,19 +140,31 @@ def _optics_value(optics: pd.DataFrame, groups: np.ndarray, col: str, path: Path
         if default is None:
             raise InputError(path, "required column missing from data_optics", col)
         return np.full(len(groups), default, dtype=np.float64)
-    table = dict(zip(optics["rlnOpticsGroup"].astype(int), numeric_column(optics, col, path, "optics"), strict=True))
+    ids = int_column(optics, "rlnOpticsGroup", path, "optics")
+    table = dict(zip(ids, numeric_column(optics, col, path, "optics"), strict=True))
     try:
         return np.array([table[g] for g in groups], dtype=np.float64)
     except KeyError as exc:
-        raise InputError(path, f"optics group {exc} used by a particle is not defined", "rlnOpticsGroup") from exc
+        raise InputError(
+            path, f"optics group {exc.args[0]} used by a particle is not defined", "rlnOpticsGroup"
+        ) from exc
 
 
-def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltSeriesParticles:
-    """Read a RELION 5 / WarpTools 2D-stack project from its optimisation set or its particles star."""
+def read_relion5(
+    path: str | Path,
+    tomograms: str | Path | None = None,
+    *,
+    pixel_size: float | None = None,
+    blocks: dict[str, Any] | None = None,
+) -> TiltSeriesParticles:
+    """Read a RELION 5 / WarpTools 2D-stack project from its optimisation set or its particles star.
+
+    ``pixel_size`` (Angstrom) overrides the particles' ``rlnImagePixelSize``: origins (``rlnOrigin*Angst``) and
+    WarpTools coordinates (in particle pixels) are converted with it. ``blocks``: ``path`` already parsed."""
     path = Path(path)
-    blocks = read_star(path)
+    blocks = read_star(path) if blocks is None else blocks
     if is_optimisation_set(blocks):
-        ppath, tpath = read_optimisation_set(path)
+        ppath, tpath = read_optimisation_set(path, blocks)
         pblocks = read_star(ppath)
     else:
         ppath, pblocks = path, blocks
@@ -138,46 +172,61 @@ def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltS
     if not is_relion5_particles(pblocks):
         raise InputError(ppath, "not a RELION 5 particles star (no data_particles with rlnTomoName)")
     parts = pblocks["particles"]
+    n = len(parts)
+    if n == 0:
+        raise InputError(ppath, "no particles: data_particles has no rows", "rlnTomoName")
     require_columns(parts, PARTICLE_COLUMNS, ppath, "particles")
     general = pblocks.get("general", {})
-    if isinstance(general, dict) and int(general.get("rlnTomoSubTomosAre2DStacks", 1)) != 1:
+    if isinstance(general, dict) and key_value_number(general, "rlnTomoSubTomosAre2DStacks", ppath, "general", 1) != 1:
         raise InputError(
             ppath,
             "these are 3D subtomograms, not 2D stacks; use the subtomogram reader",
             "rlnTomoSubTomosAre2DStacks",
         )
     optics = block_as_frame(pblocks, "optics", ppath)
-    require_columns(optics, ["rlnOpticsGroup", "rlnImageSize", "rlnImagePixelSize"], ppath, "optics")
+    needed = ["rlnOpticsGroup", "rlnImageSize"] + (["rlnImagePixelSize"] if pixel_size is None else [])
+    require_columns(optics, needed, ppath, "optics")
+    check_unique(int_column(optics, "rlnOpticsGroup", ppath, "optics"), ppath, "rlnOpticsGroup", "optics group")
     glob, per_tomo, tblocks = _tilt_tables(tpath)
 
-    n = len(parts)
-    groups = parts["rlnOpticsGroup"].astype(int).to_numpy() if "rlnOpticsGroup" in parts else np.ones(n, int)
+    groups = int_column(parts, "rlnOpticsGroup", ppath, "particles") if "rlnOpticsGroup" in parts else np.ones(n, int)
     if "rlnOpticsGroup" not in parts and len(optics) > 1:
         raise InputError(ppath, "several optics groups but particles lack the column", "rlnOpticsGroup")
     boxes = _optics_value(optics, groups, "rlnImageSize", ppath)
-    apixs = _optics_value(optics, groups, "rlnImagePixelSize", ppath)
-    if len(set(boxes)) != 1 or len(set(apixs)) != 1:
-        raise InputError(ppath, "particles with different box or pixel sizes cannot be combined", "rlnImageSize")
-    box, apix = int(boxes[0]), float(apixs[0])
+    if len(set(boxes)) != 1:
+        raise InputError(ppath, "particles with different box sizes cannot be combined", "rlnImageSize")
+    box = check_box(float(boxes[0]), ppath)
+    if pixel_size is None:
+        apixs = _optics_value(optics, groups, "rlnImagePixelSize", ppath)
+        if len(set(apixs)) != 1:
+            raise InputError(ppath, "particles with different pixel sizes cannot be combined", "rlnImagePixelSize")
+        apix = check_pixel_size(float(apixs[0]), ppath, "rlnImagePixelSize")
+    else:
+        apix = check_pixel_size(float(pixel_size), ppath, "pixel_size")
+        log.info("%s: pixel size %.4g A from the override (rlnImagePixelSize not used)", ppath, apix)
 
     # per-tomogram acquisition from data_global (falls back to optics)
-    gl = glob.set_index(glob["rlnTomoName"].astype(str))
     tomo_names = parts["rlnTomoName"].astype(str).to_numpy()
     for t in np.unique(tomo_names):
         if t not in per_tomo:
             raise InputError(tpath, f"tomogram {t!r} used by particles is not in data_global", "rlnTomoName")
+    row_of = {t: i for i, t in enumerate(glob["rlnTomoName"].astype(str))}
+    trow = np.array([row_of[t] for t in tomo_names], dtype=np.int64)
 
     def acq(col: str, default: float | None) -> np.ndarray:
-        if col in gl.columns:
-            return np.array([float(gl.loc[t, col]) for t in tomo_names])
+        if col in glob.columns:
+            return numeric_column(glob, col, tpath, "global")[trow]
         return _optics_value(optics, groups, col, ppath, default)
 
-    voltage = acq("rlnVoltage", None)
+    voltage = check_positive(acq("rlnVoltage", None), ppath, "rlnVoltage", "the voltage (kV)")
     cs = acq("rlnSphericalAberration", None)
     ac = acq("rlnAmplitudeContrast", 0.1)
-    hand = np.array([float(gl.loc[t, "rlnTomoHand"]) if "rlnTomoHand" in gl.columns else -1.0 for t in tomo_names])
+    hand = numeric_column(glob, "rlnTomoHand", tpath, "global")[trow] if "rlnTomoHand" in glob else np.full(n, -1.0)
+    check_flag(np.abs(hand), tpath, "rlnTomoHand", "expected -1 or 1", (1,))
     ts_apix = acq("rlnTomoTiltSeriesPixelSize", 1.0)
+    check_positive(ts_apix, tpath, "rlnTomoTiltSeriesPixelSize", "the tilt-series pixel size")
     premult = _optics_value(optics, groups, "rlnCtfDataAreCtfPremultiplied", ppath, 0.0)
+    check_flag(premult, ppath, "rlnCtfDataAreCtfPremultiplied", "expected 0 or 1")
     if len(set(premult)) != 1:
         raise InputError(
             ppath, "mixed CTF-premultiplied optics groups are not supported", "rlnCtfDataAreCtfPremultiplied"
@@ -212,9 +261,12 @@ def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltS
         xyz = np.stack([numeric_column(parts, f"rlnCoordinate{a}", ppath, "particles") for a in "XYZ"], 1)
         size = np.stack(
             [
-                [float(gl.loc[t, f"rlnTomoSize{a}"]) if f"rlnTomoSize{a}" in gl.columns else 0.0 for a in "XYZ"]
-                for t in tomo_names
-            ]
+                numeric_column(glob, f"rlnTomoSize{a}", tpath, "global")[trow]
+                if f"rlnTomoSize{a}" in glob
+                else np.zeros(n)
+                for a in "XYZ"
+            ],
+            1,
         )
         warp = all(str(t).endswith(".tomostar") for t in tomo_names)
         coord_apix = np.full(n, apix) if warp else ts_apix
@@ -247,7 +299,7 @@ def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltS
         visible[sel, :nt] = True
     if "rlnTomoVisibleFrames" in parts.columns:
         for i, v in enumerate(parts["rlnTomoVisibleFrames"]):
-            flags = parse_vector(v, ppath, "rlnTomoVisibleFrames")
+            flags = parse_vector(v, ppath, "rlnTomoVisibleFrames", f"row {i + 1} of data_particles: ")
             nt = ntilt[tomo_names[i]]
             if len(flags) != nt:
                 raise InputError(
@@ -256,6 +308,14 @@ def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltS
                     "rlnTomoVisibleFrames",
                 )
             visible[i, :nt] &= torch.tensor(flags) > 0
+    names = (
+        parts["rlnTomoParticleName"].astype(str).tolist()
+        if "rlnTomoParticleName" in parts
+        else [f"{t}/{i + 1}" for i, t in enumerate(tomo_names)]
+    )
+    check_unique(names, ppath, "rlnTomoParticleName" if "rlnTomoParticleName" in parts else "rlnTomoName")
+    check_unique(parts["rlnImageName"].astype(str).tolist(), ppath, "rlnImageName", "image stack")
+    check_visible(visible.numpy(), names, ppath, "rlnTomoVisibleFrames")
 
     # images: one stack per particle, frame j = tilt j
     base = ppath.parent
@@ -270,12 +330,10 @@ def read_relion5(path: str | Path, tomograms: str | Path | None = None) -> TiltS
         file_index[i, :nt] = i
         frame[i, :nt] = np.arange(nt)
     file_index[~visible.numpy()] = -1
-    names = (
-        parts["rlnTomoParticleName"].astype(str).tolist()
-        if "rlnTomoParticleName" in parts
-        else [f"{t}/{i + 1}" for i, t in enumerate(tomo_names)]
-    )
-    half = parts["rlnRandomSubset"].astype(int).to_numpy() if "rlnRandomSubset" in parts else (np.arange(n) % 2) + 1
+    if "rlnRandomSubset" in parts:
+        half = check_half_sets(int_column(parts, "rlnRandomSubset", ppath, "particles"), ppath)
+    else:
+        half = (np.arange(n) % 2) + 1
     return TiltSeriesParticles(
         names=names, box=box, pixel_size=apix, rotations=rotations, shifts=shifts,
         defocus_u=du, defocus_v=dv, defocus_angle=dang, phase_shift=torch.zeros(n, tmax),

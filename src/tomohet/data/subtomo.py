@@ -37,7 +37,8 @@ from ..physics.rotations import euler_to_matrix, matrix_to_euler, mirror_z
 from ..physics.subtomogram import batch_subtomograms, from_fftw_half, relion31_form, to_fftw_half
 from .model import TiltSeriesParticles, particle_chunks
 from .mrc import write_volume
-from .star import block_as_frame, numeric_column, read_star, require_columns, resolve_path, write_star
+from .star import block_as_frame, int_column, numeric_column, read_star, require_columns, resolve_path, write_star
+from .validate import check_box, check_flag, check_half_sets, check_pixel_size, check_positive, check_unique
 
 MULTIPLICITY_SUFFIX = "_multiplicity.mrc"
 
@@ -149,34 +150,39 @@ def is_subtomogram_star(blocks: dict[str, Any]) -> bool:
         return False
     general = blocks.get("general")
     if isinstance(general, dict) and "rlnTomoSubTomosAre2DStacks" in general:
-        return int(general["rlnTomoSubTomosAre2DStacks"]) == 0
+        return str(general["rlnTomoSubTomosAre2DStacks"]).strip() in ("0", "0.0")
     optics = blocks.get("optics")
     if isinstance(optics, pd.DataFrame) and "rlnImageDimensionality" in optics.columns:
         return bool((pd.to_numeric(optics["rlnImageDimensionality"], errors="coerce") == 3).all())
     return "rlnCtfImage" in parts.columns
 
 
-def read_subtomograms(path: str | Path) -> Subtomograms:
+def read_subtomograms(
+    path: str | Path, *, pixel_size: float | None = None, blocks: dict[str, Any] | None = None
+) -> Subtomograms:
     """Read a RELION 3.1 subtomogram star or a RELION 4 (or 5, ``rlnTomoSubTomosAre2DStacks 0``) pseudo-subtomogram
-    star. Volumes are not loaded until :meth:`Subtomograms.batch`."""
+    star. Volumes are not loaded until :meth:`Subtomograms.batch`. ``pixel_size`` (Angstrom) overrides
+    ``rlnImagePixelSize`` (``rlnOrigin*Angst`` are converted with it); ``blocks``: ``path`` already parsed."""
     path = Path(path)
-    blocks = read_star(path)
+    blocks = read_star(path) if blocks is None else blocks
     parts = _particles_block(blocks)
     if parts is None:
         raise InputError(path, "no data_particles block with rlnImageName", "rlnImageName")
-    optics = block_as_frame(blocks, "optics", path)
-    require_columns(optics, ["rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize"], path, "optics")
-    require_columns(parts, ["rlnImageName", "rlnCtfImage"], path, "particles")
     n = len(parts)
     if n == 0:
-        raise InputError(path, "data_particles has no rows", "rlnImageName")
+        raise InputError(path, "no particles: data_particles has no rows", "rlnImageName")
+    optics = block_as_frame(blocks, "optics", path)
+    needed = ["rlnOpticsGroup", "rlnImageSize"] + (["rlnImagePixelSize"] if pixel_size is None else [])
+    require_columns(optics, needed, path, "optics")
+    require_columns(parts, ["rlnImageName", "rlnCtfImage"], path, "particles")
     if "rlnImageDimensionality" in optics.columns:
         dims = numeric_column(optics, "rlnImageDimensionality", path, "optics")
         if (dims != 3).any():
             raise InputError(path, "expected 3 (3D subtomograms)", "rlnImageDimensionality")
-    groups = parts["rlnOpticsGroup"].astype(int).to_numpy() if "rlnOpticsGroup" in parts else np.ones(n, int)
-    og = optics.set_index(optics["rlnOpticsGroup"].astype(int))
-    missing = sorted(set(groups) - set(og.index))
+    groups = int_column(parts, "rlnOpticsGroup", path, "particles") if "rlnOpticsGroup" in parts else np.ones(n, int)
+    ids = int_column(optics, "rlnOpticsGroup", path, "optics")
+    check_unique(ids, path, "rlnOpticsGroup", "optics group")
+    missing = sorted(set(groups) - set(ids))
     if missing:
         raise InputError(path, f"optics group {missing[0]} used by a particle is not defined", "rlnOpticsGroup")
 
@@ -186,13 +192,18 @@ def read_subtomograms(path: str | Path) -> Subtomograms:
                 raise InputError(path, "required column missing from data_optics", col)
             return default
         vals = numeric_column(optics, col, path, "optics")
-        used = vals[np.isin(optics["rlnOpticsGroup"].astype(int).to_numpy(), groups)]
+        used = vals[np.isin(ids, groups)]
         if len(set(used)) != 1:
             raise InputError(path, "particles with different values cannot be combined", col)
         return float(used[0])
 
-    box, apix = int(opt("rlnImageSize", None)), opt("rlnImagePixelSize", None)
-    premult = bool(opt("rlnCtfDataAreCtfPremultiplied", 0.0))
+    box = check_box(opt("rlnImageSize", None), path)
+    if pixel_size is None:
+        apix = check_pixel_size(opt("rlnImagePixelSize", None), path, "rlnImagePixelSize")
+    else:
+        apix = check_pixel_size(float(pixel_size), path, "pixel_size")
+    premult = bool(check_flag(np.array([opt("rlnCtfDataAreCtfPremultiplied", 0.0)]), path,
+                              "rlnCtfDataAreCtfPremultiplied", "expected 0 or 1")[0])  # fmt: skip
     angles = []
     for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
         angles.append(numeric_column(parts, c, path, "particles") if c in parts.columns else np.zeros(n))
@@ -220,13 +231,18 @@ def read_subtomograms(path: str | Path) -> Subtomograms:
         names = [Path(v).stem for v in parts["rlnImageName"].astype(str)]
     tomo_col = "rlnTomoName" if "rlnTomoName" in parts.columns else "rlnMicrographName"
     tomos = parts[tomo_col].astype(str).tolist() if tomo_col in parts.columns else ["tomogram"] * n
-    half = parts["rlnRandomSubset"].astype(int).to_numpy() if "rlnRandomSubset" in parts else (np.arange(n) % 2) + 1
+    check_unique(names, path, "rlnTomoParticleName" if "rlnTomoParticleName" in parts.columns else "rlnImageName")
+    if "rlnRandomSubset" in parts:
+        half = check_half_sets(int_column(parts, "rlnRandomSubset", path, "particles"), path)
+    else:
+        half = (np.arange(n) % 2) + 1
     general = blocks.get("general")
     relion4 = premult or (isinstance(general, dict) and "rlnTomoSubTomosAre2DStacks" in general)
+    voltage = float(check_positive(np.array([opt("rlnVoltage", 300.0)]), path, "rlnVoltage", "the voltage (kV)")[0])
     return Subtomograms(
         names=names, box=box, pixel_size=apix, rotations=rotations, shifts=torch.from_numpy(shifts),
         volume_paths=vols, ctf_paths=ctfs, multiplicity_paths=mults, ctf_premultiplied=premult, half_set=half,
-        tomogram=tomos, voltage=opt("rlnVoltage", 300.0), spherical_aberration=opt("rlnSphericalAberration", 2.7),
+        tomogram=tomos, voltage=voltage, spherical_aberration=opt("rlnSphericalAberration", 2.7),
         amplitude_contrast=opt("rlnAmplitudeContrast", 0.1), source_format="relion4" if relion4 else "relion31",
         source_path=path, tables={"blocks": blocks},
     )  # fmt: skip

@@ -11,7 +11,8 @@ Per-image quantities:
 - ``rlnDefocusU/V`` (Angstrom), ``rlnDefocusAngle``, ``rlnPhaseShift`` (degrees): the image's own CTF.
 - ``rlnCtfScalefactor`` = cos(tilt); ``rlnCtfBfactor`` = -4 x cumulative dose (e/A^2), so dose = -B / 4.
 - Pixel size (Angstrom): ``rlnImagePixelSize`` (optics or rows), else ``rlnDetectorPixelSize * 1e4 /
-  rlnMagnification``.
+  rlnMagnification``, else ``rlnDetectorPixelSize`` alone, read as Angstrom as tomoDRGN and cryoDRGN do (their
+  own test data are written so; a warning says so); a ``pixel_size`` argument overrides all of them.
 
 Writing a dataset read from RELION 5: its image rotations carry RELION 5's improper reference mirror
 ``diag(1, 1, -1)`` (``tomohet.data.relion5``). Euler angles describe proper rotations only, so the writer
@@ -22,6 +23,7 @@ stores ``rotation @ mirror_z()``; reading the written file back gives the RELION
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -35,7 +37,10 @@ from ..errors import InputError
 from ..physics.rotations import euler_to_matrix, matrix_to_euler, mirror_z
 from .images import ImageSource, stack_shape
 from .model import TiltSeriesParticles
-from .star import numeric_column, read_star, require_columns, resolve_path, write_star
+from .star import int_column, numeric_column, read_star, require_columns, resolve_path, write_star
+from .validate import check_box, check_flag, check_half_sets, check_pixel_size, check_positive, not_single_particle
+
+log = logging.getLogger("tomohet")
 
 REQUIRED_COLUMNS = [
     "rlnGroupName", "rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
@@ -71,8 +76,10 @@ def looks_like_image_series(blocks: dict[str, Any]) -> bool:
     if len(loops) != 1 or any(isinstance(v, dict) for v in blocks.values()):
         return False
     df = next(iter(loops.values()))
-    if "rlnAngleRot" not in df.columns or "rlnTomoName" in df.columns or len(df) == 0:
+    if "rlnAngleRot" not in df.columns or "rlnTomoName" in df.columns:
         return False
+    if len(df) == 0:  # an empty loop of image-series columns: the reader says "no particles"
+        return "rlnGroupName" in df.columns or "rlnImageName" in df.columns
     if "rlnImageName" in df.columns:
         return "@" in str(df["rlnImageName"].iloc[0])
     return "rlnGroupName" in df.columns
@@ -87,11 +94,11 @@ def _loop_block(blocks: dict[str, Any], path: Path) -> str:
     if len(loops) != 1:
         raise InputError(path, f"expected one image loop block (and optionally data_optics), found {len(loops)}")
     df = blocks[loops[0]]
+    if len(df) == 0:
+        raise InputError(path, f"no particles: data_{loops[0]} has no rows", "rlnImageName")
     for c in ("rlnGroupName", "rlnImageName", "rlnAngleRot"):
         if c not in df.columns:
             raise InputError(path, f"required column missing from data_{loops[0]} (Warp v1 image-series star)", c)
-    if len(df) == 0:
-        raise InputError(path, f"data_{loops[0]} has no rows", "rlnImageName")
     raise InputError(path, f"row 1: expected 'N@stack.mrcs', got {df['rlnImageName'].iloc[0]!r}", "rlnImageName")
 
 
@@ -107,35 +114,53 @@ def _per_row_or_optics(
             return np.full(len(df), values[0])
         if "rlnOpticsGroup" not in df.columns or "rlnOpticsGroup" not in optics.columns:
             raise InputError(path, "several optics groups but the images lack the column", "rlnOpticsGroup")
-        table = dict(zip(optics["rlnOpticsGroup"].astype(int), values, strict=True))
+        table = dict(zip(int_column(optics, "rlnOpticsGroup", path, "optics"), values, strict=True))
         try:
-            return np.array([table[g] for g in df["rlnOpticsGroup"].astype(int)], dtype=np.float64)
+            return np.array([table[g] for g in int_column(df, "rlnOpticsGroup", path, block)], dtype=np.float64)
         except KeyError as exc:
-            raise InputError(path, f"optics group {exc} used by an image is not defined", "rlnOpticsGroup") from exc
+            msg = f"optics group {exc.args[0]} used by an image is not defined"
+            raise InputError(path, msg, "rlnOpticsGroup") from exc
     if default is None:
         raise InputError(path, f"required column missing from data_{block} (and from data_optics)", col)
     return np.full(len(df), float(default))
 
 
-def _pixel_size(df: pd.DataFrame, optics: pd.DataFrame | None, path: Path, block: str) -> float:
-    """Image pixel size in Angstrom (one value for the whole file)."""
+def _pixel_size(
+    df: pd.DataFrame, optics: pd.DataFrame | None, path: Path, block: str, override: float | None = None
+) -> float:
+    """Image pixel size in Angstrom (one value for the whole file; ``override`` replaces the file's)."""
+    if override is not None:
+        apix = check_pixel_size(float(override), path, "pixel_size")
+        log.info("%s: pixel size %.4g A from the override (the file's pixel size is not used)", path, apix)
+        return apix
+    field = "rlnImagePixelSize"
     if "rlnImagePixelSize" in df.columns or (optics is not None and "rlnImagePixelSize" in optics.columns):
         apix = _per_row_or_optics(df, optics, "rlnImagePixelSize", path, block, None)
     elif "rlnDetectorPixelSize" in df.columns and "rlnMagnification" in df.columns:
+        field = "rlnDetectorPixelSize"
         mag = numeric_column(df, "rlnMagnification", path, block)
         if (mag <= 0).any():
             raise InputError(path, "magnification must be positive", "rlnMagnification")
         apix = numeric_column(df, "rlnDetectorPixelSize", path, block) * 1e4 / mag
+    elif "rlnDetectorPixelSize" in df.columns:
+        field = "rlnDetectorPixelSize"
+        apix = numeric_column(df, field, path, block)
+        log.warning(
+            "%s: no rlnMagnification; reading rlnDetectorPixelSize %.4g as the pixel size in Angstrom, as tomoDRGN "
+            "and cryoDRGN do (give the pixel size explicitly if this is wrong)",
+            path,
+            apix[0],
+        )
     else:
         raise InputError(
             path,
-            "no pixel size: expected rlnImagePixelSize (rows or data_optics) or "
-            "rlnDetectorPixelSize + rlnMagnification",
+            "no pixel size: expected rlnImagePixelSize (rows or data_optics), rlnDetectorPixelSize (+ "
+            "rlnMagnification), or a pixel size given explicitly",
             "rlnImagePixelSize",
         )
-    if not np.allclose(apix, apix[0], rtol=1e-5) or apix[0] <= 0:
-        raise InputError(path, "images must share one positive pixel size", "rlnImagePixelSize")
-    return float(apix[0])
+    if not np.allclose(apix, apix[0], rtol=1e-5):
+        raise InputError(path, "images must share one pixel size", field)
+    return check_pixel_size(float(apix[0]), path, field)
 
 
 def _tomogram_names(df: pd.DataFrame, codes: np.ndarray, first: np.ndarray, groups: list[str]) -> list[str]:
@@ -154,10 +179,16 @@ def _tomogram_names(df: pd.DataFrame, codes: np.ndarray, first: np.ndarray, grou
     return out
 
 
-def read_warp_v1(path: str | Path) -> TiltSeriesParticles:
-    """Read a Warp v1 / tomoDRGN / cryoDRGN-ET image-series star (see the module docstring for units)."""
+def read_warp_v1(
+    path: str | Path, *, pixel_size: float | None = None, blocks: dict[str, Any] | None = None
+) -> TiltSeriesParticles:
+    """Read a Warp v1 / tomoDRGN / cryoDRGN-ET image-series star (see the module docstring for units).
+
+    ``pixel_size`` (Angstrom) overrides the file's pixel size; ``rlnOrigin*Angst`` are converted with it.
+    ``blocks``: ``path`` already parsed."""
     path = Path(path)
-    blocks = read_star(path)
+    blocks = read_star(path) if blocks is None else blocks
+    not_single_particle(blocks, path)
     block = _loop_block(blocks, path)
     df = blocks[block].reset_index(drop=True)
     optics = blocks.get("optics") if isinstance(blocks.get("optics"), pd.DataFrame) else None
@@ -174,10 +205,11 @@ def read_warp_v1(path: str | Path) -> TiltSeriesParticles:
     counts = np.bincount(codes, minlength=n)
     tmax = int(counts.max())
     first = np.unique(codes, return_index=True)[1].astype(np.int64)  # first row of each group (codes 0..n-1)
+    _check_groups_contiguous(codes, names, path)
 
     # images: N@stack (1-based frame)
     parts = df["rlnImageName"].astype(str).str.strip().str.partition("@")
-    bad = (parts[1] != "@").to_numpy() | ~parts[0].str.fullmatch(r"\d+").to_numpy()
+    bad = (parts[1] != "@").to_numpy() | ~parts[0].str.fullmatch(r"\d{1,9}").to_numpy()
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         got = df["rlnImageName"].iloc[r]
@@ -189,14 +221,15 @@ def read_warp_v1(path: str | Path) -> TiltSeriesParticles:
     stack_codes, stack_names = pd.factorize(parts[2], sort=False)
     stack_codes = np.array(stack_codes, dtype=np.int64)
     stacks = [resolve_path(str(s), path.parent, Path.cwd()) for s in stack_names]
+    _check_images_unique(stack_codes, frames, codes, names, df["rlnImageName"], path)
     for k, s in enumerate(stacks):
         if not s.exists():
             r = int(np.flatnonzero(stack_codes == k)[0])
             raise InputError(s, f"image stack not found (named in row {r + 1} of {path})", "rlnImageName")
 
-    apix = _pixel_size(df, optics, path, block)
+    apix = _pixel_size(df, optics, path, block, pixel_size)
     if "rlnImageSize" in df.columns or (optics is not None and "rlnImageSize" in optics.columns):
-        box = int(_per_row_or_optics(df, optics, "rlnImageSize", path, block, None)[0])
+        box = check_box(float(_per_row_or_optics(df, optics, "rlnImageSize", path, block, None)[0]), path)
     else:
         box = int(stack_shape(stacks[0])[-1])
 
@@ -221,9 +254,11 @@ def read_warp_v1(path: str | Path) -> TiltSeriesParticles:
     tilt_rows = col(tilt_col) if tilt_col else np.rad2deg(np.arccos(np.clip(scale_rows, -1.0, 1.0)))
     phase = _per_row_or_optics(df, optics, "rlnPhaseShift", path, block, 0.0)
     voltage = _per_row_or_optics(df, optics, "rlnVoltage", path, block, None)[first]
+    check_positive(voltage, path, "rlnVoltage", "the voltage (kV)")
     cs = _per_row_or_optics(df, optics, "rlnSphericalAberration", path, block, None)[first]
     ac = _per_row_or_optics(df, optics, "rlnAmplitudeContrast", path, block, 0.1)[first]
     premult = _per_row_or_optics(df, optics, "rlnCtfDataAreCtfPremultiplied", path, block, 0.0)
+    check_flag(premult, path, "rlnCtfDataAreCtfPremultiplied", "expected 0 or 1")
     if len(set(premult)) != 1:
         raise InputError(path, "mixed CTF-premultiplied images are not supported", "rlnCtfDataAreCtfPremultiplied")
 
@@ -236,9 +271,7 @@ def read_warp_v1(path: str | Path) -> TiltSeriesParticles:
     frame[codes, pos] = frames
     row_index[codes, pos] = np.arange(m)
     if "rlnRandomSubset" in df.columns:
-        half = col("rlnRandomSubset").astype(np.int64)[first]
-        if not np.isin(half, [1, 2]).all():
-            raise InputError(path, "half sets must be 1 or 2", "rlnRandomSubset")
+        half = check_half_sets(int_column(df, "rlnRandomSubset", path, block)[first], path, first)
     else:
         half = (np.arange(n) % 2) + 1
     return TiltSeriesParticles(
@@ -253,6 +286,41 @@ def read_warp_v1(path: str | Path) -> TiltSeriesParticles:
         source_path=path,
         tables={"images_table": df, "star": path, "block": block, "optics": optics, "row_index": row_index},
     )  # fmt: skip
+
+
+def _check_groups_contiguous(codes: np.ndarray, names: list[str], path: Path) -> None:
+    """A particle's images are consecutive rows: a group name that comes back after other particles is two
+    particles with one name."""
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    seen = np.zeros(len(names), dtype=bool)
+    for r in starts:
+        if seen[codes[r]]:
+            first = int(np.flatnonzero(codes == codes[r])[0])
+            raise InputError(
+                path,
+                f"particle name {names[codes[r]]!r} is used twice (rows {first + 1} and {r + 1}, with other "
+                "particles between them); particle names must be unique",
+                "rlnGroupName",
+            )
+        seen[codes[r]] = True
+
+
+def _check_images_unique(
+    stack_codes: np.ndarray, frames: np.ndarray, codes: np.ndarray, names: list[str], image: pd.Series, path: Path
+) -> None:
+    """No image is listed twice (a duplicated row, or two particles pointing at one image)."""
+    key = pd.Series(stack_codes * (int(frames.max(initial=0)) + 1) + frames)
+    dup = np.flatnonzero(key.duplicated().to_numpy())
+    if not len(dup):
+        return
+    r = int(dup[0])
+    r0 = int(np.flatnonzero((key == key.iloc[r]).to_numpy())[0])
+    if codes[r] == codes[r0]:
+        why, field = f"particle {names[codes[r]]!r} lists image {image.iloc[r]!r} twice", "rlnGroupName"
+    else:
+        why = f"image {image.iloc[r]!r} is used by particles {names[codes[r0]]!r} and {names[codes[r]]!r}"
+        field = "rlnImageName"
+    raise InputError(path, f"rows {r0 + 1} and {r + 1}: {why}", field)
 
 
 def _input_files(dataset: TiltSeriesParticles) -> list[Path]:

@@ -60,7 +60,6 @@ FFT normalisation: unnormalised forward transforms (:mod:`tomohet.physics.fourie
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -69,16 +68,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..physics.bands import VolumeBand
 from ..physics.filters import fsc, lowpass, resolution_at, shell_frequencies, soft_sphere
-from ..physics.forward import batch_transfer_functions
-from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
-from ..physics.projector import _band_points, gridding_correction
 from ..physics.reconstruct import Reconstruction
-from ..physics.subtomogram import to_fftw_half
-from .em2d import SoftmaxAssign, feature_box, pca_kmeans
-from .iteration import anneal_temperature, stage_ticker
+from .checkpoint import load_checkpoint, run_fingerprint
+from .difference_pca import feature_box, pca_kmeans
+from .em2d import SoftmaxAssign
+from .engine import initial_labels, run_iterations
 from .result import Result
+from .subtomo_spectra import ClassReferences, PreparedSpectra
 
 
 @dataclass
@@ -101,249 +99,6 @@ class EM3DOptions:
     seed: int = 0
     cache_gb: float = 3.0  # keep the prepared spectra in memory across iterations when they fit
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
-
-
-# ------------------------------------------------------------------------------------------------ the band
-
-
-class _Band:
-    """In-band coefficients of the D-grid FFTW half layout ``[D, D, D//2+1]`` (z, y in FFT order, kx = 0..D//2):
-    flat indices ``[P]``, rounded shell ``[P]``, Friedel multiplicity ``[P]`` and frequencies ``[P, 3]`` (x, y, z)."""
-
-    def __init__(self, d: int, limit_px: float):
-        self.d = d
-        f = torch.fft.fftfreq(d, 1.0 / d)
-        kx = torch.arange(d // 2 + 1, dtype=torch.float32)
-        kz, ky, kxx = torch.meshgrid(f, f, kx, indexing="ij")
-        shell = torch.round(torch.sqrt(kz**2 + ky**2 + kxx**2)).long().reshape(-1)
-        self.idx = torch.nonzero(shell < min(limit_px, d // 2)).squeeze(1)
-        self.shell = shell[self.idx]
-        self.n_shells = d // 2 + 1
-        self.mult = torch.where(kxx.reshape(-1)[self.idx] == 0, 1.0, 2.0).double()
-        self.freq = torch.stack([kxx.reshape(-1), ky.reshape(-1), kz.reshape(-1)], -1)[self.idx]  # (x, y, z)
-        self.lookup = torch.full((d * d * (d // 2 + 1),), -1, dtype=torch.long)
-        self.lookup[self.idx] = torch.arange(len(self.idx))
-
-    @property
-    def size(self) -> int:
-        return len(self.idx)
-
-    def gather(self, half: torch.Tensor) -> torch.Tensor:
-        """``[..., D, D, D//2+1]`` -> ``[..., P]``."""
-        return half.reshape(*half.shape[:-3], -1)[..., self.idx]
-
-    def scatter(self, vec: torch.Tensor) -> torch.Tensor:
-        """``[..., P]`` -> ``[..., D, D, D//2+1]`` (zeros outside the band)."""
-        d = self.d
-        out = torch.zeros(*vec.shape[:-1], d * d * (d // 2 + 1), dtype=vec.dtype)
-        out[..., self.idx] = vec
-        return out.reshape(*vec.shape[:-1], d, d, d // 2 + 1)
-
-    def per_shell(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum of ``[P]`` values per shell -> ``[D//2+1]`` float64."""
-        return torch.zeros(self.n_shells, dtype=torch.float64).index_add_(0, self.shell, x.double())
-
-    def to_real(self, vec: torch.Tensor) -> torch.Tensor:
-        """In-band spectra ``[..., P]`` -> real volumes ``[..., D, D, D]`` (origin at D//2)."""
-        d = self.d
-        vol = torch.fft.irfftn(self.scatter(vec.to(torch.complex128)), s=(d, d, d), dim=(-3, -2, -1))
-        return torch.fft.fftshift(vol, dim=(-3, -2, -1)).float()
-
-    def from_real(self, vol: torch.Tensor) -> torch.Tensor:
-        """Real volumes ``[..., D, D, D]`` (origin at D//2) -> in-band spectra ``[..., P]`` complex64."""
-        return self.gather(_rfft3(vol)).to(torch.complex64)
-
-
-def _rfft3(vol: torch.Tensor) -> torch.Tensor:
-    """Real ``[..., D, D, D]`` (origin at D//2) -> FFTW half layout ``[..., D, D, D//2+1]`` (unnormalised)."""
-    return torch.fft.rfftn(torch.fft.ifftshift(vol, dim=(-3, -2, -1)), dim=(-3, -2, -1))
-
-
-# ------------------------------------------------------------------------------- data in the reference frame
-
-
-def _insert_reference_frame(batch, pixel_size: float, premultiplied: bool, oversampling: int):
-    """Reference-frame subtomograms of an :class:`~tomohet.data.model.ImageBatch`: ``(d, W)`` in FFTW half layout
-    ``[B, D, D, D//2+1]`` (complex, real). Each visible image, zero-padded to ``M = oversampling x D``, is inserted
-    with its own rotation (trilinear, in-band pixels only, one ``index_add_`` per channel into B grids of ``M^3``
-    in FFT order); the data are brought back to the D box by inverse transform (``2 Re ifft`` = the Hermitian
-    completion), gridding correction and a real-space crop, the weights by taking every ``oversampling``-th voxel
-    (plus their Friedel mate), as in :func:`~tomohet.physics.subtomogram.particle_subtomograms` (same result to
-    float precision, without the multiplicity count and several times faster)."""
-    b, t, d = batch.images.shape[:3]
-    m = d * oversampling
-    vis = batch.visible.reshape(-1)
-    ctf, expo = batch_transfer_functions(batch, m, pixel_size)  # [B*T, M, M//2+1]
-    ft = rfft2_centered(pad_to(batch.images.reshape(b * t, d, d).float(), m, 2))
-    ft = ft * shift_phase_2d(m, -batch.shifts.reshape(-1, 2))
-    h = (ctf * expo)[vis]
-    spectra = ft[vis] * (expo[vis] if premultiplied else h)
-    rot = batch.rotations.reshape(-1, 3, 3)[vis]
-    part = torch.arange(b)[:, None].expand(b, t).reshape(-1)[vis]
-    n = rot.shape[0]
-    idx, k2, half = _band_points(m, m, spectra.device)
-    rt = rot.to(torch.float32).transpose(-1, -2)[..., :2]
-    c = torch.matmul(k2, rt.transpose(-1, -2)).reshape(-1, 3)  # [n * npix, 3] (x, y, z), k = 0 at 0
-    c0 = torch.floor(c)
-    f = (c - c0).t()
-    lo = c0.to(torch.int32).t()  # |k| < M/2: neighbours stay inside (-M/2, M/2], wrapped into FFT order
-    i_ax = torch.stack([lo % m, (lo + 1) % m])  # [2, 3, N]
-    w_ax = torch.stack([1 - f, f])
-    base = (part.to(torch.int32)[:, None] * m**3).expand(n, len(idx)).reshape(-1)
-    flat = ((i_ax[:, None, None, 2] * m + i_ax[None, :, None, 1]) * m + i_ax[None, None, :, 0]) + base
-    flat = flat.reshape(-1)
-    w = (w_ax[:, None, None, 2] * w_ax[None, :, None, 1] * w_ax[None, None, :, 0]).reshape(8, -1)
-    vals = (torch.view_as_real(spectra.reshape(n, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
-    wts = ((h * h).reshape(n, -1)[:, idx] * half).reshape(-1)
-    data = torch.zeros(2, b * m**3)
-    weight = torch.zeros(b * m**3)
-    for ch in range(2):
-        data[ch].index_add_(0, flat, (w * vals[:, ch]).reshape(-1))
-    weight.index_add_(0, flat, (w * wts).reshape(-1))
-    data_c = torch.complex(data[0], data[1]).reshape(b, m, m, m)
-    vol = 2 * torch.fft.ifftn(data_c, dim=(-3, -2, -1)).real  # origin at index 0
-    crop = (torch.arange(d) - d // 2) % m  # centred crop of the box, origin at D//2
-    vol = vol[:, crop[:, None, None], crop[None, :, None], crop[None, None, :]]
-    vol = vol / crop_to(gridding_correction(m), d, 3)
-    weight = weight.reshape(b, m, m, m)
-    kd = torch.arange(d) - d // 2  # D-grid frequencies, full centred order
-    sub, neg = (kd * oversampling) % m, (-kd * oversampling) % m
-    wd = weight[:, sub[:, None, None], sub[None, :, None], sub[None, None, :]]
-    wd = wd + weight[:, neg[:, None, None], neg[None, :, None], neg[None, None, :]]
-    return _rfft3(vol), to_fftw_half(wd)
-
-
-def _shift_phase(band: _Band, shifts: torch.Tensor) -> torch.Tensor:
-    """``[B, P]`` phase factors that move the content of D-box volumes by ``+shifts [B, 3]`` (x, y, z) pixels."""
-    arg = (band.freq[None].double() * shifts[:, None, :].double()).sum(-1)
-    return torch.polar(torch.ones_like(arg), -2 * math.pi * arg / band.d)
-
-
-def _resample_to_reference(
-    data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, band: _Band
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tomogram-frame subtomograms -> reference-frame in-band spectra ``(d [B, P] complex64, W [B, P])``.
-
-    ``data [B, D, D, D]`` real (premultiplied, centred), ``weight [B, D, D, D]`` full centred, ``rotations
-    [B, 3, 3]`` with ``subtomo_i(x) = V(R_i^T x)``: samples ``d(R_i q)`` and ``W(R_i q)`` with the *same*
-    trilinear operator on the D grid (``grid_sample``, ``align_corners=True``), so that ``d = W V`` still holds
-    after resampling for a smooth ``V`` (sampling the data more finely than the weights, e.g. from a padded
-    spectrum, breaks that consistency and measurably hurts the initial PCA)."""
-    d = data.shape[-1]
-    rq = torch.einsum("bij,pj->bpi", rotations.float(), band.freq.float())  # R_i q, (x, y, z)
-    src = torch.cat(
-        [torch.view_as_real(fft3_centered(data.float())).permute(0, 4, 1, 2, 3), weight[:, None].float()], 1
-    )
-    grid = ((rq + d // 2) * (2.0 / (d - 1)) - 1.0)[:, None, None]  # [B, 1, 1, P, 3]
-    s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # [B, 3, P]
-    return torch.complex(s[:, 0], s[:, 1]), s[:, 2].clamp_min(0)
-
-
-@dataclass
-class _Chunk:
-    """Prepared spectra of B particles: ``d, w [B, P]`` in the particle's own frame (exact, for the E-step),
-    ``rot [B, 3, 3]`` its pose (None: already the reference frame) and ``d_ref, w_ref`` the same data resampled
-    into the reference frame (for the M-step sums)."""
-
-    particles: np.ndarray
-    d: torch.Tensor  # complex64
-    w: torch.Tensor  # float32
-    rot: torch.Tensor | None
-    d_ref: torch.Tensor
-    w_ref: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        n = self.d.numel() * 12
-        return n if self.rot is None else 2 * n
-
-
-class PreparedSpectra:
-    """Prepared spectra per chunk of particles (:class:`_Chunk`), made once and cached when they fit in
-    ``cache_gb``, otherwise remade on every pass (streamed from the files / images). Build it with
-    :func:`prepare_em3d` to share the work between runs that differ only in EM options (same band, batch size and
-    oversampling)."""
-
-    def __init__(self, dataset, band: _Band, opt: EM3DOptions):
-        self.ds = dataset
-        self.band = band
-        self.opt = opt
-        self.subtomograms = hasattr(dataset, "volume_paths")
-        per = band.size * 12 * (2 if self.subtomograms else 1)
-        fits = dataset.n_particles * per < opt.cache_gb * 1e9
-        self.cache: dict[int, _Chunk] | None = {} if fits else None
-
-    def _make(self, chunk: np.ndarray) -> _Chunk:
-        ds, band = self.ds, self.band
-        bt = ds.batch(chunk)
-        if not self.subtomograms:
-            dh, wh = _insert_reference_frame(bt, ds.pixel_size, ds.ctf_premultiplied, self.opt.oversampling)
-            d, w = band.gather(dh).to(torch.complex64), band.gather(wh).float().clamp_min(0)
-            return _Chunk(chunk, d, w, None, d, w)
-        if ds.ctf_premultiplied:  # RELION 4: premultiplied data, CTF^2 weights
-            data, weight = bt.data, bt.weight
-        else:  # RELION 3.1: X = C V + white noise -> d = C X, W = C^2
-            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(bt.data, dim=(-3, -2, -1)),
-                                                   dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
-            data, weight = ifft3_centered(ft * bt.ctf), bt.ctf**2
-        d = band.gather(_rfft3(data))
-        w = band.gather(to_fftw_half(weight)).float().clamp_min(0)
-        moved = bool((bt.shifts != 0).any())
-        if moved:  # the particle sits at -shift: move it to the centre (weights are unaffected)
-            d = d * _shift_phase(band, bt.shifts).to(d.dtype)
-        rot = bt.rotations.double()
-        if torch.allclose(rot, torch.eye(3, dtype=rot.dtype).expand_as(rot), atol=1e-7):
-            return _Chunk(chunk, d.to(torch.complex64), w, None, d.to(torch.complex64), w)
-        d_ref, w_ref = _resample_to_reference(data, weight, rot, band)
-        if moved:
-            d_ref = d_ref * _shift_phase(band, bt.shifts).to(d_ref.dtype)
-        return _Chunk(chunk, d.to(torch.complex64), w, rot, d_ref.to(torch.complex64), w_ref.float())
-
-    def __iter__(self):
-        for chunk in self.ds.chunks(self.opt.batch_size):
-            key = int(chunk[0])
-            item = self.cache.get(key) if self.cache is not None else None
-            if item is None:
-                item = self._make(chunk)
-                if self.cache is not None:
-                    self.cache[key] = item
-            yield item
-
-
-class _References:
-    """The class maps as in-band spectra ``[K, P]`` and, for particles in their own frame, a 2x padded,
-    gridding-precorrected spectrum sampled at ``R_i^T k`` (trilinear ``grid_sample``, as
-    :class:`~tomohet.physics.projector.VolumeProjector` does for slices)."""
-
-    def __init__(self, band: _Band, vols: torch.Tensor, pad: int = 2):
-        self.band = band
-        self.vols = vols  # [K, P] complex128
-        self.pad = pad
-        self._ft: torch.Tensor | None = None
-
-    def _grid(self) -> torch.Tensor:
-        if self._ft is None:
-            g = self.band.d * self.pad
-            real = pad_to(self.band.to_real(self.vols), g, 3) / gridding_correction(g)
-            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(real, dim=(-3, -2, -1)), dim=(-3, -2, -1)),
-                                    dim=(-3, -2, -1))  # fmt: skip
-            k = ft.shape[0]
-            self._ft = torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(1, 2 * k, g, g, g).contiguous()
-        return self._ft
-
-    def sample(self, rot: torch.Tensor | None) -> torch.Tensor:
-        """Class spectra seen by each particle: ``[B, K, P]`` complex128 (``[1, K, P]`` when ``rot`` is None)."""
-        if rot is None:
-            return self.vols[None]
-        src = self._grid()
-        g = src.shape[-1]
-        k = self.vols.shape[0]
-        b = rot.shape[0]
-        q = torch.einsum("bji,pj->bpi", rot.float(), self.band.freq.float())  # R_i^T k, (x, y, z)
-        grid = ((q * self.pad + g // 2) * (2.0 / (g - 1)) - 1.0)[None, None]  # [1, 1, B, P, 3]
-        s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)  # [1, 2K, 1, B, P]
-        s = s.reshape(k, 2, b, -1).permute(2, 0, 3, 1).double()
-        return torch.complex(s[..., 0], s[..., 1])
 
 
 # ------------------------------------------------------------------------------------------------ EM steps
@@ -390,7 +145,7 @@ def _log_likelihood(d: torch.Tensor, w: torch.Tensor, vr: torch.Tensor, inv_s2: 
     return a - 0.5 * b
 
 
-def _residual_per_shell(d, w, vr, band: _Band) -> torch.Tensor:
+def _residual_per_shell(d, w, vr, band: VolumeBand) -> torch.Tensor:
     """``sum_{k in shell} m |d - W V|^2`` per particle, class and shell: ``[B, K, S]`` float64."""
     r = (d.abs() ** 2)[:, None] - 2 * w[:, None] * (d.conj()[:, None] * vr).real + (w * w)[:, None] * vr.abs() ** 2
     onehot = torch.zeros(band.size, band.n_shells, dtype=torch.float64)
@@ -409,7 +164,7 @@ class EM3DClassifier:
         d = dataset.box
         self.d = d
         limit = d // 2 if options.resolution_limit_A is None else d * dataset.pixel_size / options.resolution_limit_A
-        self.band = _Band(d, limit)
+        self.band = VolumeBand(d, limit)
         if prepared is not None:
             same = prepared.ds is dataset and torch.equal(prepared.band.idx, self.band.idx)
             if not same or (prepared.opt.batch_size, prepared.opt.oversampling) != (
@@ -464,7 +219,7 @@ class EM3DClassifier:
         sums = _Sums.zeros(k, self.band.size)
         b = self.band
         inv_s2 = b.mult / self.sigma2[b.shell]
-        refs = _References(b, self.volumes) if assign is not None else None
+        refs = ClassReferences(b, self.volumes) if assign is not None else None
         num = torch.zeros(b.n_shells, dtype=torch.float64)
         den = torch.zeros(b.n_shells, dtype=torch.float64)
         lls, posts = [], []
@@ -566,7 +321,7 @@ class EM3DClassifier:
         """Log-likelihoods ``[N, K]`` (up to a per-particle constant) of every particle under the real maps
         ``[K, D, D, D]`` with the current noise power (run :meth:`consensus` first for a data-driven one)."""
         b = self.band
-        refs = _References(b, b.from_real(maps.float()).to(torch.complex128))
+        refs = ClassReferences(b, b.from_real(maps.float()).to(torch.complex128))
         inv_s2 = b.mult / self.sigma2[b.shell]
         out = np.zeros((self.ds.n_particles, maps.shape[0]))
         for c in self.source:
@@ -591,27 +346,17 @@ class EM3DClassifier:
                 "priors": self.priors.round(4).tolist(), "temperature": temperature}  # fmt: skip
 
     # ------------------------------------------------------------------------------------ checkpoint
-    def save_state(self, path: Path, iteration: int) -> None:
-        """Write what the next iteration needs (maps, priors, noise and signal power, posteriors, log)."""
-        state = {"volumes": self.volumes, "priors": self.priors, "sigma2": self.sigma2, "tau2": self.tau2,
-                 "posteriors": self.posteriors, "log": self.log, "iteration": iteration,
-                 "band": self.band.size, "options": asdict(self.opt)}  # fmt: skip
-        tmp = Path(path).with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # never a half-written checkpoint
+    def state(self, iteration: int, finished: bool = False) -> dict:
+        """What the next iteration needs (maps, priors, noise and signal power, posteriors, log)."""
+        return {"volumes": self.volumes, "priors": self.priors, "sigma2": self.sigma2, "tau2": self.tau2,
+                "posteriors": self.posteriors, "log": self.log, "iteration": iteration,
+                "finished": finished}  # fmt: skip
 
-    def load_state(self, path: Path) -> int:
-        """Restore a :meth:`save_state` checkpoint; returns the number of iterations it had done."""
-        state = torch.load(path, weights_only=False)
-        if state["band"] != self.band.size or state["volumes"].shape[0] != self.opt.n_classes:
-            raise InputError(path, "checkpoint of another run (classes, box or resolution limit differ); remove it "
-                             "or choose another output folder", "checkpoint")  # fmt: skip
+    def restore(self, state: dict) -> int:
+        """Restore a :meth:`state`; returns the number of iterations it had done."""
         self.volumes, self.priors, self.sigma2, self.tau2 = (
-            state["volumes"],
-            state["priors"],
-            state["sigma2"],
-            state["tau2"],
-        )
+            state["volumes"], state["priors"], state["sigma2"], state["tau2"]
+        )  # fmt: skip
         self.posteriors, self.log = state["posteriors"], state["log"]
         return int(state["iteration"])
 
@@ -668,7 +413,7 @@ def prepare_em3d(dataset, options: EM3DOptions | None = None) -> PreparedSpectra
     opt = options or EM3DOptions()
     d = dataset.box
     limit = d // 2 if opt.resolution_limit_A is None else d * dataset.pixel_size / opt.resolution_limit_A
-    return PreparedSpectra(dataset, _Band(d, limit), opt)
+    return PreparedSpectra(dataset, VolumeBand(d, limit), opt)
 
 
 def classify_em3d(
@@ -695,8 +440,10 @@ def classify_em3d(
     n = dataset.n_particles
     info: dict = {}
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        start = em.load_state(checkpoint)
+    fingerprint = run_fingerprint("em3d", {**asdict(opt), "maps": initial_maps is not None}, dataset)
+    state = load_checkpoint(checkpoint, fingerprint)
+    if state is not None:
+        start = em.restore(state)
         info["resumed_from_iteration"] = start
         t_prep = 0.0
     else:
@@ -706,25 +453,14 @@ def classify_em3d(
             if initial_maps is None:
                 raise ValueError("init='maps' needs initial_maps")
             em.initialise(maps=initial_maps)
-        elif opt.init == "random":
-            em.initialise(labels=np.random.default_rng(opt.seed).integers(0, opt.n_classes, n))
-        elif opt.init == "pca":
-            labels, _ = em.pca_initial_labels(consensus)
-            info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
-            em.initialise(labels=labels)
         else:
-            raise ValueError(f"unknown init {opt.init!r} (pca, random, maps)")
-    for it in range(start, opt.n_iter):
-        temp = anneal_temperature(it, opt.n_iter, opt.anneal_start)
-        ti = time.perf_counter()
-        entry = em.iterate(temp, stage_ticker(progress, f"iteration {it + 1}/{opt.n_iter}", n))
-        dt = time.perf_counter() - ti
-        entry.update(iteration=it + 1, seconds=round(dt, 3), particles_per_s=round(n / max(dt, 1e-9), 1))
-        em.log.append(entry)
-        if checkpoint is not None:
-            em.save_state(checkpoint, it + 1)
-        if it >= 2 and temp == 1.0 and entry["changes"] < opt.tol_changes:
-            break
+            labels = initial_labels(opt.init, n, opt.n_classes, opt.seed, lambda: em.pca_initial_labels(consensus))
+            if opt.init == "pca":
+                info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
+            em.initialise(labels=labels)
+    run_iterations(em, n_iter=opt.n_iter, start=start, finished=state is not None and state["finished"],
+                   anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n, n_images=n,
+                   progress=progress, checkpoint=checkpoint, fingerprint=fingerprint)  # fmt: skip
     return Result(
         method="em3d", options=asdict(opt), labels=em.posteriors.argmax(1), posteriors=em.posteriors,
         volumes=em.real_volumes(), pixel_size=dataset.pixel_size, log=em.log,

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 
 from ..physics.reconstruct import reconstruct
+from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
-from .em2d import EMClassifier, EMOptions, _initial_sigma2, auto_resolution_limit, pca_initial_labels
+from .difference_pca import difference_pca_labels
+from .em2d import EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
 from .iteration import stage_ticker
 from .result import Result
 
@@ -208,7 +210,7 @@ def _run_once(
         em._cache = shared.setdefault("cache", em._cache)
     em.initialise(consensus, labels=labels)
     if "sigma2" not in shared:
-        shared["sigma2"] = _initial_sigma2(em, consensus)
+        shared["sigma2"] = initial_sigma2(em, consensus)
     em.sigma2 = shared["sigma2"].clone()
     n = ds.n_particles
     log: list[dict] = []
@@ -262,19 +264,24 @@ def classify_hillclimb(
     consensus_map = rec.full
     if opt.resolution_limit_A is None and opt.auto_band:
         opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size))
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
-        if state.get("options") == asdict(opt):
-            runs = state["runs"]
+    # finished runs are kept only for the same iterations per run
+    fingerprint = run_fingerprint("hillclimb", {**asdict(opt), "iterations_per_run": opt.n_iter}, dataset)
+    state = load_checkpoint(checkpoint, fingerprint)
+    if state is not None:
+        runs = state["runs"]
     features = None
     if opt.init == "pca" and len(runs) < opt.n_runs:
-        _, features = pca_initial_labels(dataset, opt.em_options(), consensus_map)
+        eo = opt.em_options()
+        _, features = difference_pca_labels(
+            dataset, consensus_map, eo.n_classes, n_components=eo.n_components, resolution_A=eo.init_resolution_A,
+            max_dose=eo.max_dose, batch_size=eo.batch_size, seed=eo.seed,
+        )  # fmt: skip
     shared: dict = {}
     for r in range(len(runs), opt.n_runs):
         labels0 = _initial_labels(dataset, opt, r, features)
         runs.append(_run_once(dataset, opt, r, labels0, consensus_map, shared, executor, progress))
         if checkpoint is not None:
-            torch.save({"options": asdict(opt), "runs": runs}, checkpoint)
+            save_checkpoint(checkpoint, {"runs": runs}, fingerprint)
     k = opt.n_classes
     run_labels = match_runs([r["labels"] for r in runs], k)
     lls = np.array([r["hard_log_likelihood"] for r in runs])

@@ -31,3 +31,27 @@ class Result:
     @property
     def n_classes(self) -> int:
         return 0 if self.posteriors is None else int(self.posteriors.shape[1])
+
+    def particle_columns(self) -> dict[str, np.ndarray]:
+        """Per-particle columns for ``particles.star`` (RELION labels where RELION has one): the 1-based class
+        ``rlnClassNumber``, its posterior ``rlnMaxValueProbDistribution``, and ``tomohetConsistency`` (fraction
+        of independent runs agreeing) when the method made several runs."""
+        cols: dict[str, np.ndarray] = {}
+        if self.labels is not None:
+            cols["rlnClassNumber"] = np.asarray(self.labels) + 1
+        if self.posteriors is not None:
+            cols["rlnMaxValueProbDistribution"] = np.asarray(self.posteriors).max(1)
+        if "consistency" in self.extra:
+            cols["tomohetConsistency"] = np.asarray(self.extra["consistency"])
+        return cols
+
+    def diagnostics(self) -> dict[str, Any]:
+        """JSON-ready scalars and short lists of ``extra`` (timings, band, sizes) for ``result.json``; arrays
+        longer than 64 values are left out."""
+        out: dict[str, Any] = {}
+        for key, value in self.extra.items():
+            if isinstance(value, (int, float, str, bool)) or value is None:
+                out[key] = value
+            elif isinstance(value, (list, tuple, np.ndarray, torch.Tensor)) and np.size(value) <= 64:
+                out[key] = np.asarray(value).tolist()
+        return out

@@ -14,6 +14,7 @@ import math
 import torch
 
 from .fourier import crop_to, fft3_centered, half_grid_2d, ifft3_centered, irfft2_centered, pad_to
+from .insertion import band_points, scatter_complex, slice_points, trilinear_corners
 
 
 def gridding_correction(size: int, device=None) -> torch.Tensor:
@@ -82,10 +83,9 @@ class VolumeProjector:
         outside), the same values as ``grid_sample(align_corners=True)`` on the oversampled grid; ``chunk``
         bounds the number of pixels interpolated at once (memory)."""
         d, g, k = self.out_size, self._table_size, self.n_volumes
-        idx, k2, _ = _band_points(d, d * self._scale, rotations.device)
+        idx, _, _ = band_points(d, d * self._scale, rotations.device)
         b = rotations.shape[0]
-        rt = rotations.to(torch.float32).transpose(-1, -2)[..., :2]  # [B, 3, 2]: columns 0, 1 of A^T
-        c = (torch.matmul(k2, rt.transpose(-1, -2)) + self._centre).reshape(-1, 3)  # [B*n, 3] (x, y, z) voxels
+        c = slice_points(rotations, d, d * self._scale, centre=self._centre)  # [B*n, 3] (x, y, z) voxels
         vals = torch.empty(c.shape[0], 2 * k, dtype=torch.float32, device=c.device)
         g1 = g + 1  # the padded table's size
         offsets = [(oz * g1 + oy) * g1 + ox for oz in (0, 1) for oy in (0, 1) for ox in (0, 1)]
@@ -135,28 +135,14 @@ class FourierAccumulator:
         ``weights`` ``[B, M, M//2+1]`` real (e.g. CTF^2 x dose^2) or None, ``rotations`` ``[B, 3, 3]``."""
         b, m = spectra.shape[0], spectra.shape[-2]
         g = self.grid
-        idx, k2, half = _band_points(m, g, spectra.device)
+        idx, _, half = band_points(m, g, spectra.device)
         # coordinates of the in-band pixels only: scale * A^T @ (kx, ky, 0), shifted to voxel indices
-        rt = rotations.to(torch.float32).transpose(-1, -2)[..., :2]  # [B, 3, 2]: columns 0, 1 of A^T
-        c = (torch.matmul(k2, rt.transpose(-1, -2)) + g // 2).reshape(-1, 3)  # [B*n, 3] (x, y, z)
-        c0f = torch.floor(c)
-        f = (c - c0f).t()
-        lo = c0f.long().t()  # [3, N]
-        hi = lo + 1
-        # per-axis trilinear weights and indices of the two neighbours (out-of-grid neighbours weigh 0)
-        w_ax = torch.stack([(1 - f) * ((lo >= 0) & (lo < g)), f * ((hi >= 0) & (hi < g))])  # [2, 3, N]
-        i_ax = torch.stack([lo.clamp(0, g - 1), hi.clamp(0, g - 1)])
-        # all 8 corners at once, corner-major (the order of the additions per voxel is that of a corner loop)
-        flat = ((i_ax[:, None, None, 2] * g + i_ax[None, :, None, 1]) * g + i_ax[None, None, :, 0]).reshape(-1)
-        w = (w_ax[:, None, None, 2] * w_ax[None, :, None, 1] * w_ax[None, None, :, 0]).reshape(8, -1)
-        # the kx = 0 column carries both halves of the Friedel pair; halve it before Hermitian completion
+        flat, w = trilinear_corners(slice_points(rotations, m, g, centre=g // 2), g)
         vals = (torch.view_as_real(spectra.reshape(b, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
-        # one 1D index_add_ per channel (a 2D index_add_ takes a slow per-row path on CPU)
-        for ch in range(2):
-            self.data[:, ch].index_add_(0, flat, (w * vals[:, ch]).reshape(-1))
+        scatter_complex(self.data, flat, w, vals)
         if weights is not None:
             wts = (weights.reshape(b, -1)[:, idx].to(torch.float32) * half).reshape(-1)
-            self.weight.index_add_(0, flat, (w * wts).reshape(-1))
+            self.weight.index_add_(0, flat.reshape(-1), (w * wts).reshape(-1))
         self.count += b
 
     def merge(self, other: FourierAccumulator) -> None:
@@ -171,23 +157,6 @@ class FourierAccumulator:
         data = torch.view_as_complex(self.data.reshape(g, g, g, 2).contiguous())
         weight = self.weight.reshape(g, g, g)
         return data + _mirror(data).conj(), weight + _mirror(weight)
-
-
-_BAND_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-
-def _band_points(size: int, grid: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """In-band pixels (radius < M/2) of a half centred ``[M, M//2+1]`` spectrum: flat indices ``[n]``,
-    ``(kx, ky) * grid / size`` ``[n, 2]`` and the Friedel factor ``[n]`` (0.5 on the kx = 0 column)."""
-    key = (size, grid, str(device))
-    if key not in _BAND_CACHE:
-        kx, ky = half_grid_2d(size, device)
-        kx, ky = kx.reshape(-1), ky.reshape(-1)
-        idx = ((kx**2 + ky**2) < (size / 2) ** 2).nonzero().squeeze(1)
-        k2 = torch.stack([kx[idx], ky[idx]], -1) * (grid / size)
-        half = torch.where(kx[idx] == 0, 0.5, 1.0)
-        _BAND_CACHE[key] = (idx, k2, half)
-    return _BAND_CACHE[key]
 
 
 def _mirror(x: torch.Tensor) -> torch.Tensor:

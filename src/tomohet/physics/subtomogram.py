@@ -28,6 +28,7 @@ import torch
 
 from .forward import batch_transfer_functions
 from .fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
+from .insertion import scatter_complex, trilinear_corners
 from .projector import gridding_correction, slice_coordinates
 
 
@@ -86,28 +87,19 @@ def insert_batched(
     data = torch.zeros(b * g**3, 2, dtype=torch.float32, device=dev)
     weight = torch.zeros(b * g**3, dtype=torch.float32, device=dev)
     image = torch.arange(n, device=dev)[:, None].expand(n, pix).reshape(-1)[sel]
-    touched = []  # (image, voxel) keys of every voxel an image reaches, for the multiplicity count
-    c0 = torch.floor(c)
-    f = c - c0
-    c0 = c0.long()
-    lat = (c0 - g // 2) % stride  # on the counted lattice when (lat + offset) % stride == 0
-    on_axis = [[((lat[:, a] + o) % stride) == 0 for o in (0, 1)] for a in range(3)]
-    for dz in (0, 1):
-        wz = f[:, 2] if dz else 1 - f[:, 2]
-        iz = c0[:, 2] + dz
-        for dy in (0, 1):
-            wy = f[:, 1] if dy else 1 - f[:, 1]
-            iy = c0[:, 1] + dy
-            for dx in (0, 1):
-                wx = f[:, 0] if dx else 1 - f[:, 0]
-                ix = c0[:, 0] + dx
-                ok = (ix >= 0) & (ix < g) & (iy >= 0) & (iy < g) & (iz >= 0) & (iz < g)
-                w = wz * wy * wx * ok
-                flat = base + (iz.clamp(0, g - 1) * g + iy.clamp(0, g - 1)) * g + ix.clamp(0, g - 1)
-                data.index_add_(0, flat, vals * w[:, None])
-                weight.index_add_(0, flat, wts * w)
-                on = (w > 0) & on_axis[2][dz] & on_axis[1][dy] & on_axis[0][dx]
-                touched.append(image[on] * (b * g**3) + flat[on])
+    flat, w = trilinear_corners(c, g)  # [8, N] corner-major (dz, dy, dx)
+    flat = flat + base
+    scatter_complex(data, flat, w, vals)
+    weight.index_add_(0, flat.reshape(-1), (w * wts).reshape(-1))
+    # (image, voxel) keys of every voxel an image reaches on the counted lattice, for the multiplicity count
+    lat = (torch.floor(c).long() - g // 2) % stride  # on the counted lattice when (lat + offset) % stride == 0
+    touched = []
+    for corner in range(8):
+        offset = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)  # (dz, dy, dx)
+        on = w[corner] > 0
+        for axis, o in zip((2, 1, 0), offset, strict=True):
+            on &= ((lat[:, axis] + o) % stride) == 0
+        touched.append(image[on] * (b * g**3) + flat[corner][on])
     data_c = torch.view_as_complex(data.reshape(b, g, g, g, 2).contiguous())
     weight = weight.reshape(b, g, g, g)
     # multiplicity: number of distinct images reaching each voxel of the Hermitian-completed grid

@@ -1,0 +1,110 @@
+"""The iterate/stop loop every iterative method runs, written once (as scikit-learn's ``BaseMixture.fit``).
+
+A model fills in one step and its state; the engine runs the steps with the annealing schedule, times and
+logs each one with the same keys for every method, checkpoints after each step (atomically, with the run's
+fingerprint: :mod:`.checkpoint`), stops on convergence, and records convergence so that rerunning a finished
+run changes nothing. The starts (difference PCA, random subsets, given maps) live in
+:func:`initial_labels`; the E-step map/reduce over partitions in :mod:`.partitions`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .checkpoint import save_checkpoint
+from .iteration import anneal_temperature, stage_ticker
+
+INITS = ("pca", "random", "maps")
+
+
+class IterativeModel(Protocol):
+    """What :func:`run_iterations` needs of a model."""
+
+    log: list[dict[str, Any]]
+
+    def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """One step over all particles; returns its log entry (at least ``changes``: the fraction of particles
+        whose class or latent moved)."""
+        ...
+
+    def state(self, iteration: int, finished: bool = False) -> dict[str, Any]:
+        """Everything the next step needs, for a checkpoint."""
+        ...
+
+
+def run_iterations(
+    model: IterativeModel,
+    *,
+    n_iter: int,
+    start: int = 0,
+    finished: bool = False,
+    anneal_start: float = 1.0,
+    tol_changes: float = 0.001,
+    n_particles: int,
+    n_images: int,
+    progress: Callable[[str, int, int], None] | None = None,
+    checkpoint: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
+) -> None:
+    """Run ``model.iterate`` from iteration ``start`` (0-based) up to ``n_iter`` at the annealing temperature
+    (:func:`~.iteration.anneal_temperature`); stop when fewer than ``tol_changes`` of the particles change
+    (after 3 iterations, at temperature 1). Each log entry gets ``iteration`` (1-based), ``seconds``,
+    ``images_per_s`` (tilt images or subtomograms) and ``particles_per_s``. A ``finished`` run (resumed from a
+    converged checkpoint) does nothing."""
+    if finished:
+        return
+    for it in range(start, n_iter):
+        temp = anneal_temperature(it, n_iter, anneal_start)
+        ti = time.perf_counter()
+        entry = model.iterate(temp, stage_ticker(progress, f"iteration {it + 1}/{n_iter}", n_particles))
+        dt = max(time.perf_counter() - ti, 1e-9)
+        entry.update(iteration=it + 1, seconds=round(dt, 3), images_per_s=round(n_images / dt, 1),
+                     particles_per_s=round(n_particles / dt, 1))  # fmt: skip
+        model.log.append(entry)
+        converged = it >= 2 and temp == 1.0 and entry["changes"] < tol_changes
+        if checkpoint is not None and fingerprint is not None:
+            save_checkpoint(checkpoint, model.state(it + 1, converged), fingerprint)
+        if converged:
+            break
+
+
+def initial_labels(
+    init: str,
+    n_particles: int,
+    n_classes: int,
+    seed: int,
+    pca: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """Initial classes ``[N]`` for the label starts: ``"random"`` (seeded random subsets) or ``"pca"`` (calls
+    ``pca()``, e.g. :func:`~.difference_pca.difference_pca_labels`). ``"maps"`` has no labels."""
+    if init == "random":
+        return np.random.default_rng(seed).integers(0, n_classes, n_particles)
+    if init == "pca" and pca is not None:
+        return pca()[0]
+    raise ValueError(f"unknown init {init!r} ({', '.join(INITS)})")
+
+
+def map_partitions(
+    step: Callable, dataset, state: Any, partition_size: int, executor=None, cache: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+):  # fmt: skip
+    """Map ``step(dataset, particles, state, cache, progress) -> sums`` over fixed partitions of the particles
+    and reduce the sums in partition order (``sums.merge(other)``).
+
+    ``executor`` (``tomohet.parallel``) runs the partitions elsewhere (e.g. on Dask workers); without one they
+    run here, reusing ``cache``. The partitions and the order of the reduction are the same either way, so
+    serial and distributed runs give the same result."""
+    parts = list(dataset.chunks(partition_size))
+    if executor is None:
+        results = [step(dataset, idx, state, cache, progress) for idx in parts]
+    else:
+        results = executor.map_partitions(step, dataset, parts, state, progress)
+    total = results[0]
+    for r in results[1:]:
+        total = total.merge(r)
+    return total

@@ -1,0 +1,204 @@
+"""Subtomogram spectra for the 3D methods, in the band and in the reference frame.
+
+Made once per chunk of particles and cached when they fit (:class:`PreparedSpectra`): from 2D tilt stacks by
+inserting each particle's images straight into the reference frame (:func:`insert_reference_frame`), from RELION
+3.1 / 4 subtomograms by reading data and CTF^2 weights and resampling them into the reference frame
+(:func:`resample_to_reference`); :class:`ClassReferences` rotates class maps into each particle's frame for the
+E-step. Conventions as in :mod:`tomohet.methods.em3d` (FFTW half layout, in-band coefficients ``[P]``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..physics.bands import VolumeBand, rfft3_half
+from ..physics.forward import batch_transfer_functions
+from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
+from ..physics.insertion import band_points, slice_points, trilinear_corners
+from ..physics.projector import gridding_correction
+from ..physics.subtomogram import to_fftw_half
+
+if TYPE_CHECKING:
+    from .em3d import EM3DOptions
+
+
+def insert_reference_frame(batch, pixel_size: float, premultiplied: bool, oversampling: int):
+    """Reference-frame subtomograms of an :class:`~tomohet.data.model.ImageBatch`: ``(d, W)`` in FFTW half layout
+    ``[B, D, D, D//2+1]`` (complex, real). Each visible image, zero-padded to ``M = oversampling x D``, is inserted
+    with its own rotation (trilinear, in-band pixels only, one ``index_add_`` per channel into B grids of ``M^3``
+    in FFT order); the data are brought back to the D box by inverse transform (``2 Re ifft`` = the Hermitian
+    completion), gridding correction and a real-space crop, the weights by taking every ``oversampling``-th voxel
+    (plus their Friedel mate), as in :func:`~tomohet.physics.subtomogram.particle_subtomograms` (same result to
+    float precision, without the multiplicity count and several times faster)."""
+    b, t, d = batch.images.shape[:3]
+    m = d * oversampling
+    vis = batch.visible.reshape(-1)
+    ctf, expo = batch_transfer_functions(batch, m, pixel_size)  # [B*T, M, M//2+1]
+    ft = rfft2_centered(pad_to(batch.images.reshape(b * t, d, d).float(), m, 2))
+    ft = ft * shift_phase_2d(m, -batch.shifts.reshape(-1, 2))
+    h = (ctf * expo)[vis]
+    spectra = ft[vis] * (expo[vis] if premultiplied else h)
+    rot = batch.rotations.reshape(-1, 3, 3)[vis]
+    part = torch.arange(b)[:, None].expand(b, t).reshape(-1)[vis]
+    n = rot.shape[0]
+    idx, _, half = band_points(m, m, spectra.device)
+    # |k| < M/2: neighbours stay inside (-M/2, M/2], wrapped into FFT order; one grid of M^3 per particle
+    flat, w = trilinear_corners(slice_points(rot, m, m), m, wrap=True, index_dtype=torch.int32)
+    base = (part.to(torch.int32)[:, None] * m**3).expand(n, len(idx)).reshape(-1)
+    flat = (flat + base).reshape(-1)
+    vals = (torch.view_as_real(spectra.reshape(n, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
+    wts = ((h * h).reshape(n, -1)[:, idx] * half).reshape(-1)
+    data = torch.zeros(2, b * m**3)
+    weight = torch.zeros(b * m**3)
+    for ch in range(2):
+        data[ch].index_add_(0, flat, (w * vals[:, ch]).reshape(-1))
+    weight.index_add_(0, flat, (w * wts).reshape(-1))
+    data_c = torch.complex(data[0], data[1]).reshape(b, m, m, m)
+    vol = 2 * torch.fft.ifftn(data_c, dim=(-3, -2, -1)).real  # origin at index 0
+    crop = (torch.arange(d) - d // 2) % m  # centred crop of the box, origin at D//2
+    vol = vol[:, crop[:, None, None], crop[None, :, None], crop[None, None, :]]
+    vol = vol / crop_to(gridding_correction(m), d, 3)
+    weight = weight.reshape(b, m, m, m)
+    kd = torch.arange(d) - d // 2  # D-grid frequencies, full centred order
+    sub, neg = (kd * oversampling) % m, (-kd * oversampling) % m
+    wd = weight[:, sub[:, None, None], sub[None, :, None], sub[None, None, :]]
+    wd = wd + weight[:, neg[:, None, None], neg[None, :, None], neg[None, None, :]]
+    return rfft3_half(vol), to_fftw_half(wd)
+
+
+def shift_phase_3d(band: VolumeBand, shifts: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` phase factors that move the content of D-box volumes by ``+shifts [B, 3]`` (x, y, z) pixels."""
+    arg = (band.freq[None].double() * shifts[:, None, :].double()).sum(-1)
+    return torch.polar(torch.ones_like(arg), -2 * math.pi * arg / band.d)
+
+
+def resample_to_reference(
+    data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, band: VolumeBand
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tomogram-frame subtomograms -> reference-frame in-band spectra ``(d [B, P] complex64, W [B, P])``.
+
+    ``data [B, D, D, D]`` real (premultiplied, centred), ``weight [B, D, D, D]`` full centred, ``rotations
+    [B, 3, 3]`` with ``subtomo_i(x) = V(R_i^T x)``: samples ``d(R_i q)`` and ``W(R_i q)`` with the *same*
+    trilinear operator on the D grid (``grid_sample``, ``align_corners=True``), so that ``d = W V`` still holds
+    after resampling for a smooth ``V`` (sampling the data more finely than the weights, e.g. from a padded
+    spectrum, breaks that consistency and measurably hurts the initial PCA)."""
+    d = data.shape[-1]
+    rq = torch.einsum("bij,pj->bpi", rotations.float(), band.freq.float())  # R_i q, (x, y, z)
+    src = torch.cat(
+        [torch.view_as_real(fft3_centered(data.float())).permute(0, 4, 1, 2, 3), weight[:, None].float()], 1
+    )
+    grid = ((rq + d // 2) * (2.0 / (d - 1)) - 1.0)[:, None, None]  # [B, 1, 1, P, 3]
+    s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # [B, 3, P]
+    return torch.complex(s[:, 0], s[:, 1]), s[:, 2].clamp_min(0)
+
+
+@dataclass
+class SpectraChunk:
+    """Prepared spectra of B particles: ``d, w [B, P]`` in the particle's own frame (exact, for the E-step),
+    ``rot [B, 3, 3]`` its pose (None: already the reference frame) and ``d_ref, w_ref`` the same data resampled
+    into the reference frame (for the M-step sums)."""
+
+    particles: np.ndarray
+    d: torch.Tensor  # complex64
+    w: torch.Tensor  # float32
+    rot: torch.Tensor | None
+    d_ref: torch.Tensor
+    w_ref: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        n = self.d.numel() * 12
+        return n if self.rot is None else 2 * n
+
+
+class PreparedSpectra:
+    """Prepared spectra per chunk of particles (:class:`SpectraChunk`), made once and cached when they fit in
+    ``cache_gb``, otherwise remade on every pass (streamed from the files / images). Build it with
+    :func:`prepare_em3d` to share the work between runs that differ only in EM options (same band, batch size and
+    oversampling)."""
+
+    def __init__(self, dataset, band: VolumeBand, opt: EM3DOptions):
+        self.ds = dataset
+        self.band = band
+        self.opt = opt
+        self.subtomograms = hasattr(dataset, "volume_paths")
+        per = band.size * 12 * (2 if self.subtomograms else 1)
+        fits = dataset.n_particles * per < opt.cache_gb * 1e9
+        self.cache: dict[int, SpectraChunk] | None = {} if fits else None
+
+    def _make(self, chunk: np.ndarray) -> SpectraChunk:
+        ds, band = self.ds, self.band
+        bt = ds.batch(chunk)
+        if not self.subtomograms:
+            dh, wh = insert_reference_frame(bt, ds.pixel_size, ds.ctf_premultiplied, self.opt.oversampling)
+            d, w = band.gather(dh).to(torch.complex64), band.gather(wh).float().clamp_min(0)
+            return SpectraChunk(chunk, d, w, None, d, w)
+        if ds.ctf_premultiplied:  # RELION 4: premultiplied data, CTF^2 weights
+            data, weight = bt.data, bt.weight
+        else:  # RELION 3.1: X = C V + white noise -> d = C X, W = C^2
+            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(bt.data, dim=(-3, -2, -1)),
+                                                   dim=(-3, -2, -1)), dim=(-3, -2, -1))  # fmt: skip
+            data, weight = ifft3_centered(ft * bt.ctf), bt.ctf**2
+        d = band.gather(rfft3_half(data))
+        w = band.gather(to_fftw_half(weight)).float().clamp_min(0)
+        moved = bool((bt.shifts != 0).any())
+        if moved:  # the particle sits at -shift: move it to the centre (weights are unaffected)
+            d = d * shift_phase_3d(band, bt.shifts).to(d.dtype)
+        rot = bt.rotations.double()
+        if torch.allclose(rot, torch.eye(3, dtype=rot.dtype).expand_as(rot), atol=1e-7):
+            return SpectraChunk(chunk, d.to(torch.complex64), w, None, d.to(torch.complex64), w)
+        d_ref, w_ref = resample_to_reference(data, weight, rot, band)
+        if moved:
+            d_ref = d_ref * shift_phase_3d(band, bt.shifts).to(d_ref.dtype)
+        return SpectraChunk(chunk, d.to(torch.complex64), w, rot, d_ref.to(torch.complex64), w_ref.float())
+
+    def __iter__(self):
+        for chunk in self.ds.chunks(self.opt.batch_size):
+            key = int(chunk[0])
+            item = self.cache.get(key) if self.cache is not None else None
+            if item is None:
+                item = self._make(chunk)
+                if self.cache is not None:
+                    self.cache[key] = item
+            yield item
+
+
+class ClassReferences:
+    """The class maps as in-band spectra ``[K, P]`` and, for particles in their own frame, a 2x padded,
+    gridding-precorrected spectrum sampled at ``R_i^T k`` (trilinear ``grid_sample``, as
+    :class:`~tomohet.physics.projector.VolumeProjector` does for slices)."""
+
+    def __init__(self, band: VolumeBand, vols: torch.Tensor, pad: int = 2):
+        self.band = band
+        self.vols = vols  # [K, P] complex128
+        self.pad = pad
+        self._ft: torch.Tensor | None = None
+
+    def _grid(self) -> torch.Tensor:
+        if self._ft is None:
+            g = self.band.d * self.pad
+            real = pad_to(self.band.to_real(self.vols), g, 3) / gridding_correction(g)
+            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(real, dim=(-3, -2, -1)), dim=(-3, -2, -1)),
+                                    dim=(-3, -2, -1))  # fmt: skip
+            k = ft.shape[0]
+            self._ft = torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(1, 2 * k, g, g, g).contiguous()
+        return self._ft
+
+    def sample(self, rot: torch.Tensor | None) -> torch.Tensor:
+        """Class spectra seen by each particle: ``[B, K, P]`` complex128 (``[1, K, P]`` when ``rot`` is None)."""
+        if rot is None:
+            return self.vols[None]
+        src = self._grid()
+        g = src.shape[-1]
+        k = self.vols.shape[0]
+        b = rot.shape[0]
+        q = torch.einsum("bji,pj->bpi", rot.float(), self.band.freq.float())  # R_i^T k, (x, y, z)
+        grid = ((q * self.pad + g // 2) * (2.0 / (g - 1)) - 1.0)[None, None]  # [1, 1, B, P, 3]
+        s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)  # [1, 2K, 1, B, P]
+        s = s.reshape(k, 2, b, -1).permute(2, 0, 3, 1).double()
+        return torch.complex(s[..., 0], s[..., 1])
