@@ -43,7 +43,7 @@ from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volu
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_pca import difference_pca_labels
-from .engine import initial_labels, map_partitions, run_iterations
+from .engine import initial_labels, is_finished, map_partitions, run_iterations
 from .iteration import stage_ticker
 from .result import Result
 
@@ -365,7 +365,7 @@ def classify_em2d(
             em.initialise(consensus, labels=labels)
         em.sigma2 = initial_sigma2(em, consensus, stage_ticker(progress, "noise power", n))
     em.init_info = init_info
-    run_iterations(em, n_iter=opt.n_iter, start=start, finished=state is not None and state["finished"],
+    run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n,
                    n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip

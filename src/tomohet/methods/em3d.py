@@ -69,12 +69,12 @@ import numpy as np
 import torch
 
 from ..physics.bands import VolumeBand
-from ..physics.filters import fsc, lowpass, resolution_at, shell_frequencies, soft_sphere
-from ..physics.reconstruct import Reconstruction
+from ..physics.filters import lowpass, resolution_at, shell_frequencies, soft_sphere
+from ..physics.reconstruct import Reconstruction, fsc_regularised
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_pca import feature_box, pca_kmeans
 from .em2d import SoftmaxAssign
-from .engine import initial_labels, run_iterations
+from .engine import initial_labels, is_finished, run_iterations
 from .result import Result
 from .subtomo_spectra import ClassReferences, PreparedSpectra
 
@@ -388,20 +388,23 @@ class EM3DClassifier:
                 continue
             nh, dh = num[2 * c : 2 * c + 2], den[2 * c : 2 * c + 2]
             mean_w = torch.stack([b.per_shell(x * b.mult) / cnt for x in dh])  # [2, S]
-            reg = (1e-3 * mean_w.mean(1, keepdim=True)).expand(-1, b.n_shells).clamp_min(1e-12)
-            for _ in range(3):  # weak constant regulariser, then the halves' own FSC
-                h = b.to_real(nh / (dh + reg[:, b.shell]))
-                curve = fsc(h[0], h[1]).float()
-                snr = (curve / (1 - curve).clamp_min(1e-3)).clamp_min(1e-3).double()
-                reg = mean_w / snr
-            full_fsc = (2 * curve / (1 + curve).clamp_min(1e-6)).double()
-            snr_full = (full_fsc / (1 - full_fsc).clamp_min(1e-3)).clamp_min(1e-3)
             wsum = dh.sum(0)
-            reg_full = (b.per_shell(wsum * b.mult) / cnt / snr_full)[b.shell]
-            full = b.to_real(nh.sum(0) / (wsum + reg_full))
+            mean_full = b.per_shell(wsum * b.mult) / cnt
+
+            def half_maps(snr, nh=nh, dh=dh, mean_w=mean_w):
+                if snr is None:  # weak constant regulariser
+                    reg = (1e-3 * mean_w.mean(1, keepdim=True)).expand(-1, b.n_shells).clamp_min(1e-12)
+                else:
+                    reg = mean_w / snr.clamp_min(1e-3).double()
+                return list(b.to_real(nh / (dh + reg[:, b.shell])))
+
+            def full_map(snr, nh=nh, wsum=wsum, mean_full=mean_full):
+                return b.to_real(nh.sum(0) / (wsum + (mean_full / snr.clamp_min(1e-3).double())[b.shell]))
+
+            (h1, h2), curve, full = fsc_regularised(half_maps, full_map)
             res = resolution_at(curve, d, apix)
             out.append(Reconstruction(
-                half1=h[0], half2=h[1], full=full, filtered=lowpass(full, max(res, 2 * apix), apix), fsc=curve,
+                half1=h1, half2=h2, full=full, filtered=lowpass(full, max(res, 2 * apix), apix), fsc=curve,
                 frequencies=shell_frequencies(d, apix), resolution=res, pixel_size=apix,
             ))  # fmt: skip
         return out
@@ -458,7 +461,7 @@ def classify_em3d(
             if opt.init == "pca":
                 info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(labels=labels)
-    run_iterations(em, n_iter=opt.n_iter, start=start, finished=state is not None and state["finished"],
+    run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n, n_images=n,
                    progress=progress, checkpoint=checkpoint, fingerprint=fingerprint)  # fmt: skip
     return Result(

@@ -68,9 +68,15 @@ def run_iterations(
         model.log.append(entry)
         converged = it >= 2 and temp == 1.0 and entry["changes"] < tol_changes
         if checkpoint is not None and fingerprint is not None:
-            save_checkpoint(checkpoint, model.state(it + 1, converged), fingerprint)
+            save_checkpoint(checkpoint, {**model.state(it + 1, converged), "n_iter": n_iter}, fingerprint)
         if converged:
             break
+
+
+def is_finished(state: dict[str, Any] | None, n_iter: int) -> bool:
+    """Whether a resumed checkpoint ``state`` is a run that converged with the same iteration limit (rerunning the
+    same command then changes nothing; a higher limit continues it)."""
+    return state is not None and bool(state.get("finished")) and state.get("n_iter") == n_iter
 
 
 def initial_labels(

@@ -80,6 +80,28 @@ def shell_regularizer(weight: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
     return reg[flat].reshape(g, g, g).float()
 
 
+def fsc_regularised(
+    halves: Callable[[torch.Tensor | None], list[torch.Tensor]],
+    full: Callable[[torch.Tensor], torch.Tensor],
+    n_refine: int = 2,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Gold-standard Wiener filtering from the half maps' own FSC (RELION's tau^2), written once.
+
+    ``halves(snr)`` makes the two half maps with a per-shell regulariser for signal-to-noise ``snr``
+    ``[D//2+1]`` (None: a weak constant one); after the first pass, ``n_refine`` passes use the halves' FSC
+    (``SNR = FSC / (1 - FSC)``); ``full(snr)`` makes the map of both halves with the full-set SNR
+    (``FSC_full = 2 FSC / (1 + FSC)``). Returns ``([half1, half2], fsc, full map)``."""
+    maps = halves(None)
+    curve = fsc(maps[0], maps[1]).float()
+    for _ in range(n_refine):
+        snr = (curve / (1 - curve).clamp_min(1e-3)).clamp_min(0)
+        maps = halves(snr)
+        curve = fsc(maps[0], maps[1]).float()
+    fsc_full = 2 * curve / (1 + curve).clamp_min(1e-6)
+    snr_full = (fsc_full / (1 - fsc_full).clamp_min(1e-3)).clamp_min(0)
+    return maps, curve, full(snr_full)
+
+
 def reconstruct(
     dataset,
     particles: np.ndarray | None = None,
@@ -107,19 +129,18 @@ def reconstruct(
             half1=full, half2=torch.zeros_like(full), full=full, filtered=full, fsc=curve,
             frequencies=shell_frequencies(d, apix), resolution=float("inf"), pixel_size=apix,
         )  # fmt: skip
-    # pass 1: weak constant regulariser -> FSC -> per-shell SNR
     eps = [1e-3 * float(w.mean()) + 1e-12 for _, w in sums]
-    first = [wiener_volume(dt, w, d, e) for (dt, w), e in zip(sums, eps, strict=True)]
-    curve = fsc(first[0], first[1]).float()
-    for _ in range(2):  # refine: half maps regularised by their own FSC
-        snr = (curve / (1 - curve).clamp_min(1e-3)).clamp_min(0)
-        first = [wiener_volume(dt, w, d, shell_regularizer(w, snr)) for dt, w in sums]
-        curve = fsc(first[0], first[1]).float()
-    fsc_full = 2 * curve / (1 + curve).clamp_min(1e-6)
-    snr_full = (fsc_full / (1 - fsc_full).clamp_min(1e-3)).clamp_min(0)
+
+    def half_maps(snr: torch.Tensor | None) -> list[torch.Tensor]:
+        if snr is None:  # weak constant regulariser
+            return [wiener_volume(dt, w, d, e) for (dt, w), e in zip(sums, eps, strict=True)]
+        return [wiener_volume(dt, w, d, shell_regularizer(w, snr)) for dt, w in sums]
+
     data = sums[0][0] + sums[1][0]
     weight = sums[0][1] + sums[1][1]
-    full = wiener_volume(data, weight, d, shell_regularizer(weight, snr_full))
+    first, curve, full = fsc_regularised(
+        half_maps, lambda snr: wiener_volume(data, weight, d, shell_regularizer(weight, snr))
+    )
     res = resolution_at(curve, d, apix)
     return Reconstruction(
         half1=first[0], half2=first[1], full=full, filtered=lowpass(full, max(res, 2 * apix), apix),
