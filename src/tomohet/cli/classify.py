@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,15 @@ import torch
 from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import discrete_report
 from ..data.annotate import write_annotated
-from ..data.io import read_any
 from ..data.mrc import read_volume, write_volume
 from ..data.subtomo import Subtomograms
 from ..errors import InputError
-from ..methods.em2d import EMOptions, classify_em2d
-from ..methods.em3d import EM3DClassifier, EM3DOptions, classify_em3d, prepare_em3d
-from ..methods.hillclimb import HillClimbOptions, classify_hillclimb
+from ..methods.em3d import subtomogram_class_maps
+from ..methods.registry import build_options, fit, get_method
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
-from .runlog import Run
+from .options import check_classes_fit, check_classify, check_max_dose, read_focus_mask, read_input
+from .runlog import Run, stage_reporter
 
 
 def find_ground_truth(input_path: Path) -> Path | None:
@@ -52,12 +50,61 @@ def run_classify(
     focus_mask: Path | None = None,
     method: str = "em",
     runs: int = 3,
+    pixel_size: float | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content."""
-    run = Run(out, "classify", {k: v for k, v in locals().items() if k != "executor"})
+    """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content.
+
+    ``executor`` is a Dask executor or a function that makes one (called only once the data are read and
+    checked); it is closed at the end, also on error."""
+    args = dict(locals())
+    check_classify(n_classes, n_iter, init, method, runs, max_dose, resolution_limit, anneal_start, pixel_size,
+                   has_maps=bool(initial_maps))  # fmt: skip
+    executors = _ExecutorSlot(executor)
+    try:
+        with Run(out, "classify", {k: v for k, v in args.items() if k != "executor"}) as run:
+            args.update(out=run.out, executor=None)
+            return _classify(run, executors, **args)
+    finally:
+        executors.close()
+
+
+class _ExecutorSlot:
+    """The run's executor: made on first use (from a factory) and closed once."""
+
+    def __init__(self, executor):
+        factory = callable(executor) and not hasattr(executor, "map_partitions")
+        self._factory, self._executor = (executor, None) if factory else (None, executor)
+
+    def get(self):
+        if self._executor is None and self._factory is not None:
+            self._executor, self._factory = self._factory(), None
+        return self._executor
+
+    def close(self) -> None:
+        self._factory = None
+        if self._executor is not None:
+            ex, self._executor = self._executor, None
+            ex.close()
+
+
+def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n_classes: int, n_iter: int, init: str,
+              initial_maps, seed, max_dose, resolution_limit, anneal_start, tomograms, flip_hand, truth, class_maps,
+              executor, focus_mask, method, runs, pixel_size, overwrite) -> dict:  # fmt: skip
     with run.timed("read"):
-        ds = read_any(input_path, tomograms)
+        ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
+    check_classes_fit(len(initial_maps) if initial_maps else n_classes, ds.n_particles, input_path)
+    truth_table, truth_problem = None, None
+    if truth is not None:  # given: it must fit the particles, checked before the work starts
+        truth = Path(truth)
+        truth_table = load_truth(truth, ds.names)
+    elif (found := find_ground_truth(input_path)) is not None:  # found beside the input: used only if it fits
+        try:
+            truth, truth_table = found, load_truth(found, ds.names)
+        except InputError as exc:
+            truth_problem = f"metrics skipped: {exc}"
+            run.log.warning("%s", truth_problem)
     subtomograms = isinstance(ds, Subtomograms)
     if subtomograms:  # 3D input: only the 3D EM applies, on the volumes as they are
         for given, flag in ((method != "em3d", "--method"), (flip_hand, "--flip-hand"), (max_dose is not None,
@@ -65,6 +112,8 @@ def run_classify(
             if given:
                 raise InputError(input_path, "3D subtomograms are classified with --method em3d, without "
                                  "--flip-hand, --max-dose or --focus-mask", flag)  # fmt: skip
+    if not subtomograms:
+        check_max_dose(ds, max_dose)
     if flip_hand:
         ds.rotations = ds.rotations @ mirror_z()
     maps = None
@@ -73,53 +122,28 @@ def run_classify(
         if maps.shape[-1] != ds.box:
             raise InputError(initial_maps[0], f"map box {maps.shape[-1]} differs from the particles' {ds.box}")
         n_classes, init = len(initial_maps), "maps"
-    mask = None
-    if focus_mask is not None:
-        mask, _ = read_volume(focus_mask)
-        if mask.shape[-1] != ds.box:
-            raise InputError(focus_mask, f"mask box {mask.shape[-1]} differs from the particles' {ds.box}")
-        if mask.min() < 0 or mask.max() > 1 or mask.max() == 0:
-            raise InputError(focus_mask, "a focus mask must have values in [0, 1] and not be empty")
-    opts = EMOptions(
-        n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
-        resolution_limit_A=resolution_limit, anneal_start=anneal_start,
+    mask = read_focus_mask(focus_mask, ds.box)
+    spec = get_method(method, "discrete", "3d" if subtomograms else "2d")
+    opts = build_options(
+        spec, n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
+        resolution_limit_A=resolution_limit, anneal_start=anneal_start, n_runs=runs,
     )  # fmt: skip
+    checkpoint = out / "checkpoint.pt"
+    if overwrite:
+        checkpoint.unlink(missing_ok=True)
+        run.log.info("--overwrite: starting afresh (checkpoint removed)")
     n_images = ds.n_particles if subtomograms else ds.n_images  # what one "image" is: a tilt or a subtomogram
     unit = "subtomograms" if subtomograms else "images"
+    executor = executors.get()
     with run.progress() as prog:
-        task = prog.add_task("initialising", total=ds.n_particles, rate="")
-        t0 = [time.perf_counter(), ""]
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage != t0[1]:
-                t0[0], t0[1] = time.perf_counter(), stage
-            rate = done * n_images / ds.n_particles / max(time.perf_counter() - t0[0], 1e-9)
-            prog.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f} {unit}/s")
+        progress = stage_reporter(prog, ds.n_particles, n_images, unit)
 
         with run.timed("classify"):
             try:
-                if method == "em":
-                    result = classify_em2d(ds, opts, maps, progress, checkpoint=out / "checkpoint.pt",
-                                           executor=executor, focus_mask=mask)  # fmt: skip
-                elif method == "em3d":  # subtomograms made in memory from the stacks, per-voxel CTF^2 weights
-                    if mask is not None:
-                        raise InputError(None, "em3d does not take --focus-mask yet", "--method")
-                    e3 = EM3DOptions(n_classes=n_classes, n_iter=n_iter, init=init, seed=seed,
-                                     resolution_limit_A=resolution_limit, anneal_start=anneal_start)  # fmt: skip
-                    prepared = prepare_em3d(ds, e3)
-                    result = classify_em3d(ds, e3, maps, progress, prepared, checkpoint=out / "checkpoint.pt")
-                elif method == "hillclimb":
-                    if mask is not None or maps is not None:
-                        raise InputError(None, "hill climbing takes neither --focus-mask nor --map", "--method")
-                    hc = HillClimbOptions(n_classes=n_classes, n_iter=n_iter, n_runs=runs, seed=seed,
-                                          init="pca" if init == "pca" else "random", max_dose=max_dose,
-                                          resolution_limit_A=resolution_limit)  # fmt: skip
-                    result = classify_hillclimb(ds, hc, progress, executor, checkpoint=out / "checkpoint.pt")
-                else:
-                    raise InputError(None, f"unknown method {method!r} (em, em3d, hillclimb)", "--method")
+                result = fit(spec, ds, opts, initial_maps=maps, progress=progress, checkpoint=checkpoint,
+                             executor=executor if "executor" in spec.takes else None, focus_mask=mask)  # fmt: skip
             finally:
-                if executor is not None:
-                    executor.close()
+                executors.close()
     if "e_step_limit_A" in result.extra:
         run.log.info("E-step band to %.1f A (consensus %s A), images cropped to box %d", result.extra["e_step_limit_A"],
                      result.extra.get("consensus_resolution_A", "?"), result.extra["working_box"])  # fmt: skip
@@ -128,9 +152,7 @@ def run_classify(
                      e["class_sizes"], e["changes"], e["log_likelihood"], e["seconds"])  # fmt: skip
     labels = result.labels
     post = result.posteriors
-    columns = {"rlnClassNumber": labels + 1, "rlnMaxValueProbDistribution": post.max(1)}
-    if "consistency" in result.extra:  # fraction of independent runs agreeing with the consensus class
-        columns["tomohetConsistency"] = np.asarray(result.extra["consistency"])
+    columns = result.particle_columns()  # class, its posterior, and consistency across runs where there are runs
     next_input = write_annotated(ds, out, columns)
     pd.DataFrame(post, columns=[f"p{k + 1}" for k in range(post.shape[1])]).assign(
         particle=ds.names, rlnClassNumber=labels + 1
@@ -140,9 +162,7 @@ def run_classify(
     classes = []
     with run.timed("class_maps"):
         if subtomograms and class_maps:  # gold-standard halves from the subtomograms, full band
-            full = EM3DOptions(n_classes=result.n_classes)
-            em = EM3DClassifier(ds, full, prepared if resolution_limit is None else None)
-            recs = em.class_reconstructions(labels, ds.half_set)
+            recs = subtomogram_class_maps(ds, labels, result.n_classes, result.extra.get("prepared_spectra"))
         for k in range(result.n_classes):
             members = np.flatnonzero(labels == k)
             entry = {"class": k + 1, "n": int(len(members)), "fraction": float(len(members) / ds.n_particles)}
@@ -163,33 +183,66 @@ def run_classify(
     fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
                     f"{unit}_per_s_per_iteration": float(np.mean([n_images / max(e["seconds"], 1e-9)
                                                                  for e in result.log]))}  # fmt: skip
+    diagnostics = result.diagnostics()
     for key in ("consensus_resolution_A", "e_step_limit_A", "working_box", "consensus_seconds", "init_seconds"):
-        if key in result.extra:
-            fields[key] = result.extra[key]
-    truth = truth or find_ground_truth(input_path)
-    if truth is not None:
-        fields["metrics"] = _metrics_against_truth(ds, truth, labels, run)
+        if key in diagnostics:
+            fields[key] = diagnostics[key]
+    fields["diagnostics"] = diagnostics
+    if truth_table is not None:
+        fields["metrics"] = _metrics_against_truth(ds, truth, truth_table, labels, run)
+    elif truth_problem:
+        fields["metrics_skipped"] = truth_problem
     run.finish(result.method, seed, **fields)
     return json.loads((out / "result.json").read_text())
 
 
-def _metrics_against_truth(ds, truth_path: Path, labels: np.ndarray, run: Run) -> dict:
-    """ARI & co. against ``ground_truth.csv`` and, where the simulation's maps and noise are known, the oracle."""
+TRUTH_COLUMNS = ("rlnTomoParticleName", "state")  # what tomohet simulate writes into ground_truth.csv
+
+
+def load_truth(path: Path, names: list[str]) -> pd.DataFrame:
+    """``ground_truth.csv`` as tomohet simulate writes it, one row per particle of ``names`` (in that order), or
+    :class:`InputError` naming the file and the column that does not fit."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(path, f"not a readable ground-truth CSV ({' '.join(str(exc).split())})") from exc
+    for col in TRUTH_COLUMNS:
+        if col not in table.columns:
+            have = ", ".join(map(str, table.columns[:6])) + (", ..." if len(table.columns) > 6 else "")
+            raise InputError(path, f"not a tomohet ground truth: no column {col!r} (it has: {have})", col)
+    table = table.assign(rlnTomoParticleName=table["rlnTomoParticleName"].astype(str))
+    table = table.drop_duplicates("rlnTomoParticleName", keep="last").set_index("rlnTomoParticleName")
+    missing = [n for n in names if n not in table.index]
+    if missing:
+        raise InputError(path, f"no ground truth for particle {missing[0]!r} ({len(missing)} of {len(names)} "
+                         "particles missing)", "rlnTomoParticleName")  # fmt: skip
+    table = table.loc[list(names)]
+    if table["state"].isna().any():
+        raise InputError(path, f"no state for particle {table.index[table['state'].isna()][0]!r}", "state")
+    return table.reset_index()
+
+
+def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np.ndarray, run: Run) -> dict:
+    """ARI & co. against ``ground_truth.csv`` (``truth``: :func:`load_truth`) and, where the simulation's maps
+    and noise are known (its ``dataset.json``), the oracle."""
     from ..benchmark.oracle import oracle
 
-    truth = pd.read_csv(truth_path)
-    by_name = dict(zip(truth["rlnTomoParticleName"].astype(str), truth["state"], strict=True))
-    missing = [n for n in ds.names if n not in by_name]
-    if missing:
-        raise InputError(truth_path, f"no ground truth for particle {missing[0]!r}", "rlnTomoParticleName")
-    states = np.array([by_name[n] for n in ds.names])
+    states = np.array(truth["state"].tolist())
     metrics = {"method": discrete_report(states, labels)}
     meta_path = truth_path.parent / "dataset.json"
     if meta_path.exists() and not isinstance(ds, Subtomograms):  # the oracle scores the 2D tilt images
-        meta = json.loads(meta_path.read_text())
-        if meta.get("map_coordinates") is None:
-            maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
-            o = oracle(ds, maps, meta["noise_sigma"], np.array(meta["abundances"]))
+        try:
+            meta = json.loads(meta_path.read_text())
+            maps = None
+            if meta.get("map_coordinates") is None:
+                maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
+                sigma, abundances = meta["noise_sigma"], np.array(meta["abundances"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError, RuntimeError) as exc:
+            maps = None
+            run.log.warning("oracle skipped: %s is not a tomohet dataset.json (%s: %s)", meta_path,
+                            type(exc).__name__, " ".join(str(exc).split()))  # fmt: skip
+        if maps is not None:
+            o = oracle(ds, maps, sigma, abundances)
             metrics["oracle"] = discrete_report(states, o.labels)
     msg = f"ARI {metrics['method']['ari']:.3f}"
     if "oracle" in metrics:

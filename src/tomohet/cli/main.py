@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from ..errors import InputError
+from .options import check_classify, check_simulate
 from .runlog import console
+
+PIXEL_SIZE_HELP = "pixel size of the particle images (A), overriding the one in the star file"
 
 app = typer.Typer(
     add_completion=False,
@@ -17,9 +23,39 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: InputError) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+def _fail(message: str) -> None:
+    """One line ``error: ...`` on stderr, exit code 2."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
+
+
+def _os_error(exc: OSError, out: Path | None) -> str:
+    """What went wrong with a file, naming it (or the ``--out`` folder where the system did not say which)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device"
+    if exc.filename is not None:
+        where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        return f"{where}: {what}"
+    if out is not None:
+        return f"{out}: {what} (while writing into this folder)"
+    return what
+
+
+@contextmanager
+def _user_errors(out: Path | None = None):
+    """Bad input (:class:`InputError`) and failed file operations (a full disk, a vanished file) end with one
+    ``error:`` line naming the file or the option, not a traceback (``TOMOHET_DEBUG=1`` shows the traceback)."""
+    try:
+        yield
+    except InputError as exc:
+        if os.environ.get("TOMOHET_DEBUG"):
+            raise
+        _fail(str(exc))
+    except OSError as exc:
+        if os.environ.get("TOMOHET_DEBUG"):
+            raise
+        _fail(_os_error(exc, out))
 
 
 @app.command()
@@ -31,14 +67,14 @@ def reconstruct(
     batch_size: int = typer.Option(64, help="particles per batch"),
     flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the map (opposite handedness)"),
     invert_contrast: bool = typer.Option(False, "--invert-contrast", help="images have dark particles"),
+    pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),
 ) -> None:
     """Homogeneous reconstruction: half maps, FSC (CSV + PNG), Wiener-filtered map, result.json."""
-    from .reconstruct import run_reconstruct
+    with _user_errors(out):
+        from .reconstruct import run_reconstruct
 
-    try:
-        run_reconstruct(input, out, tomograms, oversampling, batch_size, flip_hand, invert_contrast)
-    except InputError as exc:
-        _fail(exc)
+        run_reconstruct(input, out, tomograms, oversampling, batch_size, flip_hand, invert_contrast,
+                        pixel_size=pixel_size)  # fmt: skip
 
 
 @app.command()
@@ -63,16 +99,14 @@ def simulate(
             console.print(f"[bold]{p.name:<18}[/] {p.description}")
         return
     if out is None:
-        console.print("[bold red]error:[/] --out is required")
-        raise typer.Exit(2)
-    from .simulate import run_simulate
+        _fail("--out is required")
+    with _user_errors(out):
+        check_simulate(n_particles, snr, structured_noise, missing_tilts)
+        from .simulate import run_simulate
 
-    try:
         extra = {"ctf_premultiplied": premultiplied, "structured_noise": structured_noise,
                  "missing_high_tilt_fraction": missing_tilts}  # fmt: skip
         run_simulate(preset, out, seed, n_particles, snr, extra, warp_v1, subtomograms)
-    except InputError as exc:
-        _fail(exc)
 
 
 def _executor(workers: int, scheduler: str | None, slurm: str | None):
@@ -101,7 +135,8 @@ def classify(
     classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
     method: str = typer.Option(
         "em",
-        help="em (EM on 2D stacks), em3d (EM on subtomograms: given, or made from the stacks), hillclimb (annealed)",
+        help="em or em2d (EM on 2D stacks), em3d (EM on subtomograms: given, or made from the stacks), hillclimb "
+        "(annealed)",
     ),
     runs: int = typer.Option(3, help="independent runs for hillclimb (consistency across runs)"),
     iterations: int = typer.Option(12, help="maximum EM iterations"),
@@ -117,6 +152,9 @@ def classify(
     tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
     flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the maps (opposite handedness)"),
     truth: Path | None = typer.Option(None, help="ground_truth.csv (found automatically beside simulated data)"),
+    pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),
+    class_maps: bool = typer.Option(True, "--class-maps/--no-class-maps", help="gold-standard half maps per class"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
     workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
     scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
     slurm: str | None = typer.Option(
@@ -125,14 +163,57 @@ def classify(
 ) -> None:
     """Discrete classification (Bayesian EM on the 2D tilt stacks); particles.star with rlnClassNumber,
     class maps with half maps and FSC, posteriors, per-class subsets, result.json."""
-    from .classify import run_classify
+    with _user_errors(out):
+        check_classify(classes, iterations, init, method, runs, max_dose, resolution_limit, anneal, pixel_size,
+                       workers, has_maps=bool(maps))  # fmt: skip
+        from .classify import run_classify
 
-    try:
+        # the Dask cluster is started only once the data are read and checked
         run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
-                     tomograms, flip_hand, truth, executor=_executor(workers, scheduler, slurm),
-                     focus_mask=focus_mask, method=method, runs=runs)  # fmt: skip
-    except InputError as exc:
-        _fail(exc)
+                     tomograms, flip_hand, truth, class_maps=class_maps,
+                     executor=lambda: _executor(workers, scheduler, slurm), focus_mask=focus_mask, method=method,
+                     runs=runs, pixel_size=pixel_size, overwrite=overwrite)  # fmt: skip
+
+
+@app.command()
+def landscape(
+    input: Path = typer.Argument(
+        ...,
+        help="optimisation set, RELION 5 particles star, Warp v1 image-series star, or RELION 3.1/4 subtomogram "
+        "star (wmd-pca, msvd)",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
+    method: str = typer.Option(
+        "ppca",
+        help="ppca (tilt-space probabilistic PCA), wmd-pca (wedge-masked difference "
+        "PCA, PEET/Dynamo), msvd (multiscale SVD, emClarity)",
+    ),
+    components: int = typer.Option(8, help="latent dimensions (components)"),
+    clusters: int | None = typer.Option(None, help="cluster the latents into K classes (k-means; GMM too)"),
+    iterations: int | None = typer.Option(None, help="maximum iterations (ppca)"),
+    focus_mask: Path | None = typer.Option(None, help="mask (MRC, 0..1): the landscape of the masked region only"),
+    seed: int = typer.Option(0, help="random seed"),
+    max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
+    resolution_limit: float | None = typer.Option(None, help="band limit (A); default from the consensus map"),
+    tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
+    flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the maps (opposite handedness)"),
+    truth: Path | None = typer.Option(None, help="ground_truth.csv (found automatically beside simulated data)"),
+    pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),
+    class_maps: bool = typer.Option(True, "--class-maps/--no-class-maps", help="gold-standard maps per cluster"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
+    workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
+    scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
+) -> None:
+    """Continuous landscape: latent.csv, component maps and maps along each component, explained variance,
+    latent plots; with --clusters, particles.star with rlnClassNumber and per-cluster maps; result.json."""
+    with _user_errors(out):
+        from .landscape import run_landscape
+        from .options import check_landscape
+
+        check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size, workers)
+        run_landscape(input, out, method, components, clusters, seed, focus_mask, resolution_limit, iterations,
+                      tomograms, lambda: _executor(workers, scheduler, None), max_dose, flip_hand, truth,
+                      class_maps, pixel_size=pixel_size, overwrite=overwrite)  # fmt: skip
 
 
 @app.command()
@@ -143,12 +224,11 @@ def demo(
     n_particles: int | None = typer.Option(None, help="override the preset's particle count"),
 ) -> None:
     """The main job on an embedded default dataset: simulate, reconstruct, score against ground truth."""
-    from .demo import run_demo
+    with _user_errors(out):
+        check_simulate(n_particles, None)
+        from .demo import run_demo
 
-    try:
         run_demo(out, preset, seed, n_particles)
-    except InputError as exc:
-        _fail(exc)
 
 
 @app.command()

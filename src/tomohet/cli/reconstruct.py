@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.plots import plot_central_slices, plot_fsc
-from ..data.io import read_particles
 from ..data.mrc import write_volume
 from ..physics.reconstruct import reconstruct
+from .options import check_reconstruct, read_input
 from .runlog import Run
 
 
@@ -22,11 +22,19 @@ def run_reconstruct(
     batch_size: int = 64,
     flip_hand: bool = False,
     invert_contrast: bool = False,
+    pixel_size: float | None = None,
 ) -> Path:
     """Reconstruct all particles of ``input_path`` into ``out``; returns the path of ``result.json``."""
-    run = Run(out, "reconstruct", locals())
+    options = dict(locals())
+    check_reconstruct(oversampling, batch_size, pixel_size)
+    with Run(out, "reconstruct", options) as run:
+        return _reconstruct(run, input_path, run.out, tomograms, oversampling, batch_size, flip_hand, invert_contrast,
+                            pixel_size)  # fmt: skip
+
+
+def _reconstruct(run, input_path, out, tomograms, oversampling, batch_size, flip_hand, invert_contrast, pixel_size):
     with run.timed("read"):
-        ds = read_particles(input_path, tomograms)
+        ds = read_input(input_path, tomograms, pixel_size, stacks_only=True)
     run.log.info("%s", ds.summary())
     if flip_hand:
         from ..physics.rotations import mirror_z

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import resource
 import sys
@@ -25,6 +26,7 @@ from rich.progress import (
 )
 
 from .. import __version__
+from .runfolder import RunFolderError, RunLock, prepare_out
 
 console = Console(stderr=True)
 
@@ -47,24 +49,63 @@ def versions() -> dict[str, str]:
     return out
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file; a write that fails (a full disk) is dropped instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
 class Run:
-    """One command's run in ``out``: a log file ``tomohet.log`` and a ``result.json`` written at the end."""
+    """One command's run in ``out``: a log file ``tomohet.log`` and a ``result.json`` written at the end.
+
+    ``out`` is checked (a folder, creatable, writable) and locked against a second run into it
+    (:mod:`tomohet.cli.runfolder`) before anything is written. The lock is released by :meth:`finish`; use the run
+    as a context manager (``with Run(...) as run:``) so that it is released on error too and the log says why the
+    run stopped."""
 
     def __init__(self, out: Path, command: str, options: dict[str, Any]):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = prepare_out(out)
+        self.lock = RunLock(self.out, command)
+        stale = self.lock.acquire()
         self.command = command
         self.options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
         self.t0 = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.log = logging.getLogger(f"tomohet.{command}")
         self.log.setLevel(logging.INFO)
-        self.log.handlers.clear()
-        fh = logging.FileHandler(self.out / "tomohet.log", mode="a")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.log.addHandler(fh)
-        self.log.addHandler(RichHandler(console=console, show_path=False, show_time=False))
+        for h in list(self.log.handlers):
+            self.log.removeHandler(h)
+            h.close()
+        try:
+            self._file = _LogFile(self.out / "tomohet.log", mode="a")
+        except OSError as exc:
+            self.lock.release()
+            why = f"cannot write the log file ({exc.strerror or exc})"
+            raise RunFolderError(self.out / "tomohet.log", why) from exc
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(self._file)
+        self._console = RichHandler(console=console, show_path=False, show_time=False)
+        self.log.addHandler(self._console)
         self.log.info("tomohet %s %s -> %s", __version__, command, self.out)
+        if stale:
+            self.log.warning("%s", stale)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:  # why the run stopped, in its log (the console gets the error line from the CLI)
+            self.log.removeHandler(self._console)
+            self.log.error("stopped: %s: %s", exc_type.__name__, " ".join(str(exc).split()))
+        self.close()
+
+    def close(self) -> None:
+        """Release the folder's lock and close the log file (idempotent)."""
+        self.lock.release()
+        for h in (self._file, self._console):
+            self.log.removeHandler(h)
+        self._file.close()
 
     @contextmanager
     def timed(self, name: str):
@@ -87,8 +128,16 @@ class Run:
             **fields,
         }  # fmt: skip
         path = self.out / "result.json"
-        path.write_text(json.dumps(result, indent=2, default=_jsonable))
+        text = json.dumps(result, indent=2, default=_jsonable)
+        tmp = path.with_name(path.name + ".tmp")
+        try:  # atomic: a full disk leaves the previous result.json (or none), never a truncated one
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         self.log.info("wrote %s (%.1f s, peak %.0f MB)", path, self.timings["total"], result["peak_memory_mb"])
+        self.lock.release()  # the run is over (also for callers that do not use ``with``)
         return path
 
 
@@ -98,3 +147,21 @@ def _jsonable(x: Any):
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
+
+
+def stage_reporter(prog, n_particles: int, n_images: int, unit: str):
+    """A ``progress(stage, done, total)`` callback for the methods that drives one task of ``prog`` (a
+    :meth:`Run.progress` bar): the stage as its description and the rate in ``unit``/s (``n_images`` per
+    ``n_particles``), timed from the stage's start."""
+    import time
+
+    task = prog.add_task("initialising", total=n_particles, rate="")
+    t0 = [time.perf_counter(), ""]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != t0[1]:
+            t0[0], t0[1] = time.perf_counter(), stage
+        rate = done * n_images / n_particles / max(time.perf_counter() - t0[0], 1e-9)
+        prog.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f} {unit}/s")
+
+    return progress

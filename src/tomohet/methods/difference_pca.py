@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..physics.filters import soft_sphere
-from ..physics.fourier import ifft3_centered
+from ..physics.fourier import fourier_crop_volume, ifft3_centered
 from ..physics.likelihood import prepare_images
 from ..physics.projector import VolumeProjector
 from ..physics.subtomogram import insert_batched
@@ -44,7 +44,8 @@ def difference_features(
 ) -> torch.Tensor:
     """Per-particle difference volumes ``[N, s^3]`` (float32, inside a soft sphere of radius 0.45 s; ``s`` from
     :func:`feature_box`): the Wiener back-projection of each particle's residuals against ``consensus``
-    ``[D, D, D]``. ``focus_mask`` restricts the residuals to the masked region (the rest is subtracted)."""
+    ``[D, D, D]``. ``focus_mask`` (0..1, ``[D, D, D]``) restricts the difference volumes to the masked region
+    (resampled to the feature box); the signal outside it is subtracted from the images first."""
     d, apix = dataset.box, dataset.pixel_size
     small = feature_box(d, apix, resolution_A)
     proj = VolumeProjector(consensus, oversampling=2)
@@ -54,6 +55,8 @@ def difference_features(
         sub = VolumeProjector(consensus * (1 - focus_mask), oversampling=2)
     feats = []
     mask = soft_sphere(small, 0.45 * small, edge=1.5)
+    if focus_mask is not None:  # the residual images hold all differences; keep those inside the focus region
+        mask = mask * fourier_crop_volume(focus_mask.float(), small).clamp(0, 1)
     lo = d // 2 - small // 2
     for chunk in dataset.chunks(batch_size):
         p = prepare_images(dataset, chunk, max_dose=max_dose, subtract=sub)

@@ -468,5 +468,18 @@ def classify_em3d(
         method="em3d", options=asdict(opt), labels=em.posteriors.argmax(1), posteriors=em.posteriors,
         volumes=em.real_volumes(), pixel_size=dataset.pixel_size, log=em.log,
         extra={"sigma2": em.sigma2.float().numpy(), "seconds": time.perf_counter() - t0, "prepare_seconds": t_prep,
+               "prepared_spectra": em.source,
                "noise_model": opt.noise_model, **info},
     )  # fmt: skip
+
+
+def subtomogram_class_maps(dataset, labels: np.ndarray, n_classes: int, prepared: PreparedSpectra | None = None):
+    """Gold-standard class maps (:meth:`EM3DClassifier.class_reconstructions`) of ``labels`` from the subtomograms,
+    over the full band; ``prepared`` spectra of a run are reused when they cover the full band."""
+    full = EM3DOptions(n_classes=n_classes)
+    band = VolumeBand(dataset.box, dataset.box // 2)
+    reuse = prepared is not None and prepared.ds is dataset and torch.equal(prepared.band.idx, band.idx)
+    if reuse:
+        full = EM3DOptions(n_classes=full.n_classes, batch_size=prepared.opt.batch_size,
+                           oversampling=prepared.opt.oversampling)  # fmt: skip
+    return EM3DClassifier(dataset, full, prepared if reuse else None).class_reconstructions(labels, dataset.half_set)

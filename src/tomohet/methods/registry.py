@@ -44,6 +44,11 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
+def registered(name: str) -> MethodSpec | None:
+    """The method registered under ``name`` (or alias), None if there is none (does not load the built-ins)."""
+    return _METHODS.get(name)
+
+
 def methods(kind: str | None = None) -> list[MethodSpec]:
     """Registered methods (of one ``kind``), each once, in registration order."""
     _load_builtin()
@@ -98,4 +103,4 @@ def _load_builtin() -> None:
     if _LOADED[0]:
         return
     _LOADED[0] = True
-    from . import builtin  # noqa: F401
+    from . import builtin, landscape  # noqa: F401  (discrete, then continuous methods)

@@ -1,0 +1,328 @@
+"""``tomohet landscape``: continuous landscapes (PCA family: ``ppca``, ``wmd-pca``, ``msvd``; see
+:mod:`tomohet.methods.landscape`) with the outputs of DESIGN.md's contract.
+
+Writes into ``out``: ``latent.csv`` (particle name, ``z0, z1, ...``; ``latent_sd.csv`` with posterior sds where
+the method gives them), ``mean.mrc``, ``component_NN.mrc`` and ``component_NN_along_SS.mrc`` (7 maps over +-2 sd of
+latent NN), ``explained_variance.csv`` + ``.png``, ``latent_scatter.png`` and, with ``clusters``: k-means labels
+as ``rlnClassNumber`` (GMM labels as ``tomohetGmmClassNumber``) in ``particles.star`` (+ the files the next job
+reads), ``clusters.csv``, ``subsets/class_NNN_*`` per cluster and gold-standard per-cluster maps
+(``class_NNN_half1/half2/map.mrc``, FSC CSV/PNG, central sections) as ``classify`` writes them; ``result.json``
+with timings, peak memory and, where ``ground_truth.csv`` is beside the input, the metrics next to the oracle's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..analysis.plots import plot_central_slices, plot_fsc
+from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
+from ..data.annotate import write_annotated
+from ..data.mrc import read_volume, write_volume
+from ..data.subtomo import Subtomograms
+from ..errors import InputError
+from ..methods.landscape import cluster_latents, get_method, maps_along_component
+from ..methods.result import Result
+from ..physics.reconstruct import reconstruct
+from ..physics.rotations import mirror_z
+from .classify import find_ground_truth
+from .options import check_landscape, read_focus_mask, read_input
+from .runlog import Run, stage_reporter
+
+ALONG_STEPS = 7
+ALONG_SPAN_SD = 2.0
+
+
+def _name_column(ds) -> str:
+    if isinstance(ds, Subtomograms):
+        return "rlnImageName"
+    return "rlnGroupName" if ds.source_format == "warp_v1" else "rlnTomoParticleName"
+
+
+def build_options(options_cls: type, **given):
+    """An options dataclass from the values given (None = the method's default; fields it lacks are ignored)."""
+    names = {f.name for f in dataclasses.fields(options_cls)}
+    return options_cls(**{k: v for k, v in given.items() if k in names and v is not None})
+
+
+def run_landscape(
+    input_path: Path,
+    out: Path,
+    method: str = "ppca",
+    components: int = 8,
+    clusters: int | None = None,
+    seed: int = 0,
+    focus_mask: Path | None = None,
+    resolution_limit: float | None = None,
+    iterations: int | None = None,
+    tomograms: Path | None = None,
+    executor=None,
+    max_dose: float | None = None,
+    flip_hand: bool = False,
+    truth: Path | None = None,
+    class_maps: bool = True,
+    oracle: bool = True,
+    pixel_size: float | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Continuous analysis of ``input_path`` into ``out`` (see the module docstring); returns result.json's
+    content. ``oracle=False`` skips the oracle's figures (a pass over the data with every true map)."""
+    input_path, out = Path(input_path), Path(out)
+    spec = get_method(method)
+    check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size)
+    options = {k: v for k, v in locals().items() if k not in ("executor", "spec")}
+    with Run(out, "landscape", options) as run:
+        return _landscape(run, spec, input_path, run.out, method, components, clusters, seed, focus_mask,
+                          resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps,
+                          oracle, pixel_size, overwrite)  # fmt: skip
+
+
+def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask,
+               resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps, oracle,
+               pixel_size, overwrite) -> dict:  # fmt: skip
+    with run.timed("read"):
+        ds = read_input(input_path, tomograms, pixel_size)
+    run.log.info("%s", ds.summary())
+    subtomograms = isinstance(ds, Subtomograms)
+    if not spec.accepts(subtomograms):
+        kind = "3D subtomograms" if subtomograms else "2D tilt-series stacks"
+        wants = {"2d": "2D tilt-series stacks", "3d": "3D subtomograms"}.get(spec.inputs, spec.inputs)
+        raise InputError(input_path, f"method {method!r} works on {wants}, but this input holds {kind}", "--method")
+    if clusters is not None and clusters > ds.n_particles:
+        raise InputError(None, f"cannot make {clusters} clusters of {ds.n_particles} particles", "--clusters")
+    if flip_hand:
+        if subtomograms:
+            raise InputError(input_path, "--flip-hand applies to 2D tilt-series stacks", "--flip-hand")
+        ds.rotations = ds.rotations @ mirror_z()
+    mask = read_focus_mask(focus_mask, ds.box)
+    opts = build_options(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
+                         n_iter=iterations, max_dose=max_dose)  # fmt: skip
+    n_images = ds.n_particles if subtomograms else ds.n_images
+    unit = "subtomograms" if subtomograms else "images"
+    with run.progress() as prog:
+        progress = stage_reporter(prog, ds.n_particles, n_images, unit)
+
+        checkpoint = out / "checkpoint.pt"
+        if overwrite:
+            checkpoint.unlink(missing_ok=True)
+        with run.timed("landscape"):
+            try:
+                if callable(executor) and not hasattr(executor, "map_partitions"):
+                    executor = executor()  # a factory: the cluster starts once the data are read and checked
+                result = spec.fit(ds, opts, progress=progress, focus_mask=mask, executor=executor,
+                                  checkpoint=checkpoint)  # fmt: skip
+            finally:
+                if hasattr(executor, "close"):
+                    executor.close()
+    for e in result.log:
+        run.log.info("iteration %s: %.1f s, %s %s/s", e.get("iteration"), e.get("seconds", 0.0),
+                     e.get("images_per_s", "?"), unit)  # fmt: skip
+    with run.timed("write"):
+        fields = write_landscape(ds, result, out, run)
+    if clusters is not None:
+        with run.timed("clusters"):
+            fields["clusters"] = _write_clusters(ds, result, out, clusters, seed, class_maps, run)
+    truth = truth or find_ground_truth(input_path)
+    if truth is not None:
+        with run.timed("metrics"):
+            fields["metrics"] = _metrics_against_truth(ds, truth, result, fields.get("clusters"), oracle, run)
+    for key in ("consensus_resolution_A", "e_step_limit_A", "working_box", "consensus_seconds", "init_seconds"):
+        if key in result.extra:
+            fields[key] = result.extra[key]
+    secs = [e["seconds"] for e in result.log if e.get("seconds")]
+    if secs:
+        fields[f"{unit}_per_s_per_iteration"] = float(np.mean([n_images / max(s, 1e-9) for s in secs]))
+    fields["iterations"] = result.log
+    if "clusters" in fields:  # per-particle labels are in particles.star and clusters.csv, not result.json
+        fields["clusters"] = {k: v for k, v in fields["clusters"].items() if not k.startswith("labels_")}
+    run.finish(result.method, seed, **fields)
+    return json.loads((out / "result.json").read_text())
+
+
+def write_landscape(ds, result: Result, out: Path, run: Run | None = None) -> dict:
+    """The per-method outputs of a landscape ``result``: latents, maps, maps along components, spectrum, plots."""
+    out = Path(out)
+    z = np.asarray(result.latents, dtype=np.float64)
+    n_comp = z.shape[1]
+    cols = [f"z{k}" for k in range(n_comp)]
+    name_col = _name_column(ds)
+    df = pd.DataFrame(z, columns=cols)
+    df.insert(0, name_col, list(ds.names))
+    df.to_csv(out / "latent.csv", index=False, float_format="%.6g")
+    sd = result.extra.get("latent_sd")
+    if sd is not None:
+        sdf = pd.DataFrame(np.asarray(sd), columns=[f"sd{k}" for k in range(n_comp)])
+        sdf.insert(0, name_col, list(ds.names))
+        sdf.to_csv(out / "latent_sd.csv", index=False, float_format="%.6g")
+    apix = result.pixel_size
+    write_volume(out / "mean.mrc", result.extra["mean_map"], apix)
+    for k in range(n_comp):
+        write_volume(out / f"component_{k:02d}.mrc", result.volumes[k], apix)
+        values, maps = maps_along_component(result, k, ALONG_STEPS, ALONG_SPAN_SD)
+        for s in range(ALONG_STEPS):
+            write_volume(out / f"component_{k:02d}_along_{s:02d}.mrc", maps[s], apix)
+    var = np.asarray(result.extra.get("explained_variance", z.var(0)), dtype=np.float64)
+    ratio = np.asarray(result.extra.get("explained_variance_ratio", var / max(var.sum(), 1e-30)))
+    pd.DataFrame({"component": np.arange(n_comp), "explained_variance": var, "explained_variance_ratio": ratio}).to_csv(
+        out / "explained_variance.csv", index=False, float_format="%.6g"
+    )
+    _plot_spectrum(out / "explained_variance.png", var, ratio, result.method)
+    _plot_scatter(out / "latent_scatter.png", z, None, result.method)
+    if run is not None:
+        run.log.info("%d components; explained variance ratio %s", n_comp, np.round(ratio, 3).tolist())
+    return {"n_components": n_comp, "explained_variance": var.tolist(), "explained_variance_ratio": ratio.tolist(),
+            "ratio_of": result.extra.get("ratio_of", "components"), "latent_file": "latent.csv",
+            "along_steps": ALONG_STEPS, "along_span_sd": ALONG_SPAN_SD}  # fmt: skip
+
+
+def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps: bool, run: Run) -> dict:
+    """k-means and GMM clusters of the latents; particles.star, subsets and per-cluster maps as classify."""
+    z = np.asarray(result.latents, dtype=np.float64)
+    km = cluster_latents(z, k, "kmeans", seed)
+    gm = cluster_latents(z, k, "gmm", seed)
+    columns = {"rlnClassNumber": km + 1, "tomohetGmmClassNumber": gm + 1}
+    next_input = write_annotated(ds, out, columns)
+    pd.DataFrame({_name_column(ds): list(ds.names), "kmeans": km + 1, "gmm": gm + 1}).to_csv(
+        out / "clusters.csv", index=False
+    )
+    _plot_scatter(out / "latent_scatter.png", z, km, result.method)
+    subtomograms = isinstance(ds, Subtomograms)
+    recs = None
+    if subtomograms and class_maps:  # gold-standard halves from the subtomograms (as classify)
+        from ..methods.em3d import EM3DClassifier, EM3DOptions
+
+        recs = EM3DClassifier(ds, EM3DOptions(n_classes=k)).class_reconstructions(km, ds.half_set)
+    entries = []
+    for c in range(k):
+        members = np.flatnonzero(km == c)
+        entry = {"class": c + 1, "n": int(len(members)), "fraction": float(len(members) / ds.n_particles),
+                 "latent_centre": z[members].mean(0).tolist() if len(members) else None}  # fmt: skip
+        if len(members):  # the map at the cluster centre of the linear landscape
+            centre = result.extra["mean_map"] + torch.einsum(
+                "l,lzyx->zyx", torch.as_tensor(z[members].mean(0), dtype=torch.float32), result.volumes.float()
+            )
+            write_volume(out / f"class_{c + 1:03d}_centre.mrc", centre, result.pixel_size)
+        if len(members) >= 2:
+            entry["particles"] = str(write_annotated(ds, out / "subsets", columns, members, f"class_{c + 1:03d}"))
+        if class_maps and len(members) >= 4:
+            rec = recs[c] if recs is not None else reconstruct(ds, members)
+            if rec is not None:
+                for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
+                    write_volume(out / f"class_{c + 1:03d}_{name}.mrc", vol, ds.pixel_size)
+                entry["resolution_A"] = rec.resolution
+                plot_fsc(out / f"class_{c + 1:03d}_fsc.png", rec.frequencies.numpy(), {"half maps": rec.fsc.numpy()},
+                         rec.resolution)  # fmt: skip
+                np.savetxt(out / f"class_{c + 1:03d}_fsc.csv", np.stack([rec.frequencies.numpy(), rec.fsc.numpy()], 1),
+                           delimiter=",", header="frequency_per_A,fsc", comments="")  # fmt: skip
+                plot_central_slices(out / f"class_{c + 1:03d}_slices.png", rec.filtered.numpy(), f"cluster {c + 1}")
+        entries.append(entry)
+    run.log.info("clusters (k-means) sizes %s; k-means vs GMM ARI %.3f", [e["n"] for e in entries],
+                 adjusted_rand_index(km, gm))  # fmt: skip
+    return {"k": k, "classes": entries, "next_input": str(Path(next_input).name),
+            "kmeans_vs_gmm_ari": adjusted_rand_index(km, gm), "labels_kmeans": km, "labels_gmm": gm}  # fmt: skip
+
+
+def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict | None, with_oracle: bool, run: Run):
+    """|Spearman rho| of each top component with the true coordinate, ARI of the clusters, FSC of the maps at the
+    ends of the best component against the true end states, and the oracle's figures beside them."""
+    from ..benchmark.oracle import oracle
+
+    truth = pd.read_csv(truth_path)
+    key = "rlnTomoParticleName"
+    by_name = {str(n): i for i, n in enumerate(truth[key].astype(str))}
+    missing = [n for n in ds.names if str(n) not in by_name]
+    if missing:
+        raise InputError(truth_path, f"no ground truth for particle {missing[0]!r}", key)
+    rows = truth.iloc[[by_name[str(n)] for n in ds.names]]
+    z = np.asarray(result.latents, dtype=np.float64)
+    metrics: dict = {}
+    meta_path = truth_path.parent / "dataset.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    coord = rows["coordinate"].to_numpy(dtype=np.float64) if "coordinate" in rows else None
+    continuous = coord is not None and np.isfinite(coord).all() and np.ptp(coord) > 0
+    if continuous:
+        from scipy.stats import spearmanr
+
+        rep = continuous_report(coord, z)
+        per = [abs(float(spearmanr(coord, z[:, k]).statistic)) for k in range(min(3, z.shape[1]))]
+        rep["spearman_abs_per_component"] = per
+        metrics["method"] = rep
+        if meta is not None and meta.get("map_coordinates") is not None:
+            maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
+            mc = np.asarray(meta["map_coordinates"], dtype=np.float64)
+            best = rep["spearman_component"]
+            values, along = maps_along_component(result, best, ALONG_STEPS, ALONG_SPAN_SD)
+            lo, hi = (0, ALONG_STEPS - 1) if rep["spearman"] > 0 else (ALONG_STEPS - 1, 0)
+            ends = {}
+            for label, step, target in (("low", lo, int(np.argmin(mc))), ("high", hi, int(np.argmax(mc)))):
+                f = map_fsc(along[step], maps[target], ds.pixel_size)
+                ends[label] = {"coordinate": float(mc[target]), "fsc_auc": f["auc"],
+                               "resolution_0.5": f["resolution_0.5"],
+                               "resolution_0.143": f["resolution_0.143"]}  # fmt: skip
+            metrics["end_maps_fsc"] = {"component": best, "span_sd": ALONG_SPAN_SD, **ends}
+            if with_oracle and not isinstance(ds, Subtomograms):
+                o = oracle(ds, maps, meta["noise_sigma"], coordinates=mc)
+                metrics["oracle"] = continuous_report(coord, o.coordinate[:, None])
+    states = rows["state"].to_numpy() if "state" in rows else None
+    if states is not None and clusters is not None and len(np.unique(states)) > 1:
+        metrics["clusters_kmeans"] = discrete_report(states, clusters["labels_kmeans"])
+        metrics["clusters_gmm"] = discrete_report(states, clusters["labels_gmm"])
+        if (with_oracle and meta is not None and meta.get("map_coordinates") is None
+                and not isinstance(ds, Subtomograms)):  # fmt: skip
+            maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
+            o = oracle(ds, maps, meta["noise_sigma"], np.array(meta["abundances"]))
+            metrics["oracle_discrete"] = discrete_report(states, o.labels)
+    msg = []
+    if "method" in metrics:
+        msg.append(f"best top-3 |rho| {metrics['method']['spearman_abs']:.3f}")
+    if "oracle" in metrics:
+        msg.append(f"oracle |rho| {metrics['oracle']['spearman_abs']:.3f}")
+    if "clusters_kmeans" in metrics:
+        msg.append(f"k-means ARI {metrics['clusters_kmeans']['ari']:.3f}")
+    if "oracle_discrete" in metrics:
+        msg.append(f"oracle ARI {metrics['oracle_discrete']['ari']:.3f}")
+    run.log.info("against ground truth: %s", ", ".join(msg) or "no continuous coordinate or clusters to score")
+    return metrics
+
+
+def _plot_spectrum(path: Path, var: np.ndarray, ratio: np.ndarray, method: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+    ax.bar(np.arange(len(ratio)), ratio, color="tab:blue")
+    ax.set_xlabel("component")
+    ax.set_ylabel("explained variance (fraction)")
+    ax.set_title(f"{method}: latent variance per component", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_scatter(path: Path, z: np.ndarray, labels: np.ndarray | None, method: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [(0, 1), (0, 2), (1, 2)] if z.shape[1] >= 3 else [(0, 1)] if z.shape[1] == 2 else [(0, 0)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 3.2), dpi=120, squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs, strict=True):
+        y = z[:, b] if a != b else np.zeros(len(z))
+        if labels is None:
+            ax.scatter(z[:, a], y, color="tab:blue", s=4, alpha=0.7)
+        else:
+            ax.scatter(z[:, a], y, c=labels, s=4, cmap="tab10", alpha=0.7)
+        ax.set_xlabel(f"z{a}")
+        ax.set_ylabel(f"z{b}" if a != b else "")
+    fig.suptitle(f"{method} latents" + (" (k-means clusters)" if labels is not None else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,322 @@
+"""Tilt-space probabilistic PCA (``ppca``, the default landscape method): a mean map and a low-rank basis of 3D
+maps fitted directly to the 2D tilt images through the one forward model, each particle's latent estimated
+from all its tilts jointly, with its posterior covariance.
+
+Model (Tipping & Bishop 1999, J. R. Stat. Soc. B 61:611, through the forward model): particle i's map is
+``mu + sum_l z_il W_l`` with ``z_i ~ N(0, I)``; its image j is ``X_ij = H_ij P(mu + W z_i, A_ij) + N_ij`` (``H = CTF x
+exposure``, per-shell Gaussian noise power ``sigma2`` as in EM classification). EM alternates (details in
+:mod:`.ppca_pass`):
+
+- E-step: the Gaussian posterior of every particle's ``z_i`` given all its tilt images (missing tilts and
+  masked pixels simply contribute nothing, so the latent of a particle does not depend on which tilts it
+  lost, only its uncertainty does);
+- M-step: mean and basis maps jointly by solving, per Fourier voxel, the ``(L+1) x (L+1)`` normal equations
+  built from the particles' posterior moments and their own CTF^2-weighted insertions, with a Wiener-type
+  prior (signal power per shell ``tau2`` from the consensus map, as :mod:`.em2d`; for the basis a fraction
+  ``kappa`` of it, ``kappa`` re-estimated as the basis' power relative to the mean's), then masked;
+- the noise power per shell from the expected residuals.
+
+As in cryoSPARC 3DVA (Punjani & Fleet 2021, J. Struct. Biol. 213:107702) the basis is solved from the
+images, not from back-projected subtomograms, so the missing wedge enters only as missing data, and the band
+is limited (automatic band from the consensus resolution, Fourier-cropped working grid, as :mod:`.em2d`);
+as in RECOVAR (Gilles & Singer 2024, PNAS 121:e2419140121) the latents carry their posterior covariance.
+The start is the wedge-masked difference PCA (:mod:`.difference_pca`) or random latents. At the end the basis
+is orthonormalised and ordered by the variance of the latents (:func:`~.landscape.orthonormalize_basis`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..physics.filters import soft_sphere
+from ..physics.fourier import fft3_centered, radial_index_3d
+from ..physics.likelihood import shell_power
+from ..physics.projector import gridding_correction, wiener_volume
+from ..physics.reconstruct import reconstruct
+from .checkpoint import load_checkpoint, run_fingerprint
+from .difference_pca import difference_features, leading_scores
+from .em2d import auto_resolution_limit, working_size
+from .engine import map_partitions, run_iterations
+from .iteration import stage_ticker
+from .landscape import LandscapeMethod, LandscapeOptions, orthonormalize_basis, register
+from .ppca_pass import PassState, PassSums, ppca_pass
+from .result import Result
+
+
+@dataclass
+class PPCAOptions(LandscapeOptions):
+    """Options of :func:`fit_ppca` (and the common :class:`~.landscape.LandscapeOptions`)."""
+
+    n_iter: int = 15
+    init: str = "pca"  # "pca" (difference-PCA scores) or "random" (seeded Gaussian latents)
+    tau2_fudge: float = 4.0  # prior signal power multiplier (as em2d)
+    auto_band: bool = True  # no resolution limit given: the consensus map's resolution sets the band (em2d)
+    mask_radius_px: float | None = None  # soft spherical mask on the maps (default 0.45 D)
+    kappa_init: float = 0.1  # basis power relative to the mean map's, before it is estimated
+    update_noise: bool = True  # re-estimate the noise power per shell each iteration
+    cache_gb: float = 3.0  # keep prepared spectra in memory across iterations when they fit
+    tol_changes: float = 0.001  # stop when fewer particles' maps move by more than 0.1 posterior sd
+
+
+def _mirror_voxels(x: torch.Tensor, g: int) -> torch.Tensor:
+    """``x(-k)`` of per-voxel quantities ``[G^3, ...]`` on the full centred grid."""
+    v = x.reshape(g, g, g, *x.shape[1:])
+    v = torch.roll(torch.flip(v, dims=(0, 1, 2)), shifts=(1, 1, 1), dims=(0, 1, 2))
+    return v.reshape(x.shape)
+
+
+class PPCAModel:
+    """State and steps of tilt-space PPCA on one dataset (see the module docstring)."""
+
+    def __init__(self, dataset, options: PPCAOptions, executor=None, focus_mask: torch.Tensor | None = None):
+        self.ds, self.opt, self.executor = dataset, options, executor
+        d = dataset.box
+        self.d, self.L = d, options.n_components
+        self.m = working_size(d, dataset.pixel_size, options.resolution_limit_A)
+        r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
+        self.mask = soft_sphere(d, r, edge=3.0)
+        if focus_mask is not None:
+            self.mask = self.mask * focus_mask.float()
+        self.focus_mask = focus_mask
+        self.subtract: torch.Tensor | None = None
+        self.maps = torch.zeros(self.L + 1, d, d, d)
+        self.sigma2 = torch.ones(d // 2 + 1)
+        self.tau2 = torch.ones(d // 2 + 1)
+        self.kappa = options.kappa_init
+        self.mean = np.zeros((dataset.n_particles, self.L))
+        self.cov = np.zeros((dataset.n_particles, self.L, self.L))
+        self.prev: tuple[torch.Tensor, np.ndarray] | None = None  # (basis, means) of the previous E-step
+        self.log: list[dict] = []
+        per_particle = dataset.n_tilts * self.m * (self.m // 2 + 1) * 16
+        fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
+        self._cache: dict | None = {} if fits and executor is None else None
+
+    # ------------------------------------------------------------------------------------------------ passes
+    def _state(self, **kw) -> PassState:
+        o = self.opt
+        return PassState(self.maps, self.sigma2, self.m, o.resolution_limit_A, o.max_dose, o.batch_size,
+                         self.subtract, **kw)  # fmt: skip
+
+    def run_pass(self, state: PassState, progress=None) -> PassSums:
+        sums = map_partitions(ppca_pass, self.ds, state, self.opt.partition_size, self.executor, self._cache,
+                              progress)  # fmt: skip
+        order = np.argsort(sums.particles, kind="stable")
+        sums.mean, sums.cov, sums.log_likelihood = sums.mean[order], sums.cov[order], sums.log_likelihood[order]
+        return sums
+
+    def initialise(self, consensus: torch.Tensor, latents: np.ndarray, progress=None) -> None:
+        """Mean map, signal power and noise power from the consensus; then the maps from the start latents
+        (one M-step with the latents taken as known)."""
+        if self.focus_mask is not None:  # focus: the consensus outside the mask is subtracted from the images
+            self.subtract = consensus * (1 - self.focus_mask.float())
+        self.tau2 = shell_power(fft3_centered(consensus * self.mask), self.d)
+        self.maps = torch.zeros(self.L + 1, self.d, self.d, self.d)
+        self.maps[0] = consensus * self.mask
+        n = self.ds.n_particles
+        sums = self.run_pass(replace(self._state(), maps=self.maps[:1], noise_only=True, mstep=False),
+                             stage_ticker(progress, "noise power", n))  # fmt: skip
+        self._update_sigma2(sums)
+        sums = self.run_pass(self._state(latents=latents), stage_ticker(progress, "start maps", n))
+        self._m_step(sums, from_zero=True)
+
+    def _update_sigma2(self, sums: PassSums) -> None:
+        new = (sums.sig_sum / sums.sig_cnt.clamp_min(1)).float()
+        self.sigma2 = torch.where(sums.sig_cnt > 0, new, self.sigma2).clamp_min(1e-12)
+
+    def _m_step(self, sums: PassSums, from_zero: bool = False) -> None:
+        """One preconditioned Newton step on the maps: ``M += (A_v + prior)^-1 (gradient - prior M)`` per Fourier
+        voxel of the working grid, inside the band. ``A_v`` (the per-voxel ``(L+1) x (L+1)`` normal matrices from
+        the inserted CTF^2 weights) is the diagonal-in-voxels approximation of the Hessian that a Wiener
+        reconstruction divides by; because the gradient is taken with the exact projections of the current maps
+        (:mod:`.ppca_pass`), the fixed point solves the regularised least squares exactly, not the interpolation-
+        blurred approximation (a plain ``data / weight`` step stops short of it). ``from_zero``: the gradient was
+        taken at zero maps (the start), so the step is the Wiener solution itself."""
+        g, l1 = self.m, self.L + 1
+        a = sums.a + _mirror_voxels(sums.a, g)  # Hermitian completion (the matrices are real)
+        c = sums.c + _mirror_voxels(sums.c, g) * torch.tensor([1.0, -1.0], dtype=torch.float64)
+        shells = radial_index_3d(g).reshape(-1)
+        inside = shells < g / 2
+        tau = self.tau2.double()[shells.clamp(max=self.d // 2)][inside].clamp_min(1e-20) * self.opt.tau2_fudge
+        prior = torch.cat([1.0 / tau[:, None], (1.0 / (self.kappa * tau))[:, None].expand(-1, l1 - 1)], 1)
+        ai = a[inside] + torch.diag_embed(prior)
+        if from_zero:
+            cur = torch.zeros(int(inside.sum()), l1, 2, dtype=torch.float64)
+        else:  # the maps on the working grid, in the insertion's (gridding-corrected) domain
+            lo = self.d // 2 - g // 2
+            ftm = fft3_centered(self.maps * gridding_correction(self.d))[:, lo : lo + g, lo : lo + g, lo : lo + g]
+            cur = torch.view_as_real(ftm.reshape(l1, -1).T[inside]).double()
+        sol = cur + torch.linalg.solve(ai, c[inside] - prior[..., None] * cur)  # [V_in, L+1, 2]
+        ft = torch.zeros(g**3, l1, dtype=torch.complex128)
+        ft[inside] = torch.view_as_complex(sol.contiguous())
+        ft = ft.T.reshape(l1, g, g, g).to(torch.complex64)
+        one = torch.ones(())
+        self.maps = torch.stack([wiener_volume(ft[k], one, self.d, 0.0) * self.mask for k in range(l1)])
+        mu2 = float((self.maps[0] ** 2).sum())
+        if self.L > 0 and mu2 > 0:
+            self.kappa = max(float((self.maps[1:] ** 2).sum(dim=(1, 2, 3)).mean()) / mu2, 1e-6)
+
+    def _expand(self, mean: np.ndarray, cov: np.ndarray) -> None:
+        """Parameter expansion (PX-EM; Liu, Rubin & Wu 1998, Biometrika 85:755): the latents' mean ``eta`` and
+        covariance ``S = L L^T`` over the particles are absorbed into the maps, ``mu += W eta``, ``W <- W L``,
+        so the next E-step's latents are again ~N(0, I). This removes the scale drift between W and z that any
+        shrinkage of the M-step (prior, mask, interpolation) causes at high SNR, and speeds up EM."""
+        eta = mean.mean(0)
+        s = cov.mean(0) + np.cov(mean.T, bias=True).reshape(self.L, self.L)
+        lc = torch.from_numpy(np.linalg.cholesky(s + 1e-9 * np.eye(self.L))).float()
+        w = self.maps[1:].reshape(self.L, -1)
+        self.maps[0] += (torch.from_numpy(eta).float() @ w).reshape(self.maps.shape[1:])
+        self.maps[1:] = (lc.T @ w).reshape(self.maps[1:].shape)
+
+    def iterate(self, temperature: float = 1.0, progress: Callable[[int], None] | None = None) -> dict:
+        """One EM iteration: E-step with the current maps, noise power, M-step."""
+        sums = self.run_pass(self._state(), progress)
+        basis = self.maps[1:].clone()
+        changes = self._changes(basis, sums.mean, sums.cov)
+        self.prev = (basis, sums.mean)
+        self.mean, self.cov = sums.mean, sums.cov
+        if self.opt.update_noise:
+            self._update_sigma2(sums)
+        self._m_step(sums)
+        self._expand(sums.mean, sums.cov)
+        ll = float(sums.log_likelihood.sum())
+        if not math.isfinite(ll):
+            raise FloatingPointError("PPCA log-likelihood is not finite: a map or the noise power went NaN")
+        var = np.var(self.mean, axis=0)
+        return {"log_likelihood": ll, "changes": changes, "kappa": round(self.kappa, 6),
+                "latent_var": np.round(var, 4).tolist(),
+                "mean_posterior_sd": float(np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2)).mean())}  # fmt: skip
+
+    def _changes(self, basis: torch.Tensor, mean: np.ndarray, cov: np.ndarray) -> float:
+        """Fraction of particles whose map deviation ``W z`` moved by more than 0.1 of its posterior sd since
+        the previous E-step (invariant to rotations of the basis)."""
+        if self.prev is None:
+            return 1.0
+        w1, w0 = basis.reshape(self.L, -1).double(), self.prev[0].reshape(self.L, -1).double()
+        g11, g10, g00 = w1 @ w1.T, w1 @ w0.T, w0 @ w0.T
+        z1, z0 = torch.from_numpy(mean), torch.from_numpy(self.prev[1])
+        d2 = ((z1 @ g11) * z1).sum(1) - 2 * ((z1 @ g10) * z0).sum(1) + ((z0 @ g00) * z0).sum(1)
+        sd2 = torch.einsum("lk,nkl->n", g11, torch.from_numpy(cov))
+        return float((d2.clamp_min(0) > 0.01 * sd2).double().mean())
+
+    def state(self, iteration: int, finished: bool = False) -> dict:
+        return {"maps": self.maps, "sigma2": self.sigma2, "tau2": self.tau2, "kappa": self.kappa,
+                "subtract": self.subtract, "mean": self.mean, "cov": self.cov, "prev": self.prev, "log": self.log,
+                "iteration": iteration, "finished": finished,
+                "resolution_limit_A": self.opt.resolution_limit_A}  # fmt: skip
+
+    def restore(self, s: dict) -> None:
+        self.maps, self.sigma2, self.tau2, self.kappa = s["maps"], s["sigma2"], s["tau2"], s["kappa"]
+        self.subtract, self.mean, self.cov, self.prev, self.log = (
+            s["subtract"],
+            s["mean"],
+            s["cov"],
+            s["prev"],
+            s["log"],
+        )
+
+
+def start_latents(dataset, consensus: torch.Tensor, opt: PPCAOptions, focus_mask=None, progress=None) -> np.ndarray:
+    """Start latents ``[N, L]`` with unit variance per column: the leading difference-PCA scores (wedge-masked
+    per-particle difference volumes, :func:`~.difference_pca.difference_features`) or seeded Gaussian noise."""
+    n, q = dataset.n_particles, opt.n_components
+    if opt.init == "random":
+        return np.random.default_rng(opt.seed).standard_normal((n, q))
+    if opt.init != "pca":
+        raise ValueError(f"unknown init {opt.init!r} (pca, random)")
+    feats = difference_features(dataset, consensus, max_dose=opt.max_dose, focus_mask=focus_mask,
+                                batch_size=opt.batch_size, progress=progress).float()  # fmt: skip
+    x = feats - feats.mean(0)
+    x /= x.std(0).clamp_min(1e-12).mean()
+    z = leading_scores(x, min(q, *x.shape), opt.seed).numpy()
+    if z.shape[1] < q:  # more components than the features support: pad with seeded noise
+        z = np.concatenate([z, np.random.default_rng(opt.seed).standard_normal((n, q - z.shape[1]))], 1)
+    return z / np.maximum(z.std(0), 1e-12)
+
+
+def fit_ppca(
+    dataset,
+    options: PPCAOptions,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    focus_mask: torch.Tensor | None = None,
+    executor=None,
+    checkpoint: Path | None = None,
+) -> Result:
+    """Tilt-space PPCA of a :class:`~tomohet.data.model.TiltSeriesParticles` dataset (landscape contract:
+    :mod:`.landscape`). ``focus_mask`` ``[D, D, D]`` (0..1) restricts the maps to a region (the consensus
+    outside it is subtracted from the images); ``checkpoint`` (a file) is written after every iteration and a
+    run resumes from it; ``executor`` runs the per-particle passes on Dask workers (same result)."""
+    opt = options
+    if opt.n_components < 1:
+        raise ValueError(f"n_components must be at least 1, got {opt.n_components}")
+    n, t0 = dataset.n_particles, time.perf_counter()
+    fingerprint = run_fingerprint("ppca", asdict(opt), dataset)
+    saved = load_checkpoint(checkpoint, fingerprint)
+    info: dict = {}
+    if saved is not None:
+        opt = replace(opt, resolution_limit_A=saved["resolution_limit_A"])
+        model = PPCAModel(dataset, opt, executor, focus_mask)
+        model.restore(saved)
+        start, finished = saved["iteration"], saved["finished"]
+    else:
+        ts = time.perf_counter()
+        rec = reconstruct(dataset, oversampling=1, progress=stage_ticker(progress, "consensus map", n))
+        info["consensus_seconds"] = round(time.perf_counter() - ts, 2)
+        info["consensus_resolution_A"] = round(rec.resolution, 2)
+        if opt.resolution_limit_A is None and opt.auto_band:
+            opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box,
+                                                                        dataset.pixel_size))  # fmt: skip
+        model = PPCAModel(dataset, opt, executor, focus_mask)
+        ts = time.perf_counter()
+        z0 = start_latents(dataset, rec.full, opt, focus_mask, stage_ticker(progress, "start latents", n))
+        model.initialise(rec.full, z0, progress)
+        info["init_seconds"] = round(time.perf_counter() - ts, 2)
+        start, finished = 0, False
+    run_iterations(model, n_iter=opt.n_iter, start=start, finished=finished, tol_changes=opt.tol_changes,
+                   n_particles=n, n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
+                   fingerprint=fingerprint)  # fmt: skip
+    # final E-step: the latents of the final maps
+    sums = model.run_pass(model._state(mstep=False), stage_ticker(progress, "latents", n))
+    return _result(dataset, opt, model, sums, {**info, "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def _result(dataset, opt: PPCAOptions, model: PPCAModel, sums: PassSums, info: dict) -> Result:
+    ortho = orthonormalize_basis(model.maps[0], model.maps[1:], sums.mean, sums.cov)
+    var = ortho["variance"]
+    fitted = {"maps": model.maps, "transform": ortho["transform"], "offset": ortho["offset"],
+              "sigma2": model.sigma2, "subtract": model.subtract, "size": model.m,
+              "resolution_limit_A": opt.resolution_limit_A}  # fmt: skip
+    extra = {
+        "mean_map": ortho["mean_map"], "explained_variance": var,
+        "explained_variance_ratio": var / max(float(var.sum()), 1e-30), "ratio_of": "components",
+        "latent_sd": ortho["latent_sd"], "orthonormal": True, "sigma2": model.sigma2.numpy(),
+        "e_step_limit_A": round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2), "working_box": model.m,
+        "log_likelihood": float(sums.log_likelihood.sum()), "model": fitted, **info,
+    }  # fmt: skip
+    return Result(method="ppca", options=asdict(opt), latents=ortho["latents"], volumes=ortho["volumes"],
+                  pixel_size=dataset.pixel_size, log=model.log, extra=extra)  # fmt: skip
+
+
+def infer_latents(dataset, result: Result, particles: np.ndarray | None = None, batch_size: int = 32):
+    """Posterior means and standard deviations ``([n, L], [n, L])`` of the latents of ``particles`` (default all)
+    of ``dataset`` under a fitted PPCA ``result``, in the result's (orthonormal) coordinates."""
+    f = result.extra["model"]
+    idx = np.arange(dataset.n_particles) if particles is None else np.asarray(particles)
+    state = PassState(f["maps"], f["sigma2"], f["size"], f["resolution_limit_A"], result.options.get("max_dose"),
+                      batch_size, f["subtract"], mstep=False)  # fmt: skip
+    sums = ppca_pass(dataset, idx, state)
+    tr = f["transform"].numpy() if isinstance(f["transform"], torch.Tensor) else np.asarray(f["transform"])
+    mean = sums.mean @ tr.T - np.asarray(f["offset"])
+    sd = np.sqrt(np.maximum(np.einsum("al,nlm,am->na", tr, sums.cov, tr), 0))
+    return mean, sd
+
+
+_DESCRIPTION = "tilt-space probabilistic PCA: mean + low-rank basis fitted to the 2D tilt images by EM"
+register(LandscapeMethod("ppca", fit_ppca, PPCAOptions, "2d", _DESCRIPTION))

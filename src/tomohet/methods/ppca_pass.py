@@ -1,0 +1,214 @@
+"""One pass of tilt-space probabilistic PCA over a partition of particles: the E-step (each particle's latent
+posterior from all its tilts jointly) and the sums of the M-step and of the noise power. The model and the
+loop are in :mod:`.ppca`.
+
+Model: ``X_ij = H_ij P(mu + sum_l z_il W_l, A_ij) + N_ij`` on the Fourier-cropped working grid, ``z_i ~ N(0, I)``,
+Gaussian noise with power ``sigma2(shell)`` per full-spectrum coefficient (``physics.likelihood``). With
+``B_ijl = H_ij P(W_l, A_ij)`` and ``r_ij = X_ij - H_ij P(mu, A_ij)``, the log-likelihood of particle i in ``z`` is
+``-1/2 sum_j sum_k q_k |r_ijk - B_ijk z|^2`` (``q = multiplicity / sigma2`` on valid pixels), so the posterior
+is Gaussian with precision ``I + G_i``, ``G_i = sum_j Re(B_ij^H diag(q) B_ij)``, and mean ``Cov_i b_i``,
+``b_i = sum_j Re(B_ij^H diag(q) r_ij)`` (Tipping & Bishop 1999, J. R. Stat. Soc. B 61:611; for cryo-EM images
+through a CTF: cryoSPARC 3DVA, Punjani & Fleet 2021, J. Struct. Biol. 213:107702, and RECOVAR, Gilles & Singer
+2024, PNAS 121:e2419140121, whose tilt-series mode sums over a particle's tilts the same way).
+
+M-step sums: with ``y_i = (1, z_i)`` the expected complete log-likelihood is quadratic in the L+1 maps
+``(mu, W_1..W_L)``; its normal equations couple the maps per Fourier voxel v through
+``A_v = sum_i E[y_i y_i^T] D_i(v)`` and ``c_v = sum_i E[y_i] R_i(v)``, where ``D_i`` and ``R_i`` are particle i's own
+insertions (trilinear, the kernel of :class:`~tomohet.physics.projector.FourierAccumulator`) of
+``H^2 / sigma2`` and ``H X / sigma2``. Inserting per particle and contracting with the ``(L+1) x (L+1)`` moments
+afterwards costs one 3-channel insertion per image instead of ``(L+1)(L+2)/2`` weight insertions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..physics.likelihood import ImageBand, PreparedImages, prepare_images
+from ..physics.projector import VolumeProjector, slice_coordinates
+
+
+@dataclass
+class PassState:
+    """What one pass needs (picklable: sent to Dask workers)."""
+
+    maps: torch.Tensor  # [1+L, D, D, D]: mean map then basis maps
+    sigma2: torch.Tensor  # [D//2+1] noise power per shell
+    size: int  # working box M
+    resolution_limit_A: float | None
+    max_dose: float | None
+    batch_size: int
+    subtract: torch.Tensor | None = None  # consensus outside the focus mask, removed from the images
+    latents: np.ndarray | None = None  # [N, L] given latents: M-step sums from them (no E-step)
+    mstep: bool = True  # accumulate the M-step sums
+    noise_only: bool = False  # only the noise power of the residuals against the mean map (maps = [mean])
+
+
+@dataclass
+class PassSums:
+    """Sums of one partition, merged in partition order (results do not depend on where partitions ran)."""
+
+    particles: np.ndarray  # [n]
+    mean: np.ndarray  # [n, L] posterior means
+    cov: np.ndarray  # [n, L, L] posterior covariances
+    log_likelihood: np.ndarray  # [n] marginal log-likelihood (up to a constant independent of the model)
+    a: torch.Tensor | None  # [G^3, L+1, L+1] M-step matrices (not Hermitian-completed)
+    c: torch.Tensor | None  # [G^3, L+1, 2] M-step gradients (re, im) at the pass's maps
+    sig_sum: torch.Tensor  # [D//2+1]
+    sig_cnt: torch.Tensor
+
+    def merge(self, other: PassSums) -> PassSums:
+        def add(x, y):
+            return None if x is None else x + y
+
+        return PassSums(
+            np.concatenate([self.particles, other.particles]), np.concatenate([self.mean, other.mean]),
+            np.concatenate([self.cov, other.cov]), np.concatenate([self.log_likelihood, other.log_likelihood]),
+            add(self.a, other.a), add(self.c, other.c), self.sig_sum + other.sig_sum, self.sig_cnt + other.sig_cnt,
+        )  # fmt: skip
+
+
+def prepared_chunk(ds, chunk: np.ndarray, state: PassState, cache: dict | None, sub) -> PreparedImages:
+    """Prepared spectra of a chunk on the working grid, from ``cache`` (keyed by first index and length)."""
+    key = (int(chunk[0]), len(chunk))
+    p = cache.get(key) if cache is not None else None
+    if p is None:
+        p = prepare_images(ds, chunk, size=state.size, max_dose=state.max_dose, subtract=sub)
+        if cache is not None:
+            cache[key] = p
+    return p
+
+
+def insert_per_particle(
+    values: torch.Tensor, rotations: torch.Tensor, n_particles: int, n_tilts: int, grid: int
+) -> torch.Tensor:
+    """Trilinear insertion of each particle's images into its own grid: ``values`` ``[B*T, M, M//2+1, C]`` real
+    channels (particle-major), ``rotations`` ``[B*T, 3, 3]`` -> sums ``[B, G^3, C]`` on the full centred grid
+    (``scale = G / M``), before Hermitian completion. Same kernel, band (radius < M/2) and Friedel halving of the
+    kx = 0 column as :class:`~tomohet.physics.projector.FourierAccumulator`, so completing the particle sums
+    (``x(k) + conj x(-k)``) equals inserting the images there."""
+    bt, m, mh, nch = values.shape
+    g = grid
+    coords, inband = slice_coordinates(rotations, m, g / m)  # [BT, M, Mh, 3], [M, Mh]
+    half = torch.ones(m, mh)
+    half[:, 0] = 0.5
+    keep = (inband * half).reshape(-1)
+    sel = keep.nonzero().squeeze(1)
+    npix = len(sel)
+    cc = coords.reshape(bt, m * mh, 3)[:, sel].reshape(-1, 3) + g // 2
+    vals = (values.reshape(bt, m * mh, nch)[:, sel] * keep[sel][None, :, None]).reshape(-1, nch)
+    base = (torch.arange(n_particles).repeat_interleave(n_tilts)[:, None].expand(bt, npix).reshape(-1)) * g**3
+    c0 = torch.floor(cc)
+    f = cc - c0
+    lo = c0.long()
+    out = torch.zeros(n_particles * g**3 * nch, dtype=torch.float32)
+    ch = torch.arange(nch)
+    for dz in (0, 1):
+        iz = lo[:, 2] + dz
+        wz = f[:, 2] if dz else 1 - f[:, 2]
+        for dy in (0, 1):
+            iy = lo[:, 1] + dy
+            wzy = wz * (f[:, 1] if dy else 1 - f[:, 1])
+            for dx in (0, 1):
+                ix = lo[:, 0] + dx
+                ok = (ix >= 0) & (ix < g) & (iy >= 0) & (iy < g) & (iz >= 0) & (iz < g)
+                w = wzy * (f[:, 0] if dx else 1 - f[:, 0]) * ok
+                flat = base + (iz.clamp(0, g - 1) * g + iy.clamp(0, g - 1)) * g + ix.clamp(0, g - 1)
+                out.index_add_(0, (flat[:, None] * nch + ch).reshape(-1), (vals * w[:, None]).reshape(-1))
+    return out.reshape(n_particles, g**3, nch)
+
+
+def ppca_pass(
+    ds, particles: np.ndarray, state: PassState, cache: dict | None = None, progress: Callable | None = None
+) -> PassSums:
+    """E-step, M-step sums and noise-power sums of one partition of particles (the map of the map/reduce)."""
+    d, m = ds.box, state.size
+    band = ImageBand(d, ds.pixel_size, state.resolution_limit_A, m)
+    n_comp = state.maps.shape[0] - 1
+    proj = None if state.latents is not None else VolumeProjector(state.maps, oversampling=2, out_size=m)
+    sub = VolumeProjector(state.subtract, oversampling=2, out_size=m) if state.subtract is not None else None
+    inv_s2 = band.per_pixel(1.0 / state.sigma2)
+    qpix = band.weight * inv_s2  # [M, Mh] multiplicity / sigma2 inside the band
+    log_norm = (band.weight * band.per_pixel(torch.log(state.sigma2))).reshape(-1)  # Gaussian normaliser x 2
+    sig_sum = torch.zeros(band.n_shells, dtype=torch.float64)
+    sig_cnt = torch.zeros(band.n_shells, dtype=torch.float64)
+    a_sum = torch.zeros(m**3, n_comp + 1, n_comp + 1, dtype=torch.float64) if state.mstep else None
+    g_sum = torch.zeros(m**3, 2 * (n_comp + 1), dtype=torch.float64) if state.mstep else None
+    means, covs, lls = [], [], []
+    eye = torch.eye(n_comp, dtype=torch.float64)
+    for chunk in ds.chunks(state.batch_size, particles):
+        p = prepared_chunk(ds, chunk, state, cache, sub)
+        b, t = p.n_particles, p.n_tilts
+        n, npx = b * t, m * (m // 2 + 1)
+        if state.latents is not None:  # given latents (the start): no E-step
+            mean = torch.as_tensor(state.latents[chunk], dtype=torch.float64)
+            cov = torch.zeros(b, n_comp, n_comp, dtype=torch.float64)
+            ll = torch.zeros(b, dtype=torch.float64)
+        else:
+            pr = proj.project_ft(p.rotations)  # [1+L, BT, M, Mh]
+            resid = (p.x - pr[0] * p.h) * p.valid  # [BT, M, Mh]
+            q = (qpix * p.valid).reshape(n, npx)  # [BT, P]
+            rr = torch.view_as_real(resid).reshape(n, npx, 2)
+            r2q = (rr.square().sum(-1) * q).sum(1).reshape(b, t).sum(1).double()  # [B]
+            r2q += (p.valid.reshape(n, npx) * log_norm).sum(1).reshape(b, t).sum(1).double()
+            if state.noise_only:
+                s, c = band.shell_sums(resid.abs() ** 2, p.valid)
+                sig_sum += s
+                sig_cnt += c
+                if progress:
+                    progress(len(chunk))
+                continue
+            bf = torch.view_as_real(pr[1:] * p.h).permute(1, 0, 2, 3, 4).reshape(n, n_comp, npx, 2)
+            bq = bf * q[:, None, :, None]
+            bf, bq = bf.reshape(n, n_comp, 2 * npx), bq.reshape(n, n_comp, 2 * npx)
+            gram = torch.bmm(bq, bf.transpose(1, 2)).reshape(b, t, n_comp, n_comp).sum(1).double()  # [B, L, L]
+            bvec = torch.bmm(bq, rr.reshape(n, 2 * npx, 1)).reshape(b, t, n_comp).sum(1).double()  # [B, L]
+            prec = eye + gram
+            chol = torch.linalg.cholesky(prec)
+            cov = torch.cholesky_inverse(chol)
+            mean = (cov @ bvec[:, :, None])[..., 0]
+            logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+            ll = -0.5 * (r2q - (bvec * mean).sum(-1) + logdet)
+            # noise power: E|r - B z|^2 = |r - B m|^2 + sum_lk C_lk Re(B_l^* B_k) per pixel
+            m_img = mean.float().repeat_interleave(t, 0)  # [BT, L]
+            c_img = cov.float().repeat_interleave(t, 0)  # [BT, L, L]
+            e = rr.reshape(n, 2 * npx) - (m_img[:, :, None] * bf).sum(1)
+            quad = (torch.bmm(c_img, bf) * bf).sum(1)  # [BT, 2P]
+            r2 = (e.square() + quad).reshape(n, npx, 2).sum(-1).reshape(n, m, m // 2 + 1)
+            s, c = band.shell_sums(r2 * p.valid, p.valid)
+            sig_sum += s
+            sig_cnt += c
+        means.append(mean.numpy())
+        covs.append(cov.numpy())
+        lls.append(ll.numpy())
+        if state.mstep:
+            hw = p.h * p.valid * inv_s2 * band.inside  # [BT, M, Mh]: H / sigma2 in the band
+            y = torch.cat([torch.ones(b, 1, dtype=torch.float64), mean], 1)  # E[(1, z)]
+            yy = y[:, :, None] * y[:, None, :]
+            yy[:, 1:, 1:] += cov  # E[(1, z)(1, z)^T]
+            # gradient of the expected log-likelihood in the maps: E[y_k] H X - H^2 P(sum_l E[y_k y_l] M_l)
+            grad = y.float().repeat_interleave(t, 0)[:, :, None, None] * (p.x * hw)[:, None]  # [BT, L+1, M, Mh]
+            if state.latents is None:
+                grad = (
+                    grad
+                    - torch.einsum("nkl,lnxy->nkxy", yy.float().repeat_interleave(t, 0).to(pr.dtype), pr)
+                    * (p.h * hw)[:, None]
+                )
+            vals = torch.view_as_real(grad).permute(0, 2, 3, 1, 4).reshape(n, m, m // 2 + 1, 2 * (n_comp + 1))
+            g_sum += insert_per_particle(vals, p.rotations, 1, n, m)[0].double()
+            ins = insert_per_particle((p.h * hw)[..., None], p.rotations, b, t, m)[..., 0]  # [B, G^3]
+            a_sum += torch.einsum("bv,bij->vij", ins.double(), yy)
+        if progress:
+            progress(len(chunk))
+    n_p = len(particles)
+    cat = np.concatenate
+    return PassSums(
+        np.asarray(particles),
+        cat(means) if means else np.zeros((n_p, n_comp)),
+        cat(covs) if covs else np.zeros((n_p, n_comp, n_comp)),
+        cat(lls) if lls else np.zeros(n_p),
+        a_sum, None if g_sum is None else g_sum.reshape(m**3, n_comp + 1, 2), sig_sum, sig_cnt,
+    )  # fmt: skip
