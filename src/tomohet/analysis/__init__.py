@@ -1,0 +1,3 @@
+"""Analysis of finished runs: plots (FSC curves, central sections)."""
+
+__all__ = ["plots"]

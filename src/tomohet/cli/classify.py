@@ -13,7 +13,6 @@ from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import discrete_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.subtomo import Subtomograms
 from ..errors import InputError
 from ..methods.em3d import subtomogram_class_maps
 from ..methods.registry import build_options, fit, get_method
@@ -105,7 +104,7 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         except InputError as exc:
             truth_problem = f"metrics skipped: {exc}"
             run.log.warning("%s", truth_problem)
-    subtomograms = isinstance(ds, Subtomograms)
+    subtomograms = ds.kind == "3d"
     if subtomograms:  # 3D input: only the 3D EM applies, on the volumes as they are
         for given, flag in ((method != "em3d", "--method"), (flip_hand, "--flip-hand"), (max_dose is not None,
                             "--max-dose"), (focus_mask is not None, "--focus-mask")):  # fmt: skip
@@ -230,7 +229,7 @@ def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np
     states = np.array(truth["state"].tolist())
     metrics = {"method": discrete_report(states, labels)}
     meta_path = truth_path.parent / "dataset.json"
-    if meta_path.exists() and not isinstance(ds, Subtomograms):  # the oracle scores the 2D tilt images
+    if meta_path.exists() and ds.kind == "2d":  # the oracle scores the 2D tilt images
         try:
             meta = json.loads(meta_path.read_text())
             maps = None

@@ -24,7 +24,6 @@ from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.subtomo import Subtomograms
 from ..errors import InputError
 from ..methods.landscape import cluster_latents, get_method, maps_along_component
 from ..methods.result import Result
@@ -39,7 +38,7 @@ ALONG_SPAN_SD = 2.0
 
 
 def _name_column(ds) -> str:
-    if isinstance(ds, Subtomograms):
+    if ds.kind == "3d":
         return "rlnImageName"
     return "rlnGroupName" if ds.source_format == "warp_v1" else "rlnTomoParticleName"
 
@@ -88,7 +87,7 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
     with run.timed("read"):
         ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
-    subtomograms = isinstance(ds, Subtomograms)
+    subtomograms = ds.kind == "3d"
     if not spec.accepts(subtomograms):
         kind = "3D subtomograms" if subtomograms else "2D tilt-series stacks"
         wants = {"2d": "2D tilt-series stacks", "3d": "3D subtomograms"}.get(spec.inputs, spec.inputs)
@@ -191,7 +190,7 @@ def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps
         out / "clusters.csv", index=False
     )
     _plot_scatter(out / "latent_scatter.png", z, km, result.method)
-    subtomograms = isinstance(ds, Subtomograms)
+    subtomograms = ds.kind == "3d"
     recs = None
     if subtomograms and class_maps:  # gold-standard halves from the subtomograms (as classify)
         from ..methods.em3d import EM3DClassifier, EM3DOptions
@@ -265,7 +264,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
                                "resolution_0.5": f["resolution_0.5"],
                                "resolution_0.143": f["resolution_0.143"]}  # fmt: skip
             metrics["end_maps_fsc"] = {"component": best, "span_sd": ALONG_SPAN_SD, **ends}
-            if with_oracle and not isinstance(ds, Subtomograms):
+            if with_oracle and ds.kind == "2d":
                 o = oracle(ds, maps, meta["noise_sigma"], coordinates=mc)
                 metrics["oracle"] = continuous_report(coord, o.coordinate[:, None])
     states = rows["state"].to_numpy() if "state" in rows else None
@@ -273,7 +272,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
         metrics["clusters_kmeans"] = discrete_report(states, clusters["labels_kmeans"])
         metrics["clusters_gmm"] = discrete_report(states, clusters["labels_gmm"])
         if (with_oracle and meta is not None and meta.get("map_coordinates") is None
-                and not isinstance(ds, Subtomograms)):  # fmt: skip
+                and ds.kind == "2d"):  # fmt: skip
             maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
             o = oracle(ds, maps, meta["noise_sigma"], np.array(meta["abundances"]))
             metrics["oracle_discrete"] = discrete_report(states, o.labels)

@@ -4,7 +4,6 @@ expected (the CLI prints it as ``error: ...`` and exits with code 2)."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -110,7 +109,7 @@ def check_classes_fit(n_classes: int, n_particles: int, input_path: Path) -> Non
 
 def check_max_dose(ds, max_dose: float | None) -> None:
     """Every particle keeps at least one image under ``--max-dose`` (else it could not be classified)."""
-    if max_dose is None or not hasattr(ds, "dose"):
+    if max_dose is None or ds.kind != "2d":
         return
     kept = ((ds.dose <= max_dose) & ds.visible.bool()).any(1)
     if not bool(kept.all()):
@@ -140,17 +139,6 @@ def read_input(path: Path, tomograms: Path | None, pixel_size: float | None, sta
     from ..data import io
 
     reader = io.read_particles if stacks_only else io.read_any
-    if pixel_size is None:
-        return reader(path, tomograms)
-    if "pixel_size" not in inspect.signature(reader).parameters:
-        if stacks_only and "pixel_size" in inspect.signature(io.read_any).parameters:
-            from ..data.subtomo import Subtomograms
-
-            ds = io.read_any(path, tomograms, pixel_size=pixel_size)
-            if isinstance(ds, Subtomograms):
-                raise InputError(path, "holds 3D subtomograms; this command needs 2D tilt-series stacks")
-            return ds
-        raise OptionError("--pixel-size", "this version of tomohet's readers cannot take a pixel size yet")
     return reader(path, tomograms, pixel_size=pixel_size)
 
 

@@ -2,3 +2,5 @@
 
 ``read_particles(path)`` recognises the input by content and returns a dataset object.
 """
+
+__all__ = ["annotate", "images", "io", "model", "mrc", "relion5", "star", "subtomo", "validate", "warp_v1"]

@@ -55,7 +55,7 @@ def write_annotated(
         blocks[name] = df[np.isin(particle, keep)].reset_index(drop=True)
         write_star(blocks, path)
         return path
-    if isinstance(dataset, Subtomograms):
+    if dataset.kind == "3d":
         return _write_subtomograms(dataset, out_dir / f"{stem}particles.star", columns, keep)
     raise ValueError(f"cannot write particles of a {dataset.source_format!r} dataset")
 

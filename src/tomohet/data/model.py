@@ -8,14 +8,40 @@ across the tilted specimen), angles in degrees, doses in e/A^2 (cumulative befor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from .images import ImageSource
+
+DatasetKind = Literal["2d", "3d"]
+
+
+@runtime_checkable
+class ParticleDataset(Protocol):
+    """What every method may rely on, whatever the data: ``kind`` says which of the two the dataset is,
+    ``"2d"`` tilt-series stacks (:class:`TiltSeriesParticles`) or ``"3d"`` subtomograms
+    (:class:`~tomohet.data.subtomo.Subtomograms`); methods branch on it, never on attributes."""
+
+    kind: ClassVar[DatasetKind]
+    names: list[str]
+    box: int
+    pixel_size: float
+    half_set: np.ndarray
+    ctf_premultiplied: bool
+
+    @property
+    def n_particles(self) -> int: ...
+
+    def chunks(self, size: int, particles: np.ndarray | None = None) -> Iterator[np.ndarray]: ...
+
+    def batch(self, particles: np.ndarray) -> Any: ...
+
+    def summary(self) -> str: ...
 
 
 def particle_chunks(n_particles: int, size: int, particles: np.ndarray | None = None):
@@ -53,6 +79,8 @@ class TiltSeriesParticles:
     counts are handled by ``visible``. ``tables`` keeps the source file's tables so that writers can
     reproduce them (same rows, same names) with added columns.
     """
+
+    kind: ClassVar[DatasetKind] = "2d"
 
     names: list[str]
     box: int

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mrcfile
 import numpy as np
@@ -35,7 +35,7 @@ import torch
 from ..errors import InputError
 from ..physics.rotations import euler_to_matrix, matrix_to_euler, mirror_z
 from ..physics.subtomogram import batch_subtomograms, from_fftw_half, relion31_form, to_fftw_half
-from .model import TiltSeriesParticles, particle_chunks
+from .model import DatasetKind, TiltSeriesParticles, particle_chunks
 from .mrc import write_volume
 from .star import block_as_frame, int_column, numeric_column, read_star, require_columns, resolve_path, write_star
 from .validate import check_box, check_flag, check_half_sets, check_pixel_size, check_positive, check_unique
@@ -59,6 +59,8 @@ class SubtomogramBatch:
 @dataclass
 class Subtomograms:
     """N 3D subtomograms of box D at ``pixel_size`` Angstrom, read lazily from their MRC files."""
+
+    kind: ClassVar[DatasetKind] = "3d"
 
     names: list[str]
     box: int

@@ -50,23 +50,27 @@ def run_iterations(
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint: Path | None = None,
     fingerprint: dict[str, Any] | None = None,
+    schedule: Callable[[int], float] | None = None,
+    final_temperature: float = 1.0,
+    stage: str = "",
 ) -> None:
     """Run ``model.iterate`` from iteration ``start`` (0-based) up to ``n_iter`` at the annealing temperature
     (:func:`~.iteration.anneal_temperature`); stop when fewer than ``tol_changes`` of the particles change
-    (after 3 iterations, at temperature 1). Each log entry gets ``iteration`` (1-based), ``seconds``,
-    ``images_per_s`` (tilt images or subtomograms) and ``particles_per_s``. A ``finished`` run (resumed from a
-    converged checkpoint) does nothing."""
+    (after 3 iterations, at ``final_temperature``). ``schedule(iteration)`` replaces the annealing schedule (e.g.
+    hill climbing's cooling to 0); ``stage`` prefixes the progress label. Each log entry gets ``iteration``
+    (1-based), ``seconds``, ``images_per_s`` (tilt images or subtomograms) and ``particles_per_s``. A
+    ``finished`` run (resumed from a converged checkpoint) does nothing."""
     if finished:
         return
     for it in range(start, n_iter):
-        temp = anneal_temperature(it, n_iter, anneal_start)
+        temp = anneal_temperature(it, n_iter, anneal_start) if schedule is None else schedule(it)
         ti = time.perf_counter()
-        entry = model.iterate(temp, stage_ticker(progress, f"iteration {it + 1}/{n_iter}", n_particles))
+        entry = model.iterate(temp, stage_ticker(progress, f"{stage}iteration {it + 1}/{n_iter}", n_particles))
         dt = max(time.perf_counter() - ti, 1e-9)
         entry.update(iteration=it + 1, seconds=round(dt, 3), images_per_s=round(n_images / dt, 1),
                      particles_per_s=round(n_particles / dt, 1))  # fmt: skip
         model.log.append(entry)
-        converged = it >= 2 and temp == 1.0 and entry["changes"] < tol_changes
+        converged = it >= 2 and temp == final_temperature and entry["changes"] < tol_changes
         if checkpoint is not None and fingerprint is not None:
             save_checkpoint(checkpoint, {**model.state(it + 1, converged), "n_iter": n_iter}, fingerprint)
         if converged:

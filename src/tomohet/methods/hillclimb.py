@@ -40,7 +40,7 @@ from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
 from .difference_pca import difference_pca_labels
 from .em2d import EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
-from .iteration import stage_ticker
+from .engine import run_iterations
 from .result import Result
 
 
@@ -199,6 +199,32 @@ def _initial_labels(ds, opt: HillClimbOptions, run: int, pca_features: np.ndarra
     raise ValueError(f"unknown init {opt.init!r} (random, pca)")
 
 
+class _HillClimbModel:
+    """One hill-climbing run as a model of the engine: each step is an EM iteration whose assignment rule is
+    :class:`HillClimbAssign` at the step's temperature; logs the hard log-likelihood and its scale."""
+
+    def __init__(self, em: EMClassifier, opt: HillClimbOptions, run: int):
+        self.em, self.opt, self.run = em, opt, run
+        self.log: list[dict] = []
+        self.scale: float | None = None
+        self.it = 0
+
+    def iterate(self, temperature: float, progress=None) -> dict:
+        em, n = self.em, self.em.ds.n_particles
+        rule = HillClimbAssign(em.posteriors.argmax(1), temperature, self.opt.seed, self.run, self.it,
+                               self.opt.acceptance, self.scale)  # fmt: skip
+        entry = em.iterate(1.0, progress, assign=rule)
+        labels = em.posteriors.argmax(1)
+        self.scale = ll_spread(em.log_likelihood, labels)
+        entry.update(run=self.run, temperature=temperature, ll_scale=self.scale,
+                     hard_log_likelihood=float(em.log_likelihood[np.arange(n), labels].sum()))  # fmt: skip
+        self.it += 1
+        return entry
+
+    def state(self, iteration: int, finished: bool = False) -> dict:  # runs are checkpointed whole
+        return {}
+
+
 def _run_once(
     ds, opt: HillClimbOptions, run: int, labels: np.ndarray, consensus: torch.Tensor, shared: dict, executor, progress
 ) -> dict:
@@ -212,25 +238,11 @@ def _run_once(
     if "sigma2" not in shared:
         shared["sigma2"] = initial_sigma2(em, consensus)
     em.sigma2 = shared["sigma2"].clone()
-    n = ds.n_particles
-    log: list[dict] = []
-    scale = None
-    for it in range(opt.n_iter):
-        temp = temperature_at(opt, it)
-        current = em.posteriors.argmax(1)
-        rule = HillClimbAssign(current, temp, opt.seed, run, it, opt.acceptance, scale)
-        tick = stage_ticker(progress, f"run {run + 1}/{opt.n_runs} iteration {it + 1}/{opt.n_iter}", n)
-        ti = time.perf_counter()
-        entry = em.iterate(1.0, tick, assign=rule)
-        labels = em.posteriors.argmax(1)
-        hard_ll = float(em.log_likelihood[np.arange(n), labels].sum())
-        scale = ll_spread(em.log_likelihood, labels)
-        seconds = time.perf_counter() - ti
-        entry.update(run=run, iteration=it + 1, temperature=temp, hard_log_likelihood=hard_ll, ll_scale=scale,
-                     seconds=round(seconds, 2), images_per_s=round(ds.n_images / seconds, 1))  # fmt: skip
-        log.append(entry)
-        if temp == 0.0 and it >= 2 and entry["changes"] < opt.tol_changes:
-            break
+    model = _HillClimbModel(em, opt, run)
+    run_iterations(model, n_iter=opt.n_iter, tol_changes=opt.tol_changes, n_particles=ds.n_particles,
+                   n_images=ds.n_images, progress=progress, schedule=lambda it: temperature_at(opt, it),
+                   final_temperature=0.0, stage=f"run {run + 1}/{opt.n_runs} ")  # fmt: skip
+    labels, log = em.posteriors.argmax(1), model.log
     return {"labels": labels, "volumes": em.volumes.clone(), "hard_log_likelihood": log[-1]["hard_log_likelihood"],
             "log": log, "sigma2": em.sigma2.clone()}  # fmt: skip
 

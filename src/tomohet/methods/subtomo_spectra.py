@@ -126,7 +126,7 @@ class PreparedSpectra:
         self.ds = dataset
         self.band = band
         self.opt = opt
-        self.subtomograms = hasattr(dataset, "volume_paths")
+        self.subtomograms = dataset.kind == "3d"
         per = band.size * 12 * (2 if self.subtomograms else 1)
         fits = dataset.n_particles * per < opt.cache_gb * 1e9
         self.cache: dict[int, SpectraChunk] | None = {} if fits else None

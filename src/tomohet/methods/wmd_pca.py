@@ -266,7 +266,7 @@ class Differences:
 
 
 def is_subtomograms(dataset) -> bool:
-    return hasattr(dataset, "volume_paths")
+    return dataset.kind == "3d"
 
 
 def consensus_map(dataset, batch_size: int, progress: Callable[[str, int, int], None] | None):

@@ -7,3 +7,17 @@ FFT convention (stated once, used everywhere): forward transforms are unnormalis
 Spectra are "centred half" layouts unless stated: the last axis holds kx = 0..D//2 (rfft), the other
 axes are fftshifted so that k = 0 sits at index D//2.
 """
+
+__all__ = [
+    "bands",
+    "ctf",
+    "filters",
+    "forward",
+    "fourier",
+    "insertion",
+    "likelihood",
+    "projector",
+    "reconstruct",
+    "rotations",
+    "subtomogram",
+]
