@@ -107,7 +107,7 @@ def test_more_classes_than_particles(tiny, tmp_path, method):
 def test_max_dose_that_leaves_particles_without_images():
     """A particle whose every image lies above --max-dose could not be classified: a clear error, not a class."""
     dose = torch.tensor([[0.0, 3.0, 6.0], [4.0, 7.0, 10.0]])  # particle 2 starts at pre-exposure 4
-    ds = SimpleNamespace(dose=dose, visible=torch.ones(2, 3, dtype=torch.bool))
+    ds = SimpleNamespace(kind="2d", dose=dose, visible=torch.ones(2, 3, dtype=torch.bool))
     check_max_dose(ds, 5.0)
     with pytest.raises(OptionError, match=r"--max-dose: 1 of 2 particles keep no image at or below 3.0 e/A\^2"):
         check_max_dose(ds, 3.0)
@@ -261,7 +261,7 @@ def test_foreign_dataset_json_skips_only_the_oracle(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"made_by": "someone else"}))
     truth = pd.DataFrame({"rlnTomoParticleName": ["p1", "p2", "p3", "p4"], "state": [0, 0, 1, 1]})
     with Run(tmp_path / "c", "test", {}) as run:
-        metrics = _metrics_against_truth(SimpleNamespace(), tmp_path / "ground_truth.csv", truth,
+        metrics = _metrics_against_truth(SimpleNamespace(kind="2d"), tmp_path / "ground_truth.csv", truth,
                                          np.array([1, 1, 0, 0]), run)  # fmt: skip
     assert "oracle" not in metrics and metrics["method"]["ari"] == 1.0
     log = (tmp_path / "c" / "tomohet.log").read_text()
