@@ -170,14 +170,8 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
                 entry["particles"] = str(write_annotated(ds, out / "subsets", columns, members, f"class_{k + 1:03d}"))
             if class_maps and len(members) >= 4:
                 rec = recs[k] if subtomograms else reconstruct(ds, members)
-                for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
-                    write_volume(out / f"class_{k + 1:03d}_{name}.mrc", vol, ds.pixel_size)
+                write_class_map(out, k, rec, f"class {k + 1}")
                 entry["resolution_A"] = rec.resolution
-                plot_fsc(out / f"class_{k + 1:03d}_fsc.png", rec.frequencies.numpy(), {"half maps": rec.fsc.numpy()},
-                         rec.resolution)  # fmt: skip
-                np.savetxt(out / f"class_{k + 1:03d}_fsc.csv", np.stack([rec.frequencies.numpy(), rec.fsc.numpy()], 1),
-                           delimiter=",", header="frequency_per_A,fsc", comments="")  # fmt: skip
-                plot_central_slices(out / f"class_{k + 1:03d}_slices.png", rec.filtered.numpy(), f"class {k + 1}")
             classes.append(entry)
     fields: dict = {"classes": classes, "iterations": result.log, "next_input": str(next_input.name),
                     f"{unit}_per_s_per_iteration": float(np.mean([n_images / max(e["seconds"], 1e-9)
@@ -193,6 +187,19 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         fields["metrics_skipped"] = truth_problem
     run.finish(result.method, seed, **fields)
     return json.loads((out / "result.json").read_text())
+
+
+def write_class_map(out: Path, k: int, rec, title: str) -> None:
+    """Gold-standard outputs of class ``k`` (0-based) from its :class:`~tomohet.physics.reconstruct.Reconstruction`:
+    ``class_NNN_half1/half2/map.mrc``, ``class_NNN_fsc.csv/png`` and ``class_NNN_slices.png`` (central sections of
+    the FSC-filtered map)."""
+    stem = out / f"class_{k + 1:03d}"
+    for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
+        write_volume(f"{stem}_{name}.mrc", vol, rec.pixel_size)
+    plot_fsc(f"{stem}_fsc.png", rec.frequencies.numpy(), {"half maps": rec.fsc.numpy()}, rec.resolution)
+    np.savetxt(f"{stem}_fsc.csv", np.stack([rec.frequencies.numpy(), rec.fsc.numpy()], 1), delimiter=",",
+               header="frequency_per_A,fsc", comments="")  # fmt: skip
+    plot_central_slices(f"{stem}_slices.png", rec.filtered.numpy(), title)
 
 
 TRUTH_COLUMNS = ("rlnTomoParticleName", "state")  # what tomohet simulate writes into ground_truth.csv

@@ -12,7 +12,6 @@ with timings, peak memory and, where ``ground_truth.csv`` is beside the input, t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -20,16 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
 from ..errors import InputError
 from ..methods.landscape import cluster_latents, get_method, maps_along_component
+from ..methods.registry import options_from
 from ..methods.result import Result
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
-from .classify import find_ground_truth
+from .classify import find_ground_truth, load_truth, write_class_map
 from .options import check_landscape, read_focus_mask, read_input
 from .runlog import Run, stage_reporter
 
@@ -41,12 +40,6 @@ def _name_column(ds) -> str:
     if ds.kind == "3d":
         return "rlnImageName"
     return "rlnGroupName" if ds.source_format == "warp_v1" else "rlnTomoParticleName"
-
-
-def build_options(options_cls: type, **given):
-    """An options dataclass from the values given (None = the method's default; fields it lacks are ignored)."""
-    names = {f.name for f in dataclasses.fields(options_cls)}
-    return options_cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def run_landscape(
@@ -99,7 +92,7 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
             raise InputError(input_path, "--flip-hand applies to 2D tilt-series stacks", "--flip-hand")
         ds.rotations = ds.rotations @ mirror_z()
     mask = read_focus_mask(focus_mask, ds.box)
-    opts = build_options(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
+    opts = options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
                          n_iter=iterations, max_dose=max_dose)  # fmt: skip
     n_images = ds.n_particles if subtomograms else ds.n_images
     unit = "subtomograms" if subtomograms else "images"
@@ -211,14 +204,8 @@ def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps
         if class_maps and len(members) >= 4:
             rec = recs[c] if recs is not None else reconstruct(ds, members)
             if rec is not None:
-                for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
-                    write_volume(out / f"class_{c + 1:03d}_{name}.mrc", vol, ds.pixel_size)
+                write_class_map(out, c, rec, f"cluster {c + 1}")
                 entry["resolution_A"] = rec.resolution
-                plot_fsc(out / f"class_{c + 1:03d}_fsc.png", rec.frequencies.numpy(), {"half maps": rec.fsc.numpy()},
-                         rec.resolution)  # fmt: skip
-                np.savetxt(out / f"class_{c + 1:03d}_fsc.csv", np.stack([rec.frequencies.numpy(), rec.fsc.numpy()], 1),
-                           delimiter=",", header="frequency_per_A,fsc", comments="")  # fmt: skip
-                plot_central_slices(out / f"class_{c + 1:03d}_slices.png", rec.filtered.numpy(), f"cluster {c + 1}")
         entries.append(entry)
     run.log.info("clusters (k-means) sizes %s; k-means vs GMM ARI %.3f", [e["n"] for e in entries],
                  adjusted_rand_index(km, gm))  # fmt: skip
@@ -231,13 +218,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
     ends of the best component against the true end states, and the oracle's figures beside them."""
     from ..benchmark.oracle import oracle
 
-    truth = pd.read_csv(truth_path)
-    key = "rlnTomoParticleName"
-    by_name = {str(n): i for i, n in enumerate(truth[key].astype(str))}
-    missing = [n for n in ds.names if str(n) not in by_name]
-    if missing:
-        raise InputError(truth_path, f"no ground truth for particle {missing[0]!r}", key)
-    rows = truth.iloc[[by_name[str(n)] for n in ds.names]]
+    rows = load_truth(truth_path, ds.names)  # one row per particle, in the dataset's order
     z = np.asarray(result.latents, dtype=np.float64)
     metrics: dict = {}
     meta_path = truth_path.parent / "dataset.json"

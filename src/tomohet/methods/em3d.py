@@ -76,7 +76,7 @@ from .difference_pca import feature_box, pca_kmeans
 from .em2d import SoftmaxAssign
 from .engine import initial_labels, is_finished, run_iterations
 from .result import Result
-from .subtomo_spectra import ClassReferences, PreparedSpectra
+from .subtomo_spectra import ClassReferences, PreparedSpectra, wedge_difference_volumes
 
 
 @dataclass
@@ -296,26 +296,9 @@ class EM3DClassifier:
         """Wedge-aware difference PCA + k-means (module docstring). Returns (labels, features ``[N, q]``)."""
         opt, d = self.opt, self.d
         small = feature_box(d, self.ds.pixel_size, opt.init_resolution_A)
-        # the small half cube's coefficients in the in-band vector (-1: outside the band)
-        f = torch.fft.fftfreq(small, 1.0 / small).long()
-        kx = torch.arange(small // 2 + 1)
-        iz, iy, ix = torch.meshgrid(f % d, f % d, kx, indexing="ij")
-        pos = self.band.lookup[((iz * d + iy) * (d // 2 + 1) + ix).reshape(-1)]
-        ok = pos >= 0
-        sel = pos[ok]
         mask = soft_sphere(small, 0.45 * small, edge=1.5)
-        cons = consensus[sel]
-        feats = []
-        for c in self.source:
-            dd, w = c.d_ref[:, sel].to(torch.complex128), c.w_ref[:, sel].double()
-            lam = w.mean(1, keepdim=True).clamp_min(1e-12)
-            dev = (dd - w * cons) / (w + lam)
-            cube = torch.zeros(dd.shape[0], small**2 * (small // 2 + 1), dtype=torch.complex128)
-            cube[:, ok] = dev
-            vol = torch.fft.irfftn(cube.reshape(-1, small, small, small // 2 + 1), s=(small,) * 3, dim=(-3, -2, -1))
-            vol = torch.fft.fftshift(vol, dim=(-3, -2, -1)) * mask
-            feats.append(vol.reshape(dd.shape[0], -1))
-        return pca_kmeans(torch.cat(feats), opt.n_classes, opt.n_components, opt.seed)
+        feats = wedge_difference_volumes(self.source, consensus, small, lambda v: (v * mask).reshape(v.shape[0], -1))
+        return pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)
 
     def score(self, maps: torch.Tensor) -> np.ndarray:
         """Log-likelihoods ``[N, K]`` (up to a per-particle constant) of every particle under the real maps

@@ -74,10 +74,15 @@ def get_method(name: str, kind: str | None = None, input_kind: str | None = None
     return spec
 
 
+def options_from(options_cls: type, **given: Any) -> Any:
+    """An options dataclass from the keyword arguments that are fields of it and not None (None = its default)."""
+    fields = {f.name for f in dataclasses.fields(options_cls)}
+    return options_cls(**{k: v for k, v in given.items() if k in fields and v is not None})
+
+
 def build_options(spec: MethodSpec, **given: Any) -> Any:
     """``spec.options(...)`` from the keyword arguments that are fields of it and not None."""
-    fields = {f.name for f in dataclasses.fields(spec.options)}
-    return spec.options(**{k: v for k, v in given.items() if k in fields and v is not None})
+    return options_from(spec.options, **given)
 
 
 def fit(

@@ -10,6 +10,7 @@ E-step. Conventions as in :mod:`tomohet.methods.em3d` (FFTW half layout, in-band
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -202,3 +203,36 @@ class ClassReferences:
         s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)  # [1, 2K, 1, B, P]
         s = s.reshape(k, 2, b, -1).permute(2, 0, 3, 1).double()
         return torch.complex(s[..., 0], s[..., 1])
+
+
+def wedge_difference_volumes(
+    source: PreparedSpectra,
+    consensus_vec: torch.Tensor,
+    size: int,
+    finish: Callable[[torch.Tensor], torch.Tensor],
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Wedge-masked differences of every particle against the consensus (in-band vector ``[P]``), in the reference
+    frame, on a small box of ``size``: ``(d_i - W_i V0) / (W_i + lambda_i)`` (``lambda_i`` the particle's mean
+    weight in the box; frequencies its wedge hides carry no deviation), as real volumes ``[B, s, s, s]`` (origin
+    at s//2) passed through ``finish`` (masking, band-limiting, flattening). Rows in particle order."""
+    band, d = source.band, source.band.d
+    f = torch.fft.fftfreq(size, 1.0 / size).long()
+    kx = torch.arange(size // 2 + 1)
+    iz, iy, ix = torch.meshgrid(f % d, f % d, kx, indexing="ij")
+    pos = band.lookup[((iz * d + iy) * (d // 2 + 1) + ix).reshape(-1)]  # -1: outside the band
+    ok = pos >= 0
+    sel = pos[ok]
+    cons = consensus_vec[sel]
+    out = []
+    for c in source:
+        dd, w = c.d_ref[:, sel].to(torch.complex128), c.w_ref[:, sel].double()
+        lam = w.mean(1, keepdim=True).clamp_min(1e-12)
+        dev = (dd - w * cons) / (w + lam)
+        cube = torch.zeros(dd.shape[0], size**2 * (size // 2 + 1), dtype=torch.complex128)
+        cube[:, ok] = dev
+        vol = torch.fft.irfftn(cube.reshape(-1, size, size, size // 2 + 1), s=(size,) * 3, dim=(-3, -2, -1))
+        out.append(finish(torch.fft.fftshift(vol, dim=(-3, -2, -1))))
+        if progress:
+            progress(len(c.particles))
+    return torch.cat(out)

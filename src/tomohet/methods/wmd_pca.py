@@ -58,6 +58,7 @@ from .difference_pca import leading_scores, per_particle_backprojection
 from .engine import map_partitions
 from .iteration import stage_ticker
 from .result import Result
+from .subtomo_spectra import wedge_difference_volumes
 
 DEFAULT_RESOLUTION_NYQUIST = 2.5  # default band of the differences: 2.5 x Nyquist (as the discrete PCA start)
 MIN_FEATURE_BOX = 8
@@ -209,20 +210,6 @@ def difference_volumes_2d(
     return map_partitions(_step_2d, dataset, state, partition_size, executor, progress=progress).x
 
 
-def _small_cube_positions(band, d: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the coefficients of the ``s``-box FFTW half cube sit in the D-grid in-band vector of the 3D EM's
-    ``band`` (``band.idx``: flat indices of its coefficients in the D-grid FFTW half layout ``[D, D, D//2+1]``):
-    ``(ok [s*s*(s//2+1)] bool, positions [n_ok])``."""
-    lookup = torch.full((d * d * (d // 2 + 1),), -1, dtype=torch.long)
-    lookup[band.idx] = torch.arange(len(band.idx))
-    f = torch.fft.fftfreq(size, 1.0 / size).long()
-    kx = torch.arange(size // 2 + 1)
-    iz, iy, ix = torch.meshgrid(f % d, f % d, kx, indexing="ij")
-    pos = lookup[((iz * d + iy) * (d // 2 + 1) + ix).reshape(-1)]
-    ok = pos >= 0
-    return ok, pos[ok]
-
-
 def difference_volumes_3d(
     em,
     consensus_vec: torch.Tensor,
@@ -231,26 +218,10 @@ def difference_volumes_3d(
     mask: torch.Tensor,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Wedge-masked differences ``[N, s^3]`` of subtomograms prepared by the 3D EM ``em``
-    (:class:`~tomohet.methods.em3d.EM3DClassifier`): ``(d_i - W_i V0) / (W_i + lambda_i)`` in the reference frame
-    (``lambda_i`` the particle's mean weight in the box), on the ``s`` box, band-limited and masked."""
-    d = em.d
-    ok, sel = _small_cube_positions(em.band, d, size)
-    cons = consensus_vec[sel]
-    n = em.ds.n_particles
-    out = torch.zeros(n, size**3)
-    for c in em.source:
-        dd, w = c.d_ref[:, sel].to(torch.complex128), c.w_ref[:, sel].double()
-        lam = w.mean(1, keepdim=True).clamp_min(1e-12)
-        dev = (dd - w * cons) / (w + lam)
-        cube = torch.zeros(dd.shape[0], size**2 * (size // 2 + 1), dtype=torch.complex128)
-        cube[:, ok] = dev
-        vol = torch.fft.irfftn(cube.reshape(-1, size, size, size // 2 + 1), s=(size,) * 3, dim=(-3, -2, -1))
-        vol = torch.fft.fftshift(vol, dim=(-3, -2, -1))
-        out[torch.from_numpy(c.particles)] = _finish(vol, filt, mask)
-        if progress:
-            progress(len(c.particles))
-    return out
+    """Wedge-masked differences ``[N, s^3]`` float32 of subtomograms prepared by the 3D EM ``em``
+    (:class:`~tomohet.methods.em3d.EM3DClassifier`; :func:`~.subtomo_spectra.wedge_difference_volumes`),
+    band-limited and masked."""
+    return wedge_difference_volumes(em.source, consensus_vec, size, lambda v: _finish(v, filt, mask), progress)
 
 
 @dataclass
@@ -399,7 +370,7 @@ def fingerprint_options(options: dict, focus_mask: torch.Tensor | None) -> dict:
 
 def images_per_s(dataset, seconds: float) -> float:
     """Tilt images (2D stacks) or subtomograms processed per second."""
-    n = dataset.n_particles if is_subtomograms(dataset) else getattr(dataset, "n_images", dataset.n_particles)
+    n = dataset.n_particles if is_subtomograms(dataset) else dataset.n_images
     return round(n / max(seconds, 1e-9), 1)
 
 
