@@ -41,6 +41,8 @@ def test_preset_mass_fractions_match_stated_values(sets):
         "hinge": {"lid": 0.20},
         "mixture": {"A": 0.11, "lid": 0.20},
         "rare": {"A": 0.07},
+        "ladder": {"A": 0.07, "B": 0.07, "C": 0.07},
+        "rare_spread": {"A": 0.07},
     }
     for name, s in sets.items():
         assert s.stated_mass_fractions == expected[name]
@@ -58,6 +60,34 @@ def test_preset_mass_fractions_match_stated_values(sets):
     np.testing.assert_allclose(rare.state_weights, [0.95, 0.05])
     assert rare.state_names == ["core", "core+A"]
     assert sets["assembly"].state_names == ["core", "core+A", "core+A+B", "core+A+B+C"]
+
+
+def test_maplike_phantoms_spread_the_difference_over_a_textured_core(sets):
+    """ladder / rare_spread: each step's density lies in three separate pieces (not one blob), the core's
+    density varies smoothly (not uniform), the abundances are 40/25/20/15% and 95/5%."""
+    lad = sets["ladder"]
+    np.testing.assert_allclose(lad.state_weights, [0.40, 0.25, 0.20, 0.15])
+    np.testing.assert_allclose(sets["rare_spread"].state_weights, [0.95, 0.05])
+    sums = lad.volumes.double().sum((1, 2, 3))
+    np.testing.assert_allclose(((sums[1:] - sums[:-1]) / sums[-1]).numpy(), 0.07, atol=0.003)
+    from sklearn.cluster import AgglomerativeClustering
+
+    for name, sub in lad.complex.subunits.items():
+        # single-linkage clusters at 25 A: three pieces, each of 20-50% of the step, 60+ A apart
+        lab = AgglomerativeClustering(n_clusters=None, distance_threshold=25.0, linkage="single").fit(sub.xyz).labels_
+        sizes = np.sort(np.bincount(lab))[::-1] / len(lab)
+        assert len(sizes) == 3, (name, sizes)
+        assert sizes.min() > 0.18 and sizes.max() < 0.5
+        centres = np.stack([sub.xyz[lab == i].mean(0) for i in range(3)])
+        assert min(np.linalg.norm(centres[i] - centres[j]) for i in range(3) for j in range(i)) > 60
+    w = lad.complex.core.weights
+    assert w.mean() == pytest.approx(1.0) and 0.2 < w.std() < 0.4 and w.min() >= 0.3 - 1e-9
+    # smooth: neighbouring core atoms (< 12 A apart) have correlated weights
+    xyz = lad.complex.core.xyz
+    near = torch.cdist(torch.as_tensor(xyz[:500]), torch.as_tensor(xyz)).numpy() < 12
+    i, j = np.nonzero(near)
+    keep = i != j
+    assert np.corrcoef(w[i[keep]], w[j[keep]])[0, 1] > 0.8
 
 
 def test_preset_shapes_and_grids(sets):

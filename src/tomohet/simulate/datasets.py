@@ -56,6 +56,17 @@ PRESETS: dict[str, DatasetPreset] = {
                       "a domain of ~20% of mass hinging 0-30 degrees, 1000 particles x 41 tilts, SNR 0.05"),
         DatasetPreset("mixture", "mixture", 1000, _acq(box=32, pixel_size=12.0, snr=0.05),
                       "compositional states x hinge, 1000 particles x 41 tilts, SNR 0.05"),
+        DatasetPreset("ladder", "ladder", 1000,
+                      _acq(box=32, pixel_size=12.0, snr=0.005, missing_high_tilt_fraction=0.3),
+                      "at the physical limit (oracle ARI 0.91-0.95): map-like 4-state ladder (~7% mass steps in "
+                      "scattered pieces, 40/25/20/15%), 1000 particles x 41 tilts, 30% missing high tilts, SNR 0.005"),
+        DatasetPreset("ladder_premultiplied", "ladder", 1000,
+                      _acq(box=32, pixel_size=12.0, snr=0.005, missing_high_tilt_fraction=0.3, ctf_premultiplied=True),
+                      "the ladder preset with CTF-premultiplied images"),
+        DatasetPreset("rare_spread", "rare_spread", 1000,
+                      _acq(box=32, pixel_size=12.0, snr=0.008, missing_high_tilt_fraction=0.3),
+                      "at the physical limit (oracle rare-state F1 ~0.98): a map-like rare state at 5% (~7% of mass "
+                      "in scattered pieces), 1000 particles x 41 tilts, 30% missing high tilts, SNR 0.008"),
         DatasetPreset("large", "assembly", 10000, _acq(box=64, pixel_size=6.0, snr=0.05, n_tomograms=20),
                       "10^4 particles x 41 tilts at box 64 (4 compositional states, SNR 0.05)"),
     ]

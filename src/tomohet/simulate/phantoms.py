@@ -50,7 +50,7 @@ from .complex_model import (
 from .density import render
 from .phantom_set import BOX_EXTENT_A, PhantomSet, default_pixel_size
 from .phantoms_continuous import hinge, mixture
-from .phantoms_discrete import assembly, rare, two_state_easy
+from .phantoms_discrete import assembly, ladder, rare, rare_spread, two_state_easy
 from .phantoms_from_maps import load_map, resample_volume, states_from_maps
 from .phantoms_from_model import ModelAtoms, complex_from_model, read_model_atoms, volume_from_model
 
@@ -71,12 +71,14 @@ __all__ = [
     "complex_from_model",
     "default_pixel_size",
     "hinge",
+    "ladder",
     "load_map",
     "mass_fraction",
     "mass_fractions",
     "mixture",
     "preset",
     "rare",
+    "rare_spread",
     "read_model_atoms",
     "render",
     "resample_volume",
@@ -93,6 +95,8 @@ PRESETS: dict[str, Callable[..., PhantomSet]] = {
     "hinge": hinge,
     "mixture": mixture,
     "rare": rare,
+    "ladder": ladder,
+    "rare_spread": rare_spread,
 }
 
 
