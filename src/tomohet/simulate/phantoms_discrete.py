@@ -99,8 +99,7 @@ def ladder(
     comps = [names[:i] for i in range(n_states)]
     desc = (
         f"map-like assembly ladder of {n_states} states, each adding ~{step_fraction:.0%} of the full complex's "
-        f"mass in three scattered pieces to a textured core; abundances "
-        + "/".join(f"{a:.0%}" for a in abundances)
+        f"mass in three scattered pieces to a textured core; abundances " + "/".join(f"{a:.0%}" for a in abundances)
     )
     return build_phantom_set(
         "ladder", desc, cx, comps, [state_label(c) for c in comps], list(abundances), None, box, pixel_size,
