@@ -38,7 +38,7 @@ import torch
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
-from .difference_pca import difference_pca_labels
+from .difference_pca import difference_pca_labels, feature_resolution
 from .em2d import EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
 from .engine import run_iterations
 from .result import Result
@@ -59,7 +59,7 @@ class HillClimbOptions:
     cooling_factor: float = 0.5  # geometric cooling; T below 1e-3 * T0 counts as 0
     seed: int = 0
     init_lowpass_A: float = 40.0
-    init_resolution_A: float | None = None  # band of the PCA features (init="pca"; default 2.5 x Nyquist)
+    init_resolution_A: float | None = None  # band of the PCA features (init="pca"; default: feature_resolution)
     n_components: int | None = None  # PCA components for the k-means (default n_classes)
     tau2_fudge: float = 4.0
     max_dose: float | None = None  # images with more pre-exposure are ignored
@@ -276,6 +276,8 @@ def classify_hillclimb(
     consensus_map = rec.full
     if opt.resolution_limit_A is None and opt.auto_band:
         opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size))
+    if opt.init_resolution_A is None and opt.init == "pca":
+        opt = replace(opt, init_resolution_A=round(feature_resolution(rec.resolution, dataset.pixel_size), 2))
     # finished runs are kept only for the same iterations per run
     fingerprint = run_fingerprint("hillclimb", {**asdict(opt), "iterations_per_run": opt.n_iter}, dataset)
     state = load_checkpoint(checkpoint, fingerprint)

@@ -1,0 +1,113 @@
+"""Discrete classification at the physical limit (issue 16): ``classify_em2d`` next to the oracle on the presets
+whose oracle is 0.91-0.95 (``ladder``: 4 map-like states, K = 4) or finds a 5% state almost perfectly
+(``rare_spread``: K = 2), over dataset seeds.
+
+Each case (preset, dataset seed, EM variant) runs in a fresh subprocess, one torch thread, and reports its wall
+time, CPU time and peak RSS (VmHWM); two cases run at a time on the 2-core machine. Variants:
+
+- ``default``: today's defaults (``EMOptions()``);
+- ``before``: the defaults before issue 16: PCA features at a fixed band (2.5 x Nyquist = 60 A at 12 A/px)
+  instead of the consensus resolution, and class maps regularised toward zero instead of the pooled map.
+
+Simulated data go under ``--data`` (default ``/tmp/tomohet_bench_limit``), never into the repository.
+Writes ``benchmarks/results/classify_limit.json``.
+
+Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PRESETS = {"ladder": 4, "rare_spread": 2}
+VARIANTS = {"default": {}, "before": {"init_resolution_A": 60.0, "shrink_to_mean": False}}
+
+
+def run_case(preset: str, seed: int, variant: str, data: str) -> dict:
+    """One case in this process (the worker): simulate if needed, oracle, EM; peak RSS from /proc."""
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import numpy as np
+    import torch
+
+    from bench_classify import ensure_preset, open_dataset
+    from tomohet.benchmark.metrics import discrete_report, rare_state_f1
+    from tomohet.benchmark.oracle import oracle
+    from tomohet.methods.em2d import EMOptions, classify_em2d
+
+    torch.set_num_threads(1)
+    folder, _ = ensure_preset(Path(data), preset, 1000, _preset_snr(preset), seed)
+    ds, maps, states, meta = open_dataset(folder)
+    o = oracle(ds, maps, meta["noise_sigma"], np.asarray(meta["abundances"]))
+    k = PRESETS[preset]
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = classify_em2d(ds, EMOptions(n_classes=k, seed=0, **VARIANTS[variant]))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"preset": preset, "seed": seed, "variant": variant, "snr": meta["requested_snr"], "n_classes": k,
+           "oracle_ari": discrete_report(states, o.labels)["ari"], "em_ari": discrete_report(states, res.labels)["ari"],
+           "em_class_sizes": np.bincount(res.labels, minlength=k).tolist(), "em_iterations": len(res.log),
+           "em_final_log_likelihood": res.log[-1]["log_likelihood"], "feature_band_A": res.options["init_resolution_A"],
+           "e_step_band_A": res.options["resolution_limit_A"], "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}  # fmt: skip
+    if preset.startswith("rare"):
+        out["oracle_rare_f1"] = rare_state_f1(states, o.labels, 1)["f1"]
+        out["em_rare_f1"] = rare_state_f1(states, res.labels, 1)["f1"]
+    status = Path("/proc/self/status").read_text()
+    out["peak_rss_mib"] = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) // 1024
+    return out
+
+
+def _preset_snr(preset: str) -> float:
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from tomohet.simulate.datasets import PRESETS as DATASETS
+
+    return DATASETS[preset].acquisition.snr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--data", default="/tmp/tomohet_bench_limit")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--worker", nargs=3, metavar=("PRESET", "SEED", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(RESULTS / "classify_limit.json"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(run_case(args.worker[0], int(args.worker[1]), args.worker[2], args.data)))
+        return
+    cases = [(p, s, v) for p in args.presets for s in args.seeds for v in args.variants]
+    # simulate first, serially (two workers simulating the same set would race)
+    for p in args.presets:
+        for s in args.seeds:
+            subprocess.run([sys.executable, "-c", (
+                f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent / 'src')!r}]; "
+                f"from bench_classify import ensure_preset; from bench_limit import _preset_snr; from pathlib import "
+                f"Path; ensure_preset(Path({args.data!r}), {p!r}, 1000, _preset_snr({p!r}), {s})")], check=True)  # fmt: skip
+    results: list[dict] = []
+
+    def launch(case: tuple[str, int, str]) -> dict:
+        p, s, v = case
+        r = subprocess.run([sys.executable, __file__, "--worker", p, str(s), v, "--data", args.data],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for r in pool.map(launch, cases):
+            results.append(r)
+            extra = f" rare F1 oracle {r['oracle_rare_f1']:.3f} EM {r['em_rare_f1']:.3f}" if "em_rare_f1" in r else ""
+            print(f"{r['preset']:>12} seed {r['seed']} {r['variant']:>8}: oracle ARI {r['oracle_ari']:.3f} EM ARI "
+                  f"{r['em_ari']:.3f}{extra} ({r['wall_s']:.0f} s, {r['peak_rss_mib']} MiB)", flush=True)  # fmt: skip
+            Path(args.out).write_text(json.dumps({"cases": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
