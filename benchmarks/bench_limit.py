@@ -55,7 +55,8 @@ def run_case(preset: str, seed: int, variant: str, data: str) -> dict:
            "oracle_ari": discrete_report(states, o.labels)["ari"], "em_ari": discrete_report(states, res.labels)["ari"],
            "em_class_sizes": np.bincount(res.labels, minlength=k).tolist(), "em_iterations": len(res.log),
            "em_final_log_likelihood": res.log[-1]["log_likelihood"], "feature_band_A": res.options["init_resolution_A"],
-           "e_step_band_A": res.options["resolution_limit_A"], "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}  # fmt: skip
+           "e_step_band_A": res.options["resolution_limit_A"], "wall_s": round(wall, 1),
+           "cpu_s": round(cpu, 1)}  # fmt: skip
     if preset.startswith("rare"):
         out["oracle_rare_f1"] = rare_state_f1(states, o.labels, 1)["f1"]
         out["em_rare_f1"] = rare_state_f1(states, res.labels, 1)["f1"]
@@ -91,8 +92,11 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", (
                 f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent / 'src')!r}]; "
                 f"from bench_classify import ensure_preset; from bench_limit import _preset_snr; from pathlib import "
-                f"Path; ensure_preset(Path({args.data!r}), {p!r}, 1000, _preset_snr({p!r}), {s})")], check=True)  # fmt: skip
-    results: list[dict] = []
+                f"Path; ensure_preset(Path({args.data!r}), {p!r}, 1000, _preset_snr({p!r}), {s})")],
+                check=True)  # fmt: skip
+    out = Path(args.out)
+    keep = json.loads(out.read_text())["cases"] if out.exists() else []  # other cases already measured stay
+    results: list[dict] = [c for c in keep if (c["preset"], c["seed"], c["variant"]) not in set(cases)]
 
     def launch(case: tuple[str, int, str]) -> dict:
         p, s, v = case
@@ -106,7 +110,7 @@ def main() -> None:
             extra = f" rare F1 oracle {r['oracle_rare_f1']:.3f} EM {r['em_rare_f1']:.3f}" if "em_rare_f1" in r else ""
             print(f"{r['preset']:>12} seed {r['seed']} {r['variant']:>8}: oracle ARI {r['oracle_ari']:.3f} EM ARI "
                   f"{r['em_ari']:.3f}{extra} ({r['wall_s']:.0f} s, {r['peak_rss_mib']} MiB)", flush=True)  # fmt: skip
-            Path(args.out).write_text(json.dumps({"cases": results}, indent=1))
+            out.write_text(json.dumps({"cases": results}, indent=1))
 
 
 if __name__ == "__main__":

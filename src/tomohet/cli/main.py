@@ -64,7 +64,7 @@ def reconstruct(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
     oversampling: int = typer.Option(2, help="Fourier padding factor for insertion"),
-    batch_size: int = typer.Option(64, help="particles per batch"),
+    batch_size: int = typer.Option(8, help="particles per batch (memory grows with it)"),
     flip_hand: bool = typer.Option(False, "--flip-hand", help="mirror the map (opposite handedness)"),
     invert_contrast: bool = typer.Option(False, "--invert-contrast", help="images have dark particles"),
     pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),

@@ -19,7 +19,7 @@ def run_reconstruct(
     out: Path,
     tomograms: Path | None = None,
     oversampling: int = 2,
-    batch_size: int = 64,
+    batch_size: int = 8,
     flip_hand: bool = False,
     invert_contrast: bool = False,
     pixel_size: float | None = None,
