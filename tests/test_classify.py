@@ -209,3 +209,6 @@ def test_randomised_pca_scores_match_the_exact_svd():
     qa, qb = torch.linalg.qr(exact)[0], torch.linalg.qr(fast)[0]
     assert torch.linalg.svdvals(qa.T @ qb).min() > 0.999  # same subspace
     assert torch.allclose(exact.norm(dim=0), fast.norm(dim=0), rtol=1e-3)
+    # the exact path (Gram matrix, N < F) equals a plain SVD up to the sign of each component
+    u, sv, _ = torch.linalg.svd(x.double(), full_matrices=False)
+    torch.testing.assert_close(exact.abs(), (u[:, :q] * sv[:q]).abs(), atol=1e-6, rtol=1e-6)

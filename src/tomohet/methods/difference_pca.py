@@ -103,13 +103,17 @@ def difference_pca_labels(
 
 def pca_kmeans(features: torch.Tensor, n_classes: int, n_components: int | None, seed: int):
     """Labels ``[N]`` and PCA scores ``[N, q]`` of per-particle features ``[N, F]``: centred, scaled by the mean
-    feature standard deviation, top ``q`` components (default ``n_classes``), k-means (20 starts)."""
+    feature standard deviation, top ``q`` components (default ``2 n_classes``), k-means (20 starts).
+
+    Twice as many components as classes: on the ``ladder`` preset (4 states, 1000 particles) k-means on 8 PCs
+    gave better starts than on 4 in all three comparisons (ARI 0.54 vs 0.34 at a 60 A band, 0.60 vs 0.58 and
+    0.51 vs 0.36 at 36 A), and EM from them reached a higher likelihood."""
     from sklearn.cluster import KMeans
 
     x = features.float()
     x = x - x.mean(0)
     x /= x.std(0).clamp_min(1e-12).mean()
-    q = n_components or n_classes
+    q = min(n_components or 2 * n_classes, *x.shape)
     z = leading_scores(x, q, seed).numpy()
     km = KMeans(n_clusters=n_classes, n_init=20, random_state=seed).fit(z)
     return km.labels_.astype(int), z
@@ -121,6 +125,14 @@ def leading_scores(x: torch.Tensor, q: int, seed: int = 0, exact_below: int = 20
     power iterations (Halko, Martinsson & Tropp 2011, SIAM Rev. 53:217), which needs O(N F q) time and
     no N x N or F x F matrix, so 10^4 particles x 10^4-10^5 features fit in memory."""
     n, f = x.shape
+    if n <= exact_below and f > n:  # exact, from the N x N Gram matrix (no N x F copies; ~0.2 GB less at 1000 x 22^3)
+        gram = torch.zeros(n, n, dtype=torch.float64)
+        for lo in range(0, f, 4096):
+            block = x[:, lo : lo + 4096].double()
+            gram += block @ block.T
+        evals, evecs = torch.linalg.eigh(gram)
+        top = torch.argsort(evals, descending=True)[:q]
+        return evecs[:, top] * evals[top].clamp_min(0).sqrt()
     if min(n, f) <= exact_below:
         u, s, _ = torch.linalg.svd(x.double(), full_matrices=False)
         return u[:, :q] * s[:q]

@@ -88,7 +88,7 @@ class EM3DOptions:
     init: str = "pca"  # "pca", "random" or "maps" (give ``initial_maps``)
     init_lowpass_A: float = 40.0
     init_resolution_A: float | None = None  # band of the PCA features (default: 2.5 x Nyquist)
-    n_components: int | None = None  # PCA components for the initial k-means (default n_classes)
+    n_components: int | None = None  # PCA components for the initial k-means (default 2 x n_classes)
     anneal_start: float = 1.0  # initial temperature (>1 softens early posteriors), falls to 1 by n_iter/2
     tau2_fudge: float = 4.0
     noise_model: str = "weighted"  # "weighted" (variance ~ W per voxel, correct) or "white" (RELION 3.1's)

@@ -60,7 +60,7 @@ class HillClimbOptions:
     seed: int = 0
     init_lowpass_A: float = 40.0
     init_resolution_A: float | None = None  # band of the PCA features (init="pca"; default: feature_resolution)
-    n_components: int | None = None  # PCA components for the k-means (default n_classes)
+    n_components: int | None = None  # PCA components for the k-means (default 2 x n_classes)
     tau2_fudge: float = 4.0
     max_dose: float | None = None  # images with more pre-exposure are ignored
     resolution_limit_A: float | None = None  # likelihood band limit (default: auto_band, else Nyquist)
