@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..physics.insertion import band_points, scatter_channels, slice_points, trilinear_corners
 from ..physics.likelihood import ImageBand, PreparedImages, prepare_images
-from ..physics.projector import VolumeProjector, slice_coordinates
+from ..physics.projector import VolumeProjector
 
 
 @dataclass
@@ -83,42 +84,27 @@ def prepared_chunk(ds, chunk: np.ndarray, state: PassState, cache: dict | None, 
 
 
 def insert_per_particle(
-    values: torch.Tensor, rotations: torch.Tensor, n_particles: int, n_tilts: int, grid: int
-) -> torch.Tensor:
-    """Trilinear insertion of each particle's images into its own grid: ``values`` ``[B*T, M, M//2+1, C]`` real
-    channels (particle-major), ``rotations`` ``[B*T, 3, 3]`` -> sums ``[B, G^3, C]`` on the full centred grid
-    (``scale = G / M``), before Hermitian completion. Same kernel, band (radius < M/2) and Friedel halving of the
-    kx = 0 column as :class:`~tomohet.physics.projector.FourierAccumulator`, so completing the particle sums
-    (``x(k) + conj x(-k)``) equals inserting the images there."""
-    bt, m, mh, nch = values.shape
-    g = grid
-    coords, inband = slice_coordinates(rotations, m, g / m)  # [BT, M, Mh, 3], [M, Mh]
-    half = torch.ones(m, mh)
-    half[:, 0] = 0.5
-    keep = (inband * half).reshape(-1)
-    sel = keep.nonzero().squeeze(1)
-    npix = len(sel)
-    cc = coords.reshape(bt, m * mh, 3)[:, sel].reshape(-1, 3) + g // 2
-    vals = (values.reshape(bt, m * mh, nch)[:, sel] * keep[sel][None, :, None]).reshape(-1, nch)
-    base = (torch.arange(n_particles).repeat_interleave(n_tilts)[:, None].expand(bt, npix).reshape(-1)) * g**3
-    c0 = torch.floor(cc)
-    f = cc - c0
-    lo = c0.long()
-    out = torch.zeros(n_particles * g**3 * nch, dtype=torch.float32)
-    ch = torch.arange(nch)
-    for dz in (0, 1):
-        iz = lo[:, 2] + dz
-        wz = f[:, 2] if dz else 1 - f[:, 2]
-        for dy in (0, 1):
-            iy = lo[:, 1] + dy
-            wzy = wz * (f[:, 1] if dy else 1 - f[:, 1])
-            for dx in (0, 1):
-                ix = lo[:, 0] + dx
-                ok = (ix >= 0) & (ix < g) & (iy >= 0) & (iy < g) & (iz >= 0) & (iz < g)
-                w = wzy * (f[:, 0] if dx else 1 - f[:, 0]) * ok
-                flat = base + (iz.clamp(0, g - 1) * g + iy.clamp(0, g - 1)) * g + ix.clamp(0, g - 1)
-                out.index_add_(0, (flat[:, None] * nch + ch).reshape(-1), (vals * w[:, None]).reshape(-1))
-    return out.reshape(n_particles, g**3, nch)
+    values: torch.Tensor, rotations: torch.Tensor, n_tilts: int, grid: int, channels_per_particle: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear insertion of images ``values`` ``[C, B*T, M, M//2+1]`` (real channels, particle-major images)
+    seen with ``rotations`` ``[B*T, 3, 3]``: the first ``C - channels_per_particle`` channels summed over all
+    images into one grid ``[C1, G^3]``, the last ``channels_per_particle`` into each particle's own grid
+    ``[C2, B, G^3]`` (full centred grid, ``scale = G / M``, before Hermitian completion). The kernel, band and
+    Friedel halving of :class:`~tomohet.physics.projector.FourierAccumulator` (:mod:`~tomohet.physics.insertion`),
+    so completing the sums (``x(k) + conj x(-k)``) equals inserting the images there."""
+    nch, bt, m = values.shape[:3]
+    g, b, dev = grid, bt // n_tilts, values.device
+    idx, _, half = band_points(m, g, dev)
+    flat, w = trilinear_corners(slice_points(rotations, m, g, centre=g // 2), g)  # [8, BT * n_band]
+    vals = (values.reshape(nch, bt, -1)[:, :, idx] * half).reshape(nch, -1)
+    n1 = nch - channels_per_particle
+    shared = torch.zeros(n1, g**3, dtype=torch.float32, device=dev)
+    scatter_channels(shared, flat, w, vals[:n1])
+    particle = torch.arange(bt, device=dev) // n_tilts
+    flat = flat + (particle[:, None] * g**3).expand(bt, len(idx)).reshape(1, -1)
+    own = torch.zeros(channels_per_particle, b * g**3, dtype=torch.float32, device=dev)
+    scatter_channels(own, flat, w, vals[n1:])
+    return shared, own.reshape(channels_per_particle, b, g**3)
 
 
 def ppca_pass(
@@ -197,9 +183,11 @@ def ppca_pass(
                     - torch.einsum("nkl,lnxy->nkxy", yy.float().repeat_interleave(t, 0).to(pr.dtype), pr)
                     * (p.h * hw)[:, None]
                 )
-            vals = torch.view_as_real(grad).permute(0, 2, 3, 1, 4).reshape(n, m, m // 2 + 1, 2 * (n_comp + 1))
-            g_sum += insert_per_particle(vals, p.rotations, 1, n, m)[0].double()
-            ins = insert_per_particle((p.h * hw)[..., None], p.rotations, b, t, m)[..., 0]  # [B, G^3]
+            vals = torch.view_as_real(grad).permute(1, 4, 0, 2, 3).reshape(2 * (n_comp + 1), n, m, m // 2 + 1)
+            vals = torch.cat([vals, (p.h * hw)[None]])  # + the CTF^2 weight, inserted per particle
+            shared, own = insert_per_particle(vals, p.rotations, t, m, channels_per_particle=1)
+            g_sum += shared.T.double()
+            ins = own[0]  # [B, G^3]
             a_sum += torch.einsum("bv,bij->vij", ins.double(), yy)
         if progress:
             progress(len(chunk))

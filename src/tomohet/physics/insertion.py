@@ -63,10 +63,15 @@ def trilinear_corners(
     return flat, w
 
 
-def scatter_complex(target: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, values: torch.Tensor) -> None:
-    """``target[:, ch] += w * values[:, ch]`` at ``flat`` for both channels of ``target`` ``[V, 2]`` (real,
-    imaginary): one 1D ``index_add_`` per channel over all corners (a 2D ``index_add_`` takes a slow per-row
-    path on CPU). ``flat``, ``w`` ``[8, N]``, ``values`` ``[N, 2]``."""
+def scatter_channels(target: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, values: torch.Tensor) -> None:
+    """``target[ch] += w * values[ch]`` at ``flat`` for every channel of ``target`` ``[C, V]`` (channel-major):
+    one 1D ``index_add_`` per channel over all corners (a 2D ``index_add_``, or one over interleaved channels,
+    takes a slow path on CPU: 3x slower at 18 channels). ``flat``, ``w`` ``[8, N]``, ``values`` ``[C, N]``."""
     idx = flat.reshape(-1)
-    for ch in range(2):
-        target[:, ch].index_add_(0, idx, (w * values[:, ch]).reshape(-1))
+    for ch in range(target.shape[0]):
+        target[ch].index_add_(0, idx, (w * values[ch]).reshape(-1))
+
+
+def scatter_complex(target: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, values: torch.Tensor) -> None:
+    """:func:`scatter_channels` into a ``[V, 2]`` (real, imaginary) target from ``values`` ``[N, 2]``."""
+    scatter_channels(target.T, flat, w, values.T)
