@@ -46,3 +46,71 @@ def plot_central_slices(path: Path, volume: np.ndarray, title: str = "") -> Path
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_state_gallery(path: Path, volumes: dict[str, np.ndarray]) -> Path:
+    """One row per map: central z, y, x sections and the projections along z, y, x, on a shared grey scale
+    per map (sections) and per map (projections)."""
+    n = len(volumes)
+    fig, axes = plt.subplots(n, 6, figsize=(9.6, 1.7 * n + 0.4), dpi=100, squeeze=False)
+    for row, (name, v) in enumerate(volumes.items()):
+        d = v.shape[0] // 2
+        panels = [v[d], v[:, d], v[:, :, d], v.sum(0), v.sum(1), v.sum(2)]
+        titles = ["section z", "section y", "section x", "projection z", "projection y", "projection x"]
+        for col, (img, t) in enumerate(zip(panels, titles, strict=True)):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(t, fontsize=8)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_convergence(path: Path, iterations: list[dict]) -> Path:
+    """Log-likelihood (relative to the last iteration) and the fraction of particles that moved, per iteration."""
+    it = [e.get("iteration", i + 1) for i, e in enumerate(iterations)]
+    ll = np.array([e.get("log_likelihood", np.nan) for e in iterations], dtype=float)
+    ch = np.array([e.get("changes", np.nan) for e in iterations], dtype=float)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.5, 3.0), dpi=110)
+    a1.plot(it, ll - ll[-1], "o-", ms=3)
+    a1.set_xlabel("iteration")
+    a1.set_ylabel("log-likelihood − final")
+    a1.set_title("convergence", fontsize=9)
+    a2.plot(it, ch, "o-", ms=3, color="C1")
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("fraction of particles moved")
+    a2.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_embedding(path: Path, xy: np.ndarray, colourings: dict[str, tuple[np.ndarray, bool]], title: str) -> Path:
+    """A 2D embedding drawn once per colouring: ``{name: (values, categorical)}``."""
+    n = len(colourings)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), dpi=100, squeeze=False)
+    for ax, (name, (vals, categorical)) in zip(axes[0], colourings.items(), strict=True):
+        if categorical:
+            cats = list(dict.fromkeys(np.asarray(vals).tolist()))
+            for i, c in enumerate(sorted(cats, key=str)):
+                sel = np.asarray(vals) == c
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=5, color=f"C{i % 10}", label=str(c), alpha=0.7, edgecolors="none")
+            if len(cats) <= 10:
+                ax.legend(fontsize=6, markerscale=2, loc="best")
+        else:
+            sc = ax.scatter(xy[:, 0], xy[:, 1], s=5, c=vals, cmap="viridis", alpha=0.8, edgecolors="none")
+            fig.colorbar(sc, ax=ax, fraction=0.046)
+        ax.set_title(f"coloured by {name}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

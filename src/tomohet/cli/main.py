@@ -217,6 +217,24 @@ def landscape(
 
 
 @app.command()
+def analyze(
+    runs: list[Path] = typer.Argument(..., help="run folders (the --out of classify or landscape)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="output folder (default RUN/analysis for one run)"),
+    shuffles: int = typer.Option(199, help="label shuffles of the spatial-statistics null"),
+    seed: int = typer.Option(0, help="random seed of the shuffles"),
+) -> None:
+    """Figures, states in their tomograms (views, spatial statistics, ChimeraX scenes) and a self-contained HTML
+    report (report.html) of finished runs."""
+    with _user_errors(out):
+        if shuffles < 19:
+            _fail(f"--shuffles must be >= 19 (got {shuffles}): fewer cannot reach p < 0.05")
+        from .analyze import run_analyze
+
+        report = run_analyze(runs, out, shuffles, seed)
+        console.print(f"report: {report}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="output folder"),
     preset: str = typer.Option("smoke", help="dataset preset to simulate"),
@@ -228,7 +246,8 @@ def demo(
         check_simulate(n_particles, None)
         from .demo import run_demo
 
-        run_demo(out, preset, seed, n_particles)
+        report = run_demo(out, preset, seed, n_particles)
+        console.print(f"report: {report['report']}")
 
 
 @app.command()

@@ -20,6 +20,7 @@ defocus.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,40 +238,9 @@ def read_relion5(
     proj = {t: _projections(per_tomo[t], tpath, t) for t in np.unique(tomo_names)}
 
     # particle pose
-    rot = numeric_column(parts, "rlnAngleRot", ppath, "particles")
-    tilt = numeric_column(parts, "rlnAngleTilt", ppath, "particles")
-    psi = numeric_column(parts, "rlnAnglePsi", ppath, "particles")
-    a_part = euler_to_matrix(rot, tilt, psi)
-    if "rlnTomoSubtomogramRot" in parts.columns:
-        s = euler_to_matrix(
-            *(
-                numeric_column(parts, c, ppath, "particles")
-                for c in ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
-            )
-        )
-        a_part = s.transpose(-1, -2) @ a_part
-    a_part = a_part @ REFERENCE_MIRROR
-    origin = np.zeros((n, 3))
-    for k, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
-        if c in parts.columns:
-            origin[:, k] = numeric_column(parts, c, ppath, "particles") / apix  # image pixels
-    # particle position relative to the tomogram centre, in Angstrom
-    if "rlnCenteredCoordinateXAngst" in parts.columns:
-        pos = np.stack([numeric_column(parts, f"rlnCenteredCoordinate{a}Angst", ppath, "particles") for a in "XYZ"], 1)
-    else:
-        xyz = np.stack([numeric_column(parts, f"rlnCoordinate{a}", ppath, "particles") for a in "XYZ"], 1)
-        size = np.stack(
-            [
-                numeric_column(glob, f"rlnTomoSize{a}", tpath, "global")[trow]
-                if f"rlnTomoSize{a}" in glob
-                else np.zeros(n)
-                for a in "XYZ"
-            ],
-            1,
-        )
-        warp = all(str(t).endswith(".tomostar") for t in tomo_names)
-        coord_apix = np.full(n, apix) if warp else ts_apix
-        pos = xyz * coord_apix[:, None] - size / 2 * ts_apix[:, None]
+    a_part = particle_matrices(parts, ppath) @ REFERENCE_MIRROR
+    origin = origins_A(parts, ppath) / apix  # image pixels
+    pos = _centred_coordinates(parts, ppath, tomo_names, apix, ts_apix, _tomogram_sizes(glob, tpath, trow))
 
     rotations = torch.zeros(n, tmax, 3, 3, dtype=torch.float64)
     rotations[:] = torch.eye(3, dtype=torch.float64)
@@ -347,6 +317,49 @@ def read_relion5(
     )  # fmt: skip
 
 
+def particle_matrices(parts: pd.DataFrame, ppath: Path) -> torch.Tensor:
+    """RELION rotation matrices ``[N, 3, 3]`` of the particles' poses in the tomogram frame: the Euler matrix of
+    ``rlnAngleRot/Tilt/Psi`` composed with the subtomogram frame (``S^T A``) when ``rlnTomoSubtomogram*`` is
+    present. Viewers place a RELION map in its tomogram with this matrix: the reference point ``r`` (Angstrom
+    from the box centre) sits at ``A r`` from the particle's position (``analysis.insitu``)."""
+
+    def matrices(cols: tuple[str, str, str]) -> torch.Tensor:
+        return euler_to_matrix(*(numeric_column(parts, c, ppath, "particles") for c in cols))
+
+    a_part = matrices(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+    if "rlnTomoSubtomogramRot" in parts.columns:
+        s = matrices(("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"))
+        a_part = s.transpose(-1, -2) @ a_part
+    return a_part
+
+
+def origins_A(parts: pd.DataFrame, ppath: Path) -> np.ndarray:
+    """3D offsets ``[N, 3]`` (``rlnOriginX/Y/ZAngst``, zero where absent); true position = coordinate - origin."""
+    origin = np.zeros((len(parts), 3))
+    for k, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        if c in parts.columns:
+            origin[:, k] = numeric_column(parts, c, ppath, "particles")
+    return origin
+
+
+def _tomogram_sizes(glob: pd.DataFrame, tpath: Path, trow: np.ndarray) -> np.ndarray:
+    """``[N, 3]`` tomogram size (tilt-series pixels, ``rlnTomoSizeX/Y/Z``; 0 where absent) per particle."""
+    return np.stack([numeric_column(glob, f"rlnTomoSize{a}", tpath, "global")[trow] if f"rlnTomoSize{a}" in glob
+                     else np.zeros(len(trow)) for a in "XYZ"], 1)  # fmt: skip
+
+
+def _centred_coordinates(parts: pd.DataFrame, ppath: Path, tomo_names: np.ndarray, apix: float,
+                         ts_apix: np.ndarray, size: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Particle coordinates ``[N, 3]`` relative to the tomogram centre, in Angstrom (module docstring: RELION
+    5 pixels or ``rlnCenteredCoordinate*Angst``, WarpTools particle pixels), before the origin offsets."""
+    if "rlnCenteredCoordinateXAngst" in parts.columns:
+        return np.stack([numeric_column(parts, f"rlnCenteredCoordinate{a}Angst", ppath, "particles") for a in "XYZ"], 1)
+    xyz = np.stack([numeric_column(parts, f"rlnCoordinate{a}", ppath, "particles") for a in "XYZ"], 1)
+    warp = all(str(t).endswith(".tomostar") for t in tomo_names)
+    coord_apix = np.full(len(parts), apix) if warp else ts_apix
+    return xyz * coord_apix[:, None] - size / 2 * ts_apix[:, None]
+
+
 def _particle_defocus_offset(depth: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
     """Defocus change (Angstrom) of a particle at ``depth`` (Angstrom along the beam, relative to the
     tomogram centre); ``rlnTomoHand`` is the slope of defocus over image-space z (RELION 5's definition)."""
@@ -394,3 +407,55 @@ def _relative(path: Path, base: Path) -> str:
     import os
 
     return os.path.relpath(path.resolve(), base.resolve())
+
+
+@dataclass
+class Placements:
+    """Where each particle of a RELION 5 particles star sits in its tomogram (no images read)."""
+
+    names: list[str]
+    tomogram: np.ndarray  # [N] tomogram name per particle
+    position_A: np.ndarray  # [N, 3] particle centre (coordinate - origin) from the tomogram centre, Angstrom
+    tomogram_size_A: np.ndarray  # [N, 3] tomogram extent (rlnTomoSize x tilt-series pixel size; 0 unknown)
+    rotation: np.ndarray  # [N, 3, 3] RELION matrices (particle_matrices)
+    table: pd.DataFrame  # data_particles as read, every column
+    particles_star: Path
+    tomograms_star: Path
+
+
+def read_placements(path: str | Path, tomograms: str | Path | None = None) -> Placements:
+    """Positions, orientations and tomograms of the particles of an optimisation set or particles star (with
+    its tomograms star): the geometry of :func:`read_relion5`, for placing states back in their tomograms."""
+    path = Path(path)
+    blocks = read_star(path)
+    if is_optimisation_set(blocks):
+        ppath, tpath = read_optimisation_set(path, blocks)
+        blocks = read_star(ppath)
+    else:
+        ppath, tpath = path, Path(tomograms) if tomograms else find_tomograms_star(path)
+    if not is_relion5_particles(blocks):
+        raise InputError(ppath, "not a RELION 5 particles star (no data_particles with rlnTomoName)")
+    parts = blocks["particles"]
+    require_columns(parts, PARTICLE_COLUMNS[:-1], ppath, "particles")
+    optics = block_as_frame(blocks, "optics", ppath)
+    n = len(parts)
+    groups = int_column(parts, "rlnOpticsGroup", ppath, "particles") if "rlnOpticsGroup" in parts else np.ones(n, int)
+    apix = float(_optics_value(optics, groups, "rlnImagePixelSize", ppath, 1.0)[0])
+    glob = block_as_frame(read_star(tpath), "global", tpath)
+    require_columns(glob, ["rlnTomoName"], tpath, "global")
+    tomo_names = parts["rlnTomoName"].astype(str).to_numpy()
+    row_of = {t: i for i, t in enumerate(glob["rlnTomoName"].astype(str))}
+    missing = sorted(set(tomo_names) - set(row_of))
+    if missing:
+        raise InputError(tpath, f"tomogram {missing[0]!r} used by particles is not in data_global", "rlnTomoName")
+    trow = np.array([row_of[t] for t in tomo_names], dtype=np.int64)
+    if "rlnTomoTiltSeriesPixelSize" in glob.columns:
+        ts_apix = numeric_column(glob, "rlnTomoTiltSeriesPixelSize", tpath, "global")[trow]
+    else:
+        ts_apix = _optics_value(optics, groups, "rlnTomoTiltSeriesPixelSize", ppath, 1.0)
+    size = _tomogram_sizes(glob, tpath, trow)
+    pos = _centred_coordinates(parts, ppath, tomo_names, apix, ts_apix, size) - origins_A(parts, ppath)
+    names = (parts["rlnTomoParticleName"].astype(str).tolist() if "rlnTomoParticleName" in parts
+             else [f"{t}/{i + 1}" for i, t in enumerate(tomo_names)])  # fmt: skip
+    return Placements(names, tomo_names, pos, size * ts_apix[:, None], particle_matrices(parts, ppath).numpy(),
+                      parts, ppath, tpath)  # fmt: skip

@@ -1,0 +1,262 @@
+"""Analysis of one finished run folder (``classify`` or ``landscape``, any method): everything the report shows,
+computed from the folder's files alone (``result.json``, ``particles.star`` + its tomograms star, maps,
+``latent.csv``), never from the method's internals.
+
+Per run: the run summary and metrics (beside the oracle when the dataset has a ground truth), convergence,
+a population table with 95 % Wilson intervals, every state's map (sections and projections), FSC curves,
+the latent embedding coloured by cluster / tomogram / depth / tilt count / true state (continuous runs), the
+states in their tomograms (per-tomogram views, spatial statistics against label shuffles, ChimeraX scenes),
+and the per-state RELION 5 stars the run wrote (``subsets/``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.mrc import read_volume
+from ..data.relion5 import read_placements
+from ..errors import InputError
+from ..physics.filters import fsc, resolution_at, shell_frequencies
+from .insitu import StateMap, absolute_positions_A, plot_tomogram, write_chimerax_scene
+from .plots import plot_convergence, plot_embedding, plot_fsc, plot_state_gallery
+from .spatial import spatial_statistics
+
+log = logging.getLogger("tomohet")
+
+MAX_TOMOGRAM_FIGURES = 8  # per-tomogram views shown in the report (all are written)
+
+
+@dataclass
+class RunAnalysis:
+    """What the report shows of one run: facts, tables (lists of row dicts) and figures (caption, file)."""
+
+    name: str
+    run_dir: Path
+    out_dir: Path
+    summary: dict
+    metrics: dict = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+    files: list[tuple[str, Path]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def wilson_interval(k: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """95 % Wilson score interval of proportions ``k / n`` (Wilson 1927, J. Am. Stat. Assoc. 22:209)."""
+    p = np.asarray(k, dtype=float) / max(n, 1)
+    den = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def _load_result(run_dir: Path) -> dict:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        raise InputError(run_dir, "not a finished tomohet run: no result.json (run classify or landscape first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"unreadable result.json ({e})") from e
+
+
+def _state_maps(run_dir: Path, result: dict) -> dict[int, Path]:
+    """Map file per class (1-based): classify's ``class_NNN_map.mrc``, landscape's ``class_NNN_centre.mrc``."""
+    maps = {}
+    for pattern in ("class_*_map.mrc", "class_*_centre.mrc"):
+        for p in sorted(run_dir.glob(pattern)):
+            maps.setdefault(int(p.name.split("_")[1]), p)
+    return maps
+
+
+def _truth(run_dir: Path, result: dict, names: list[str]) -> tuple[np.ndarray | None, dict[int, Path]]:
+    """True state per particle and true map per state from a ``ground_truth.csv`` beside the run's input
+    (simulated data), else ``(None, {})``."""
+    opts = result.get("options", {})
+    cands = [Path(opts["truth"])] if opts.get("truth") else []
+    if opts.get("input_path"):
+        cands.append(Path(opts["input_path"]).parent / "ground_truth.csv")
+    for p in cands:
+        if not p.is_file():
+            continue
+        gt = pd.read_csv(p)
+        if "state" not in gt.columns:
+            continue
+        lookup = dict(zip(gt.iloc[:, 0].astype(str), gt["state"], strict=True))
+        if not all(n in lookup for n in names):
+            continue
+        maps = {}
+        if "map_file" in gt.columns:
+            for st, f in zip(gt["state"], gt["map_file"], strict=True):
+                if isinstance(f, str) and (p.parent / f).is_file():
+                    maps.setdefault(int(st), p.parent / f)
+        return np.array([lookup[n] for n in names]), maps
+    return None, {}
+
+
+def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 199, seed: int = 0) -> RunAnalysis:
+    """Analyse a finished run folder into ``out_dir`` (figures, tables, ChimeraX scenes); see the module
+    docstring."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    result = _load_result(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = result.get("command", "run")
+    ana = RunAnalysis(name=run_dir.name, run_dir=run_dir, out_dir=out_dir, summary={
+        "command": kind, "method": result.get("method"), "seed": result.get("seed"),
+        "input": result.get("options", {}).get("input_path"), "timings_s": result.get("timings_s", {}),
+        "peak_memory_mb": result.get("peak_memory_mb"), "versions": result.get("versions", {}),
+        "images_per_s_per_iteration": result.get("images_per_s_per_iteration"),
+        "consensus_resolution_A": result.get("consensus_resolution_A"),
+    })  # fmt: skip
+    ana.metrics = result.get("metrics", {})
+    star = run_dir / "particles.star"
+    if not star.is_file():
+        raise InputError(run_dir, "the run folder has no particles.star")
+    placements = read_placements(star, run_dir / "tomograms.star" if (run_dir / "tomograms.star").is_file() else None)
+    table = placements.table
+    labels = table["rlnClassNumber"].astype(int).to_numpy() if "rlnClassNumber" in table else None
+    truth, truth_maps = _truth(run_dir, result, placements.names)
+
+    iterations = result.get("iterations") or []
+    if iterations and any("log_likelihood" in e for e in iterations):
+        ana.figures.append(("Convergence: log-likelihood and particles moving per iteration",
+                            plot_convergence(out_dir / "convergence.png", iterations)))  # fmt: skip
+
+    if labels is not None:
+        _populations(ana, labels, truth)
+        _maps_and_fsc(ana, run_dir, result, labels, truth, truth_maps)
+    _embedding(ana, run_dir, placements, labels, truth)
+    if labels is not None:
+        _in_situ(ana, run_dir, placements, labels, n_shuffles, seed)
+    subsets = sorted((run_dir / "subsets").glob("*_optimisation_set.star")) if (run_dir / "subsets").is_dir() else []
+    ana.files += [(f"RELION 5 optimisation set of {p.name.split('_optimisation')[0].replace('_', ' ')}", p)
+                  for p in subsets]  # fmt: skip
+    return ana
+
+
+def _populations(ana: RunAnalysis, labels: np.ndarray, truth: np.ndarray | None) -> None:
+    n = len(labels)
+    classes = np.unique(labels)
+    counts = np.array([(labels == k).sum() for k in classes])
+    lo, hi = wilson_interval(counts, n)
+    rows = [{"class": int(k), "particles": int(c), "fraction": round(c / n, 3), "95% CI": f"{lo[i]:.3f}–{hi[i]:.3f}"}
+            for i, (k, c) in enumerate(zip(classes, counts, strict=True))]  # fmt: skip
+    if truth is not None:  # the true state that dominates each class, and its share
+        for row, k in zip(rows, classes, strict=True):
+            t = truth[labels == k]
+            vals, cnt = np.unique(t, return_counts=True)
+            row["main true state"] = f"{vals[cnt.argmax()]} ({cnt.max() / len(t):.0%})"
+    ana.tables["Populations"] = rows
+
+
+def _maps_and_fsc(ana: RunAnalysis, run_dir: Path, result: dict, labels: np.ndarray, truth: np.ndarray | None,
+                  truth_maps: dict[int, Path]) -> None:  # fmt: skip
+    maps = _state_maps(run_dir, result)
+    if not maps:
+        ana.notes.append("No class maps in the run folder (run with --class-maps to reconstruct them).")
+        return
+    vols = {f"class {k}": read_volume(p)[0] for k, p in maps.items()}
+    gallery = plot_state_gallery(ana.out_dir / "state_maps.png", {k: v.numpy() for k, v in vols.items()})
+    ana.figures.append(("Map of every state: central sections and projections", gallery))
+    curves, freq = {}, None
+    for k in maps:
+        f = run_dir / f"class_{k:03d}_fsc.csv"
+        if f.is_file():
+            df = pd.read_csv(f)
+            freq = df.iloc[:, 0].to_numpy()
+            curves[f"class {k}"] = df.iloc[:, 1].to_numpy()
+    if curves and freq is not None:
+        ana.figures.append(("Gold-standard FSC of each class map (half maps)",
+                            plot_fsc(ana.out_dir / "fsc_classes.png", freq, curves, None)))  # fmt: skip
+    if truth is None or not truth_maps:
+        return
+    rows, curves = [], {}
+    for k in maps:  # each class against the true map of the state that dominates it
+        vals, cnt = np.unique(truth[labels == k], return_counts=True)
+        state = int(vals[cnt.argmax()]) if len(vals) else None
+        if state not in truth_maps:
+            continue
+        ref, apix = read_volume(truth_maps[state])
+        vol = vols[f"class {k}"]
+        if ref.shape != vol.shape:
+            continue
+        c = fsc(vol, ref).float()
+        curves[f"class {k} vs state {state}"] = c.numpy()
+        rows.append({"class": k, "true state": state, "FSC 0.5 (Å)": resolution_at(c, vol.shape[-1], apix, 0.5),
+                     "FSC 0.143 (Å)": resolution_at(c, vol.shape[-1], apix, 0.143)})  # fmt: skip
+    if rows:
+        ana.tables["Class maps against the true maps"] = rows
+        freq = shell_frequencies(vols[next(iter(vols))].shape[-1], apix).numpy()
+        ana.figures.append(("FSC of each class map against the true map of its main state",
+                            plot_fsc(ana.out_dir / "fsc_vs_truth.png", freq, curves, None)))  # fmt: skip
+
+
+def _embedding(ana: RunAnalysis, run_dir: Path, placements, labels, truth) -> None:
+    latent = run_dir / "latent.csv"
+    if not latent.is_file():
+        return
+    df = pd.read_csv(latent)
+    lookup = {n: i for i, n in enumerate(df.iloc[:, 0].astype(str))}
+    idx = np.array([lookup.get(n, -1) for n in placements.names])
+    if (idx < 0).any():
+        ana.notes.append("latent.csv does not list every particle of particles.star; embedding skipped.")
+        return
+    z = df.filter(regex=r"^z\d+$").to_numpy()[idx]
+    if z.shape[1] >= 2:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(2, random_state=0).fit_transform(z) if z.shape[1] > 2 else z[:, :2]
+        how = "PCA of the latents" if z.shape[1] > 2 else "latents z0, z1"
+    else:
+        xy = np.stack([z[:, 0], np.zeros(len(z))], 1)
+        how = "latent z0"
+    col: dict[str, tuple[np.ndarray, bool]] = {}
+    if labels is not None:
+        col["cluster"] = (labels, True)
+    if truth is not None:
+        col["true state"] = (truth, True)
+    col["tomogram"] = (placements.tomogram, True)
+    col["depth Z (Å)"] = (placements.position_A[:, 2], False)
+    if "rlnTomoVisibleFrames" in placements.table:
+        tilts = [sum(int(float(v)) for v in str(s).strip("[]").split(",") if v.strip())
+                 for s in placements.table["rlnTomoVisibleFrames"]]  # fmt: skip
+        col["tilt count"] = (np.array(tilts), False)
+    ana.figures.append((f"Landscape ({how}), coloured by cluster, truth and nuisances (structure that follows "
+                        "tomogram, depth or tilt count is not biology)",
+                        plot_embedding(ana.out_dir / "embedding.png", xy, col, how)))  # fmt: skip
+
+
+def _in_situ(ana: RunAnalysis, run_dir: Path, placements, labels: np.ndarray, n_shuffles: int, seed: int) -> None:
+    pos = absolute_positions_A(placements.position_A, placements.tomogram_size_A)
+    names = {int(k): f"class {k}" for k in np.unique(labels)}
+    stats = spatial_statistics(placements.position_A, labels, placements.tomogram, n_shuffles=n_shuffles, seed=seed)
+    ana.tables["Spatial statistics (label-shuffle null within tomograms)"] = [
+        {**s.row(), "state": f"class {s.state}", "clustered (p<0.01)": bool(min(s.p_nn, s.p_ripley) < 0.01)}
+        for s in stats
+    ]
+    maps = {}
+    for k, p in _state_maps(run_dir, {}).items():
+        v, apix = read_volume(p)
+        maps[k] = StateMap(p, v.shape[-1], apix, float(np.percentile(v.numpy(), 85)))
+    scenes = out = ana.out_dir / "chimerax"
+    out.mkdir(exist_ok=True)
+    tomos = sorted(np.unique(placements.tomogram))
+    for i, t in enumerate(tomos):
+        sel = placements.tomogram == t
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in t)
+        if i < MAX_TOMOGRAM_FIGURES:
+            fig = plot_tomogram(ana.out_dir / f"insitu_{safe}.png", pos[sel], labels[sel],
+                                placements.tomogram_size_A[sel][0], t, names)  # fmt: skip
+            ana.figures.append((f"Tomogram {t}: each particle's state at its position", fig))
+        scene = write_chimerax_scene(scenes / f"{safe}.cxc", pos[sel], placements.rotation[sel], labels[sel], maps,
+                                     names)  # fmt: skip
+        ana.files.append((f"ChimeraX scene of {t} (open with ChimeraX)", scene))
+    if len(tomos) > MAX_TOMOGRAM_FIGURES:
+        ana.notes.append(f"{len(tomos)} tomograms: the report shows {MAX_TOMOGRAM_FIGURES}; all views are in "
+                         f"{ana.out_dir}.")  # fmt: skip

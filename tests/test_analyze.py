@@ -1,0 +1,144 @@
+"""``tomohet analyze``: the report (offline, every section, non-blank figures, rendered in headless Chromium),
+ChimeraX scenes that place each particle where its star says, and per-state stars that read back whole and
+reconstruct to the run's class maps."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import starfile
+from typer.testing import CliRunner
+
+from tomohet.analysis.insitu import absolute_positions_A, parse_chimerax_matrices
+from tomohet.cli.main import app
+from tomohet.data.mrc import read_volume
+from tomohet.data.relion5 import read_placements, read_relion5
+from tomohet.physics.filters import fsc, shell_frequencies
+from tomohet.physics.reconstruct import reconstruct
+from tomohet.simulate.datasets import simulate_preset
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """A classify run on the smoke preset (2 states, 200 particles), analysed."""
+    root = tmp_path_factory.mktemp("analyze")
+    layout, truth = simulate_preset("smoke", root / "data", seed=0)
+    runner = CliRunner()
+    r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(root / "run"), "-K", "2",
+                            "--iterations", "4"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["analyze", str(root / "run"), "--shuffles", "49"])
+    assert r.exit_code == 0, r.output
+    return root, layout
+
+
+def _images(html: str) -> list[np.ndarray]:
+    from PIL import Image
+
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("L"), dtype=float)
+            for b in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]  # fmt: skip
+
+
+def test_report_is_offline_and_complete(analysed):
+    root, _ = analysed
+    report = root / "run" / "analysis" / "report.html"
+    html = report.read_text()
+    for section in ("Runs side by side", "Against the ground truth", "Populations", "Spatial statistics",
+                    "Class maps against the true maps", "Map of every state", "Convergence", "Tomogram",
+                    "Files for the next step"):  # fmt: skip
+        assert section in html, section
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not load anything remotely"
+    assert "<script" not in html
+    imgs = _images(html)
+    assert len(imgs) >= 6
+    assert all(im.std() > 5 for im in imgs), "a blank figure"
+    result = json.loads((root / "run" / "analysis" / "result.json").read_text())
+    assert result["runs"][0]["oracle ARI"] >= 0.9
+
+
+def test_report_renders_in_headless_chromium(analysed, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    report = analysed[0] / "run" / "analysis" / "report.html"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
+           "--window-size=1200,2400", f"--screenshot={shot}",
+           report.as_uri()]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console  # a clean console: no script errors, no failed loads
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape[0] >= 2000 and img.std() > 20  # text, tables and figures, not a blank page
+    # the top of the page holds the comparison table: dark text on white
+    assert (img[:400] < 100).mean() > 0.005
+
+
+def test_chimerax_scene_places_particles_as_the_star_says(analysed):
+    root, _ = analysed
+    pl = read_placements(root / "run" / "particles.star")
+    scenes = sorted((root / "run" / "analysis" / "chimerax").glob("*.cxc"))
+    assert len(scenes) == len(set(pl.tomogram))
+    vol, apix = read_volume(root / "run" / "class_001_map.mrc")
+    centre = np.full(3, vol.shape[-1] / 2 * apix)
+    for scene in scenes:
+        t = scene.stem
+        sel = np.flatnonzero(pl.tomogram == t)
+        mats = parse_chimerax_matrices(scene)
+        assert sorted(mats) == list(range(1, len(sel) + 1))
+        pos = absolute_positions_A(pl.position_A[sel], pl.tomogram_size_A[sel])
+        for model, i in enumerate(range(len(sel)), start=1):
+            m = mats[model]
+            np.testing.assert_allclose(m[:, :3], pl.rotation[sel[i]], atol=1e-5)
+            np.testing.assert_allclose(m[:, 3] + m[:, :3] @ centre, pos[i], atol=1e-3)  # the map centre lands on p
+        text = scene.read_text()
+        assert text.count("\nopen ") == len(sel) and "view matrix models #1," in text
+
+
+def test_state_stars_read_back_whole_and_reconstruct_the_class_map(analysed):
+    root, layout = analysed
+    src = starfile.read(layout.particles_star)["particles"]
+    sub = root / "run" / "subsets" / "class_001_optimisation_set.star"
+    assert sub.is_file()
+    ds = read_relion5(sub)
+    written = starfile.read(root / "run" / "subsets" / "class_001_particles.star")["particles"]
+    assert set(src.columns) <= set(written.columns)
+    rows = src.set_index("rlnTomoParticleName").loc[written["rlnTomoParticleName"]]
+    for col in src.columns.drop(["rlnTomoParticleName", "rlnImageName"]):
+        assert (rows[col].astype(str).to_numpy() == written[col].astype(str).to_numpy()).all(), col
+    # image paths are rewritten relative to the new star, and still name the same files
+    src_dir, new_dir = layout.particles_star.parent, sub.parent
+    assert [(src_dir / a).resolve() for a in rows["rlnImageName"]] == [
+        (new_dir / b).resolve() for b in written["rlnImageName"]
+    ]
+    rec = reconstruct(ds)
+    cmap, apix = read_volume(root / "run" / "class_001_map.mrc")
+    c = fsc(rec.full, cmap)
+    freq = shell_frequencies(cmap.shape[-1], apix)
+    band = (freq > 0) & (freq <= 1 / rec.resolution)
+    assert float(c[band].min()) >= 0.9
+
+
+def test_bad_run_folders_get_one_line_errors(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["analyze", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "not a folder" in r.output
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["analyze", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no result.json" in r.output
+    r = runner.invoke(app, ["analyze", str(tmp_path / "empty"), str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "--out" in r.output
+    r = runner.invoke(app, ["analyze", str(tmp_path / "empty"), "--shuffles", "5"])
+    assert r.exit_code == 2 and "--shuffles" in r.output
