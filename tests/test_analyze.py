@@ -142,3 +142,16 @@ def test_bad_run_folders_get_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "--out" in r.output
     r = runner.invoke(app, ["analyze", str(tmp_path / "empty"), "--shuffles", "5"])
     assert r.exit_code == 2 and "--shuffles" in r.output
+
+
+def test_select_writes_the_chosen_classes_for_the_next_job(analysed, tmp_path):
+    root, layout = analysed
+    r = CliRunner().invoke(app, ["analyze", str(root / "run"), "--out", str(tmp_path / "sel"), "--select", "2",
+                                 "--shuffles", "19"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    sel = json.loads((tmp_path / "sel" / "result.json").read_text())["selection"]
+    labels = starfile.read(root / "run" / "particles.star")["particles"]
+    want = labels.loc[labels["rlnClassNumber"] == 2, "rlnTomoParticleName"].tolist()
+    ds = read_relion5(sel["particles"])
+    assert sel["n"] == len(want) and sorted(ds.names) == sorted(want)
+    assert "selected classes [2]" in (tmp_path / "sel" / "report.html").read_text()

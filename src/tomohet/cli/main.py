@@ -222,6 +222,7 @@ def analyze(
     out: Path | None = typer.Option(None, "--out", "-o", help="output folder (default RUN/analysis for one run)"),
     shuffles: int = typer.Option(199, help="label shuffles of the spatial-statistics null"),
     seed: int = typer.Option(0, help="random seed of the shuffles"),
+    select: str | None = typer.Option(None, help="classes/clusters to write as the next job's input, e.g. 1,3"),
 ) -> None:
     """Figures, states in their tomograms (views, spatial statistics, ChimeraX scenes) and a self-contained HTML
     report (report.html) of finished runs."""
@@ -230,7 +231,11 @@ def analyze(
             _fail(f"--shuffles must be >= 19 (got {shuffles}): fewer cannot reach p < 0.05")
         from .analyze import run_analyze
 
-        report = run_analyze(runs, out, shuffles, seed)
+        try:
+            classes = [int(c) for c in select.split(",")] if select else None
+        except ValueError:
+            _fail(f"--select takes class numbers separated by commas, e.g. 1,3 (got {select!r})")
+        report = run_analyze(runs, out, shuffles, seed, classes)
         console.print(f"report: {report}")
 
 
