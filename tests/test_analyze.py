@@ -22,21 +22,19 @@ from tomohet.data.mrc import read_volume
 from tomohet.data.relion5 import read_placements, read_relion5
 from tomohet.physics.filters import fsc, shell_frequencies
 from tomohet.physics.reconstruct import reconstruct
-from tomohet.simulate.datasets import simulate_preset
 
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    """A classify run on the smoke preset (2 states, 200 particles), analysed."""
+    """The demo on 120 particles (simulate, classify, landscape, analyze both into report.html), and the
+    classify run analysed on its own by the command."""
     root = tmp_path_factory.mktemp("analyze")
-    layout, truth = simulate_preset("smoke", root / "data", seed=0)
     runner = CliRunner()
-    r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(root / "run"), "-K", "2",
-                            "--iterations", "4"])  # fmt: skip
+    r = runner.invoke(app, ["demo", "--out", str(root / "demo"), "--n-particles", "120"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["analyze", str(root / "run"), "--shuffles", "49"])
+    r = runner.invoke(app, ["analyze", str(root / "demo" / "classify"), "--shuffles", "49"])
     assert r.exit_code == 0, r.output
-    return root, layout
+    return root / "demo"
 
 
 def _images(html: str) -> list[np.ndarray]:
@@ -47,8 +45,7 @@ def _images(html: str) -> list[np.ndarray]:
 
 
 def test_report_is_offline_and_complete(analysed):
-    root, _ = analysed
-    report = root / "run" / "analysis" / "report.html"
+    report = analysed / "classify" / "analysis" / "report.html"
     html = report.read_text()
     for section in ("Runs side by side", "Against the ground truth", "Populations", "Spatial statistics",
                     "Class maps against the true maps", "Map of every state", "Convergence", "Tomogram",
@@ -59,18 +56,20 @@ def test_report_is_offline_and_complete(analysed):
     imgs = _images(html)
     assert len(imgs) >= 6
     assert all(im.std() > 5 for im in imgs), "a blank figure"
-    result = json.loads((root / "run" / "analysis" / "result.json").read_text())
+    result = json.loads((analysed / "classify" / "analysis" / "result.json").read_text())
     assert result["runs"][0]["oracle ARI"] >= 0.9
+    demo = (analysed / "report.html").read_text()  # the demo's report: both runs, each beside the oracle
+    assert demo.count("oracle") >= 4 and "landscape: landscape (ppca)" in demo and "classify: classify (em2d)" in demo
 
 
-def test_report_renders_in_headless_chromium(analysed, tmp_path):
+def test_demo_report_renders_in_headless_chromium(analysed, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
     from PIL import Image
 
     shot = tmp_path / "report.png"
-    report = analysed[0] / "run" / "analysis" / "report.html"
+    report = analysed / "report.html"
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
@@ -87,11 +86,11 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
 
 
 def test_chimerax_scene_places_particles_as_the_star_says(analysed):
-    root, _ = analysed
-    pl = read_placements(root / "run" / "particles.star")
-    scenes = sorted((root / "run" / "analysis" / "chimerax").glob("*.cxc"))
+    run = analysed / "classify"
+    pl = read_placements(run / "particles.star")
+    scenes = sorted((run / "analysis" / "chimerax").glob("*.cxc"))
     assert len(scenes) == len(set(pl.tomogram))
-    vol, apix = read_volume(root / "run" / "class_001_map.mrc")
+    vol, apix = read_volume(run / "class_001_map.mrc")
     centre = np.full(3, vol.shape[-1] / 2 * apix)
     for scene in scenes:
         t = scene.stem
@@ -108,23 +107,23 @@ def test_chimerax_scene_places_particles_as_the_star_says(analysed):
 
 
 def test_state_stars_read_back_whole_and_reconstruct_the_class_map(analysed):
-    root, layout = analysed
-    src = starfile.read(layout.particles_star)["particles"]
-    sub = root / "run" / "subsets" / "class_001_optimisation_set.star"
+    run, source = analysed / "classify", analysed / "dataset" / "smoke_particles.star"
+    src = starfile.read(source)["particles"]
+    sub = run / "subsets" / "class_001_optimisation_set.star"
     assert sub.is_file()
     ds = read_relion5(sub)
-    written = starfile.read(root / "run" / "subsets" / "class_001_particles.star")["particles"]
+    written = starfile.read(run / "subsets" / "class_001_particles.star")["particles"]
     assert set(src.columns) <= set(written.columns)
     rows = src.set_index("rlnTomoParticleName").loc[written["rlnTomoParticleName"]]
     for col in src.columns.drop(["rlnTomoParticleName", "rlnImageName"]):
         assert (rows[col].astype(str).to_numpy() == written[col].astype(str).to_numpy()).all(), col
     # image paths are rewritten relative to the new star, and still name the same files
-    src_dir, new_dir = layout.particles_star.parent, sub.parent
+    src_dir, new_dir = source.parent, sub.parent
     assert [(src_dir / a).resolve() for a in rows["rlnImageName"]] == [
         (new_dir / b).resolve() for b in written["rlnImageName"]
     ]
     rec = reconstruct(ds)
-    cmap, apix = read_volume(root / "run" / "class_001_map.mrc")
+    cmap, apix = read_volume(run / "class_001_map.mrc")
     c = fsc(rec.full, cmap)
     freq = shell_frequencies(cmap.shape[-1], apix)
     band = (freq > 0) & (freq <= 1 / rec.resolution)
@@ -145,12 +144,12 @@ def test_bad_run_folders_get_one_line_errors(tmp_path):
 
 
 def test_select_writes_the_chosen_classes_for_the_next_job(analysed, tmp_path):
-    root, layout = analysed
-    r = CliRunner().invoke(app, ["analyze", str(root / "run"), "--out", str(tmp_path / "sel"), "--select", "2",
+    run = analysed / "classify"
+    r = CliRunner().invoke(app, ["analyze", str(run), "--out", str(tmp_path / "sel"), "--select", "2",
                                  "--shuffles", "19"])  # fmt: skip
     assert r.exit_code == 0, r.output
     sel = json.loads((tmp_path / "sel" / "result.json").read_text())["selection"]
-    labels = starfile.read(root / "run" / "particles.star")["particles"]
+    labels = starfile.read(run / "particles.star")["particles"]
     want = labels.loc[labels["rlnClassNumber"] == 2, "rlnTomoParticleName"].tolist()
     ds = read_relion5(sel["particles"])
     assert sel["n"] == len(want) and sorted(ds.names) == sorted(want)

@@ -39,3 +39,19 @@ def test_random_labels_are_not_called_clustered():
 def test_bad_positions_raise():
     with pytest.raises(ValueError, match="NaN"):
         spatial_statistics(np.full((10, 3), np.nan), np.zeros(10), np.array(["a"] * 10))
+
+
+def test_aligned_neighbours_are_detected_and_random_ones_are_not():
+    from scipy.spatial.transform import Rotation
+
+    from tomohet.analysis.spatial import neighbour_orientation
+
+    pos, labels, tomos = _tomogram(3, clustered=True)
+    rot = Rotation.random(len(pos), random_state=3).as_matrix()
+    base = Rotation.random(random_state=4).as_matrix()
+    jitter = Rotation.from_rotvec(np.random.default_rng(5).normal(0, 0.1, size=((labels == 1).sum(), 3)))
+    rot[labels == 1] = (jitter * Rotation.from_matrix(base)).as_matrix()  # state 1: neighbours aligned to ~6 deg
+    stats = neighbour_orientation(pos, rot, labels, tomos, n_shuffles=199)
+    assert stats[1]["p_aligned"] < 0.01 and stats[1]["median_neighbour_angle_deg"] < 20
+    rot = Rotation.random(len(pos), random_state=6).as_matrix()
+    assert neighbour_orientation(pos, rot, labels, tomos, n_shuffles=99)[1]["p_aligned"] > 0.05

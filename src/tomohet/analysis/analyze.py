@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..physics.filters import fsc, resolution_at, shell_frequencies
 from .insitu import StateMap, absolute_positions_A, plot_tomogram, write_chimerax_scene
 from .plots import plot_convergence, plot_embedding, plot_fsc, plot_state_gallery
-from .spatial import spatial_statistics
+from .spatial import neighbour_orientation, spatial_statistics
 
 log = logging.getLogger("tomohet")
 
@@ -236,10 +236,13 @@ def _in_situ(ana: RunAnalysis, run_dir: Path, placements, labels: np.ndarray, n_
     pos = absolute_positions_A(placements.position_A, placements.tomogram_size_A)
     names = {int(k): f"class {k}" for k in np.unique(labels)}
     stats = spatial_statistics(placements.position_A, labels, placements.tomogram, n_shuffles=n_shuffles, seed=seed)
+    orient = neighbour_orientation(placements.position_A, placements.rotation, labels, placements.tomogram,
+                                   n_shuffles=n_shuffles, seed=seed)  # fmt: skip
     ana.tables["Spatial statistics (label-shuffle null within tomograms)"] = [
-        {**s.row(), "state": f"class {s.state}", "clustered (p<0.01)": bool(min(s.p_nn, s.p_ripley) < 0.01)}
+        {**s.row(), "state": f"class {s.state}", **orient.get(s.state, {}),
+         "clustered (p<0.01)": bool(min(s.p_nn, s.p_ripley) < 0.01)}
         for s in stats
-    ]
+    ]  # fmt: skip
     maps = {}
     for k, p in _state_maps(run_dir, {}).items():
         v, apix = read_volume(p)
