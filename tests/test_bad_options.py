@@ -81,6 +81,7 @@ def tiny_copy(tiny, tmp_path) -> Path:
         (["--pixel-size", "0"], "--pixel-size", "got 0.0"),
         (["--pixel-size", "-12"], "--pixel-size", "got -12.0"),
         (["--method", "em3d", "-K", "0"], "--classes/-K", "got 0"),
+        (["--method", "hillclimb", "--init", "ppca"], "--init", "not hillclimb"),
     ],
 )
 def test_classify_bad_option_before_anything_runs(tiny, tmp_path, monkeypatch, args, option, shown):

@@ -140,7 +140,9 @@ def classify(
     ),
     runs: int = typer.Option(3, help="independent runs for hillclimb (consistency across runs)"),
     iterations: int = typer.Option(12, help="maximum EM iterations"),
-    init: str = typer.Option("pca", help="initialisation: pca (difference PCA + k-means), random"),
+    init: str = typer.Option(
+        "pca", help="initialisation: pca (difference PCA + k-means), ppca (tilt-space PPCA + k-means; em2d), random"
+    ),
     maps: list[Path] | None = typer.Option(None, "--map", help="initial class maps (repeat; sets the classes)"),
     focus_mask: Path | None = typer.Option(None, help="mask (MRC, 0..1) for focused classification"),
     seed: int = typer.Option(0, help="random seed"),

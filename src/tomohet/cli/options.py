@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import InputError
 
 METHODS = ("em", "em2d", "em3d", "hillclimb")  # classify's methods (methods.registry), "em" = em2d
-INITS = ("pca", "random")
+INITS = ("pca", "ppca", "random")
 
 
 class OptionError(InputError):
@@ -89,6 +89,8 @@ def check_classify(
     with initial maps)."""
     one_of("--method", method, METHODS)
     one_of("--init", init, (*INITS, "maps") if has_maps else INITS)
+    if init == "ppca" and method not in ("em", "em2d"):
+        raise OptionError("--init", f"ppca starts only --method em2d (2D tilt stacks), not {method}")
     at_least("--classes/-K", n_classes, 1)
     at_least("--iterations", n_iter, 1)
     at_least("--runs", runs, 1)

@@ -54,7 +54,7 @@ class EMOptions:
 
     n_classes: int = 4
     n_iter: int = 12
-    init: str = "pca"  # "pca", "random", or "maps" (give ``initial_maps``)
+    init: str = "pca"  # "pca", "ppca" (tilt-space PPCA latents + k-means), "random", or "maps" (``initial_maps``)
     init_lowpass_A: float = 40.0
     init_resolution_A: float | None = None  # band of the PCA features (default: difference_pca.feature_resolution)
     n_components: int | None = None  # PCA components for the initial k-means (default 2 x n_classes)
@@ -394,12 +394,23 @@ def classify_em2d(
             em.initialise(consensus, maps=initial_maps)
         else:
             ts = time.perf_counter()
-            labels = initial_labels(opt.init, n, opt.n_classes, opt.seed, lambda: difference_pca_labels(
-                dataset, consensus, opt.n_classes, n_components=opt.n_components,
-                resolution_A=opt.init_resolution_A, max_dose=opt.max_dose, focus_mask=focus_mask,
-                batch_size=opt.batch_size, seed=opt.seed, progress=stage_ticker(progress, "PCA start", n),
-            ))  # fmt: skip
-            if opt.init == "pca":
+            if opt.init == "ppca":  # tilt-space PPCA latents + k-means (lazy: ppca imports this module)
+                from .ppca import ppca_start_labels
+
+                labels = ppca_start_labels(dataset, opt.n_classes, seed=opt.seed, max_dose=opt.max_dose,
+                                           focus_mask=focus_mask, batch_size=opt.batch_size,
+                                           progress=progress)  # fmt: skip
+            else:
+
+                def pca_start():
+                    return difference_pca_labels(
+                        dataset, consensus, opt.n_classes, n_components=opt.n_components,
+                        resolution_A=opt.init_resolution_A, max_dose=opt.max_dose, focus_mask=focus_mask,
+                        batch_size=opt.batch_size, seed=opt.seed, progress=stage_ticker(progress, "PCA start", n),
+                    )  # fmt: skip
+
+                labels = initial_labels(opt.init, n, opt.n_classes, opt.seed, pca_start)
+            if opt.init in ("pca", "ppca"):
                 init_info["init_seconds"] = round(time.perf_counter() - ts, 2)
                 init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(consensus, labels=labels)

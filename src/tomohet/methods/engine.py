@@ -19,7 +19,7 @@ import numpy as np
 from .checkpoint import save_checkpoint
 from .iteration import anneal_temperature, stage_ticker
 
-INITS = ("pca", "random", "maps")
+INITS = ("pca", "ppca", "random", "maps")  # ppca: em2d only (methods.ppca.ppca_start_labels)
 
 
 class IterativeModel(Protocol):

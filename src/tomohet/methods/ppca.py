@@ -318,5 +318,22 @@ def infer_latents(dataset, result: Result, particles: np.ndarray | None = None, 
     return mean, sd
 
 
+PPCA_START_ITERATIONS = 4  # EM iterations of the PPCA behind classify's --init ppca
+
+
+def ppca_start_labels(dataset, n_classes: int, *, seed: int = 0, max_dose: float | None = None,
+                      resolution_limit_A: float | None = None, focus_mask: torch.Tensor | None = None,
+                      batch_size: int = 32, progress=None) -> np.ndarray:  # fmt: skip
+    """Initial classes ``[N]`` for the EM (``classify --init ppca``): tilt-space PPCA with ``n_classes - 1``
+    components (the dimension K class means span), :data:`PPCA_START_ITERATIONS` iterations, then k-means
+    (20 starts) on the posterior-mean latents."""
+    from sklearn.cluster import KMeans
+
+    opt = PPCAOptions(n_components=max(1, n_classes - 1), n_iter=PPCA_START_ITERATIONS, seed=seed,
+                      max_dose=max_dose, resolution_limit_A=resolution_limit_A, batch_size=batch_size)  # fmt: skip
+    z = fit_ppca(dataset, opt, progress=progress, focus_mask=focus_mask).latents
+    return KMeans(n_clusters=n_classes, n_init=20, random_state=seed).fit_predict(z).astype(np.int64)
+
+
 _DESCRIPTION = "tilt-space probabilistic PCA: mean + low-rank basis fitted to the 2D tilt images by EM"
 register(LandscapeMethod("ppca", fit_ppca, PPCAOptions, "2d", _DESCRIPTION))
