@@ -154,3 +154,23 @@ def test_select_writes_the_chosen_classes_for_the_next_job(analysed, tmp_path):
     ds = read_relion5(sel["particles"])
     assert sel["n"] == len(want) and sorted(ds.names) == sorted(want)
     assert "selected classes [2]" in (tmp_path / "sel" / "report.html").read_text()
+
+
+def test_landscape_paths_and_latent_region_selection(analysed, tmp_path):
+    import pandas as pd
+
+    land = analysed / "landscape"
+    r = CliRunner().invoke(app, ["analyze", str(land), "--out", str(tmp_path / "a"), "--shuffles", "19",
+                                 "--path", "c1:c2", "--select-latent", "z0>0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    # the path runs from cluster 1's centre map to cluster 2's, as the landscape wrote them
+    for step, k in ((0, 1), (6, 2)):
+        got = read_volume(tmp_path / "a" / f"path_1_{step:02d}.mrc")[0]
+        want = read_volume(land / f"class_{k:03d}_centre.mrc")[0]
+        assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+    sel = json.loads((tmp_path / "a" / "result.json").read_text())["selection"]
+    z = pd.read_csv(land / "latent.csv")
+    assert sel["n"] == int((z["z0"] > 0).sum()) and 0 < sel["n"] < len(z)
+    assert "Maps along the path c1 -&gt; c2" in (tmp_path / "a" / "report.html").read_text()
+    r = CliRunner().invoke(app, ["analyze", str(land), "--out", str(tmp_path / "b"), "--path", "c1:c9"])
+    assert r.exit_code == 2 and "no cluster 9" in r.output

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.mrc import read_volume
+from ..data.mrc import read_volume, write_volume
 from ..data.relion5 import read_placements
 from ..errors import InputError
 from ..physics.filters import fsc, resolution_at, shell_frequencies
 from .insitu import StateMap, absolute_positions_A, plot_tomogram, write_chimerax_scene
+from .latent_maps import load_linear_landscape, maps_along_path, parse_point
 from .plots import plot_convergence, plot_embedding, plot_fsc, plot_state_gallery
 from .spatial import neighbour_orientation, spatial_statistics
 
@@ -100,9 +101,11 @@ def _truth(run_dir: Path, result: dict, names: list[str]) -> tuple[np.ndarray | 
     return None, {}
 
 
-def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 199, seed: int = 0) -> RunAnalysis:
+def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 199, seed: int = 0,
+                paths: list[str] | None = None) -> RunAnalysis:  # fmt: skip
     """Analyse a finished run folder into ``out_dir`` (figures, tables, ChimeraX scenes); see the module
-    docstring."""
+    docstring. ``paths``: ``"A:B"`` latent paths of a linear landscape (points as :func:`.latent_maps.parse_point`)
+    along which maps are written (``path_I_SS.mrc``) and shown."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     result = _load_result(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,8 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 1
         _populations(ana, labels, truth)
         _maps_and_fsc(ana, run_dir, result, labels, truth, truth_maps)
     _embedding(ana, run_dir, placements, labels, truth)
+    if paths:
+        _paths(ana, run_dir, paths)
     if labels is not None:
         _in_situ(ana, run_dir, placements, labels, n_shuffles, seed)
     subsets = sorted((run_dir / "subsets").glob("*_optimisation_set.star")) if (run_dir / "subsets").is_dir() else []
@@ -219,6 +224,14 @@ def _embedding(ana: RunAnalysis, run_dir: Path, placements, labels, truth) -> No
     col: dict[str, tuple[np.ndarray, bool]] = {}
     if labels is not None:
         col["cluster"] = (labels, True)
+    if len(z) >= 20:  # density-based clusters need no K; -1 = noise (Campello et al. 2013)
+        from sklearn.cluster import HDBSCAN
+
+        hdb = HDBSCAN(min_cluster_size=max(10, len(z) // 50), copy=True).fit_predict(z[:, :8])
+        col["HDBSCAN"] = (hdb, True)
+        sizes = {int(k): int((hdb == k).sum()) for k in np.unique(hdb)}
+        ana.tables["HDBSCAN clusters of the latents (-1: noise)"] = [{"cluster": k, "particles": n}
+                                                                    for k, n in sizes.items()]  # fmt: skip
     if truth is not None:
         col["true state"] = (truth, True)
     col["tomogram"] = (placements.tomogram, True)
@@ -230,6 +243,23 @@ def _embedding(ana: RunAnalysis, run_dir: Path, placements, labels, truth) -> No
     ana.figures.append((f"Landscape ({how}), coloured by cluster, truth and nuisances (structure that follows "
                         "tomogram, depth or tilt count is not biology)",
                         plot_embedding(ana.out_dir / "embedding.png", xy, col, how)))  # fmt: skip
+
+
+def _paths(ana: RunAnalysis, run_dir: Path, paths: list[str]) -> None:
+    model = load_linear_landscape(run_dir)
+    if model is None:
+        raise InputError(run_dir, "--path needs a linear landscape run (mean.mrc and component_NN.mrc)")
+    for i, spec in enumerate(paths, start=1):
+        a, sep, b = spec.partition(":")
+        if not sep:
+            raise InputError(run_dir, f"--path {spec!r}: give two points as A:B, e.g. c1:c3 or z0=-2:z0=2")
+        maps = maps_along_path(model, parse_point(a, model, run_dir), parse_point(b, model, run_dir))
+        for step, v in enumerate(maps):
+            write_volume(ana.out_dir / f"path_{i}_{step:02d}.mrc", v, model.pixel_size)
+        steps = np.linspace(0, 1, len(maps))
+        fig = plot_state_gallery(ana.out_dir / f"path_{i}.png",
+                                 {f"t={t:.2f}": v.numpy() for t, v in zip(steps, maps, strict=True)})  # fmt: skip
+        ana.figures.append((f"Maps along the path {a} -> {b} (7 steps; files path_{i}_SS.mrc)", fig))
 
 
 def _in_situ(ana: RunAnalysis, run_dir: Path, placements, labels: np.ndarray, n_shuffles: int, seed: int) -> None:

@@ -94,8 +94,12 @@ def plot_convergence(path: Path, iterations: list[dict]) -> Path:
 def plot_embedding(path: Path, xy: np.ndarray, colourings: dict[str, tuple[np.ndarray, bool]], title: str) -> Path:
     """A 2D embedding drawn once per colouring: ``{name: (values, categorical)}``."""
     n = len(colourings)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), dpi=100, squeeze=False)
-    for ax, (name, (vals, categorical)) in zip(axes[0], colourings.items(), strict=True):
+    ncol = min(n, 3)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.3 * nrow), dpi=100, squeeze=False)
+    for ax in axes.reshape(-1)[n:]:
+        ax.axis("off")
+    for ax, (name, (vals, categorical)) in zip(axes.reshape(-1), colourings.items(), strict=False):
         if categorical:
             cats = list(dict.fromkeys(np.asarray(vals).tolist()))
             for i, c in enumerate(sorted(cats, key=str)):

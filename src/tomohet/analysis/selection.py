@@ -28,23 +28,55 @@ def run_labels(run_dir: Path) -> tuple[list[str], np.ndarray]:
     raise InputError(run_dir, "the run has no classes (posteriors.csv) or clusters (clusters.csv) to select from")
 
 
+def _write_selected(run_dir: Path, names: list[str], out_dir: Path, prefix: str) -> tuple[int, Path]:
+    """Write the run's particles named ``names`` as the next job's input; returns (count, file)."""
+    result = json.loads((run_dir / "result.json").read_text())
+    nxt = result.get("next_input") or (result.get("clusters") or {}).get("next_input")
+    source = run_dir / nxt if nxt else Path(result.get("options", {}).get("input_path") or run_dir / "missing")
+    if not source.is_file():  # the run's own particles file, else the input it read (same particle names)
+        raise InputError(run_dir, "no particles file to select from: neither the run's next_input nor its input")
+    ds = read_any(source)
+    index = {n: i for i, n in enumerate(ds.names)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise InputError(source, f"particle {missing[0]!r} of the run's labels is not in this file")
+    if not names:
+        raise InputError(run_dir, "the selection is empty: no particle matches it")
+    keep = np.sort(np.array([index[n] for n in names]))
+    return len(keep), write_annotated(ds, out_dir, {}, keep, prefix)
+
+
 def select_classes(run_dir: Path, classes: list[int], out_dir: Path, prefix: str = "selected") -> dict:
     """Write the particles of ``classes`` (1-based class or cluster numbers) of the run in ``run_dir`` into
     ``out_dir``; returns what was written (recorded in the analysis' ``result.json``)."""
-    result = json.loads((run_dir / "result.json").read_text())
-    nxt = result.get("next_input")
-    if not nxt or not (run_dir / nxt).is_file():
-        raise InputError(run_dir, "the run folder has no particles file to select from (next_input)")
     names, labels = run_labels(run_dir)
     unknown = sorted(set(classes) - set(labels.tolist()))
     if unknown:
         raise InputError(run_dir, f"--select: class {unknown[0]} is not among the run's classes "
                                   f"{sorted(set(labels.tolist()))}")  # fmt: skip
-    ds = read_any(run_dir / nxt)
-    index = {n: i for i, n in enumerate(ds.names)}
-    missing = [n for n in names if n not in index]
-    if missing:
-        raise InputError(run_dir / nxt, f"particle {missing[0]!r} of the run's labels is not in this file")
-    keep = np.sort(np.array([index[n] for n, k in zip(names, labels, strict=True) if k in set(classes)]))
-    path = write_annotated(ds, out_dir, {}, keep, prefix)
-    return {"classes": sorted(classes), "n": int(len(keep)), "particles": str(path)}
+    chosen = [n for n, k in zip(names, labels, strict=True) if k in set(classes)]
+    n, path = _write_selected(run_dir, chosen, out_dir, prefix)
+    return {"classes": sorted(classes), "n": n, "particles": str(path)}
+
+
+def select_latent_region(run_dir: Path, region: str, out_dir: Path, prefix: str = "selected") -> dict:
+    """Write the particles whose latents (``latent.csv``) satisfy every condition of ``region``, e.g.
+    ``"z0>1.5,z1<0"`` (``zK>v`` or ``zK<v``, joined by commas)."""
+    latent = run_dir / "latent.csv"
+    if not latent.is_file():
+        raise InputError(run_dir, "--select-latent needs a landscape run (latent.csv)")
+    df = pd.read_csv(latent)
+    keep = np.ones(len(df), bool)
+    for cond in region.split(","):
+        op = ">" if ">" in cond else "<" if "<" in cond else None
+        name, _, value = cond.partition(op) if op else (cond, "", "")
+        name = name.strip()
+        if op is None or name not in df.columns or not name.startswith("z"):
+            raise InputError(latent, f"--select-latent: {cond!r} is not zK>value or zK<value with zK in the file")
+        try:
+            v = float(value)
+        except ValueError as e:
+            raise InputError(latent, f"--select-latent: {value!r} is not a number") from e
+        keep &= (df[name] > v).to_numpy() if op == ">" else (df[name] < v).to_numpy()
+    n, path = _write_selected(run_dir, df.iloc[:, 0].astype(str)[keep].tolist(), out_dir, prefix)
+    return {"latent_region": region, "n": n, "particles": str(path)}

@@ -7,16 +7,18 @@ from pathlib import Path
 
 from ..analysis.analyze import analyze_run
 from ..analysis.report import headline, write_report
-from ..analysis.selection import select_classes
+from ..analysis.selection import select_classes, select_latent_region
 from ..errors import InputError
 from .runlog import Run
 
 
 def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 199, seed: int = 0,
-                select: list[int] | None = None, title: str | None = None, intro: str = "") -> Path:  # fmt: skip
+                select: list[int] | None = None, select_latent: str | None = None, paths: list[str] | None = None,
+                title: str | None = None, intro: str = "") -> Path:  # fmt: skip
     """Analyse ``run_dirs`` into ``out`` (default: ``RUN_DIR/analysis`` for one run) and write ``report.html``
-    there; with ``select`` (class numbers, one run only) also the particles of those classes as the next job's
-    input (``selected_*``). Returns the report's path."""
+    there; with ``select`` (class numbers) or ``select_latent`` (a latent region, ``"z0>1.5,z1<0"``), one run only,
+    also those particles as the next job's input (``selected_*``); ``paths`` (``"c1:c3"``, ``"z0=-2:z0=2"``): maps
+    along latent paths of a linear landscape. Returns the report's path."""
     if not run_dirs:
         raise InputError(Path("."), "give at least one run folder")
     for r in run_dirs:
@@ -26,23 +28,30 @@ def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 1
         if len(run_dirs) > 1:
             raise InputError(Path(run_dirs[0]), "several runs need --out for the shared report")
         out = Path(run_dirs[0]) / "analysis"
-    if select and len(run_dirs) > 1:
-        raise InputError(Path(run_dirs[0]), "--select works on one run at a time")
+    if (select or select_latent or paths) and len(run_dirs) > 1:
+        raise InputError(Path(run_dirs[0]), "--select, --select-latent and --path work on one run at a time")
+    if select and select_latent:
+        raise InputError(Path(run_dirs[0]), "give --select or --select-latent, not both")
     names = [Path(r).resolve().name for r in run_dirs]
-    with Run(out, "analyze", {"runs": [str(r) for r in run_dirs], "shuffles": shuffles, "seed": seed}) as run:
+    options = {"runs": [str(r) for r in run_dirs], "shuffles": shuffles, "seed": seed, "select": select,
+               "select_latent": select_latent, "paths": paths}  # fmt: skip
+    with Run(out, "analyze", options) as run:
         analyses = []
         for r, name in zip(run_dirs, names, strict=True):
             sub = run.out if len(run_dirs) == 1 else run.out / name
             with run.timed(f"analyze {name}"):
-                analyses.append(analyze_run(r, sub, n_shuffles=shuffles, seed=seed))
+                analyses.append(analyze_run(r, sub, n_shuffles=shuffles, seed=seed, paths=paths))
             run.log.info("analysed %s", r)
         selection = {}
-        if select:
-            selection = select_classes(Path(run_dirs[0]), select, run.out)
-            analyses[0].files.insert(0, (f"selected classes {selection['classes']} ({selection['n']} particles)",
-                                         Path(selection["particles"])))  # fmt: skip
-            run.log.info("selected classes %s: %d particles -> %s", selection["classes"], selection["n"],
-                         selection["particles"])  # fmt: skip
+        if select or select_latent:
+            if select:
+                selection = select_classes(Path(run_dirs[0]), select, run.out)
+                what = f"selected classes {selection['classes']}"
+            else:
+                selection = select_latent_region(Path(run_dirs[0]), select_latent, run.out)
+                what = f"selected latent region {select_latent}"
+            analyses[0].files.insert(0, (f"{what} ({selection['n']} particles)", Path(selection["particles"])))
+            run.log.info("%s: %d particles -> %s", what, selection["n"], selection["particles"])
         report = write_report(run.out / "report.html", analyses, title or f"tomohet report: {', '.join(names)}", intro)
         run.log.info("report: %s", report)
         run.finish("analyze", seed, report=str(report), runs=[headline(a) for a in analyses],

@@ -225,6 +225,14 @@ def analyze(
     shuffles: int = typer.Option(199, help="label shuffles of the spatial-statistics null"),
     seed: int = typer.Option(0, help="random seed of the shuffles"),
     select: str | None = typer.Option(None, help="classes/clusters to write as the next job's input, e.g. 1,3"),
+    select_latent: str | None = typer.Option(
+        None, help="latent region to write as the next job's input, e.g. 'z0>1.5,z1<0' (landscape runs)"
+    ),
+    path: list[str] | None = typer.Option(
+        None,
+        "--path",
+        help="maps along a latent path A:B, points cN (cluster centre) or zK=v,...: e.g. c1:c3 or z0=-2:z0=2 (repeat)",
+    ),
 ) -> None:
     """Figures, states in their tomograms (views, spatial statistics, ChimeraX scenes) and a self-contained HTML
     report (report.html) of finished runs."""
@@ -237,7 +245,7 @@ def analyze(
             classes = [int(c) for c in select.split(",")] if select else None
         except ValueError:
             _fail(f"--select takes class numbers separated by commas, e.g. 1,3 (got {select!r})")
-        report = run_analyze(runs, out, shuffles, seed, classes)
+        report = run_analyze(runs, out, shuffles, seed, classes, select_latent, path)
         console.print(f"report: {report}")
 
 
