@@ -61,12 +61,14 @@ def main() -> None:
     ap.add_argument("--case", default=None, help="box:particles:cached|stream (default: all, each in a process)")
     ap.add_argument("--components", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", type=int, default=None, help="run only the cases of this box (merged into the file)")
     a = ap.parse_args()
     if a.case:
         print(json.dumps(run_case(a.root, a.case, a.components, a.threads)), flush=True)
         return
-    rows = []
-    for case in CASES:
+    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+    rows = [r for r in old if a.only is not None and r["box"] != a.only]
+    for case in [c for c in CASES if a.only is None or c.startswith(f"{a.only}:")]:
         cmd = [sys.executable, __file__, "--root", str(a.root), "--case", case, "--components", str(a.components),
                "--threads", str(a.threads)]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True)

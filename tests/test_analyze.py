@@ -174,3 +174,24 @@ def test_landscape_paths_and_latent_region_selection(analysed, tmp_path):
     assert "Maps along the path c1 -&gt; c2" in (tmp_path / "a" / "report.html").read_text()
     r = CliRunner().invoke(app, ["analyze", str(land), "--out", str(tmp_path / "b"), "--path", "c1:c9"])
     assert r.exit_code == 2 and "no cluster 9" in r.output
+
+
+def test_class_maps_that_differ_only_by_noise_are_flagged(analysed):
+    """A random split of one class is not distinct; two true states are (the 'choose K' evidence)."""
+    import torch
+
+    from tomohet.analysis.distinct import pairwise_distinctness, supported_classes
+
+    torch.manual_seed(0)
+    run = analysed / "classify"
+    ds = read_relion5(run / "optimisation_set.star")
+    labels = starfile.read(run / "particles.star")["particles"]["rlnClassNumber"].to_numpy()
+    one = np.flatnonzero(labels == 1)
+    np.random.default_rng(0).shuffle(one)
+    groups = {1: np.sort(one[::2]), 2: np.sort(one[1::2]), 3: np.flatnonzero(labels == 2)}
+    halves = {k: (lambda r: (r.half1, r.half2))(reconstruct(ds, idx)) for k, idx in groups.items()}
+    rows = {r["classes"]: r for r in pairwise_distinctness(halves, ds.pixel_size)}
+    assert not rows["1-2"]["distinct"] and rows["1-3"]["distinct"] and rows["2-3"]["distinct"]
+    assert supported_classes(list(rows.values()), [1, 2, 3]) == 2
+    html = (run / "analysis" / "report.html").read_text()
+    assert "Do the class maps differ beyond their noise?" in html

@@ -23,6 +23,7 @@ from ..data.mrc import read_volume, write_volume
 from ..data.relion5 import read_placements
 from ..errors import InputError
 from ..physics.filters import fsc, resolution_at, shell_frequencies
+from .distinct import pairwise_distinctness, supported_classes
 from .insitu import StateMap, absolute_positions_A, plot_tomogram, write_chimerax_scene
 from .latent_maps import load_linear_landscape, maps_along_path, parse_point
 from .plots import plot_convergence, plot_embedding, plot_fsc, plot_state_gallery
@@ -179,6 +180,12 @@ def _maps_and_fsc(ana: RunAnalysis, run_dir: Path, result: dict, labels: np.ndar
     if curves and freq is not None:
         ana.figures.append(("Gold-standard FSC of each class map (half maps)",
                             plot_fsc(ana.out_dir / "fsc_classes.png", freq, curves, None)))  # fmt: skip
+    halves = {k: tuple(read_volume(run_dir / f"class_{k:03d}_{h}.mrc")[0] for h in ("half1", "half2"))
+              for k in maps if (run_dir / f"class_{k:03d}_half2.mrc").is_file()}  # fmt: skip
+    if len(halves) >= 2:
+        rows = pairwise_distinctness(halves, read_volume(next(iter(maps.values())))[1])
+        ana.tables["Do the class maps differ beyond their noise? (pairwise FSC vs the same-map expectation)"] = rows
+        ana.summary["classes supported by distinct maps"] = supported_classes(rows, sorted(halves))
     if truth is None or not truth_maps:
         return
     rows, curves = [], {}

@@ -96,6 +96,7 @@ def write_report(path: Path, runs: list[RunAnalysis], title: str = "tomohet repo
         facts = {"input": s.get("input"), "seed": s.get("seed"), "peak memory (MB)": s.get("peak_memory_mb"),
                  "images/s per iteration": s.get("images_per_s_per_iteration"),
                  "consensus resolution (Å)": s.get("consensus_resolution_A"),
+                 "classes supported by distinct maps": s.get("classes supported by distinct maps"),
                  **{f"time: {k} (s)": v for k, v in s.get("timings_s", {}).items()}}  # fmt: skip
         facts = [{"": k, "value": v} for k, v in facts.items() if v is not None]
         parts += ["<h3>Run</h3>", _table(facts)]
