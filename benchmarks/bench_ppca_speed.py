@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_classify import ensure_preset, load, machine, open_dataset  # noqa: E402
+from tomohet.methods.ppca import pass_batch  # noqa: E402
 from tomohet.methods.ppca_pass import PassState, ppca_pass  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "ppca_speed.json"
@@ -40,7 +41,7 @@ def run_case(root: Path, case: str, components: int, threads: int) -> dict:
     ds, _, _, _ = open_dataset(folder)
     rng = torch.Generator().manual_seed(0)
     maps = torch.randn(components + 1, box, box, box, generator=rng) * 0.01
-    state = PassState(maps, torch.ones(box // 2 + 1), box, None, None, 32, None)
+    state = PassState(maps, torch.ones(box // 2 + 1), box, None, None, pass_batch(32, box), None)
     idx = np.arange(n)
     cache = {} if mode == "cached" else None
     if cache is not None:
@@ -49,7 +50,8 @@ def run_case(root: Path, case: str, components: int, threads: int) -> dict:
     ppca_pass(ds, idx, state, cache)
     dt = time.perf_counter() - t0
     images = int(ds.visible[:n].sum())
-    return {"case": case, "box": box, "particles": n, "images": images, "mode": mode, "components": components,
+    return {"case": case, "box": box, "particles": n, "batch": state.batch_size, "images": images, "mode": mode,
+            "components": components,
             "threads": threads, "pass_seconds": round(dt, 2), "images_per_s": round(images / dt, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "simulation_seconds": round(sim_s, 1), "load": load()}  # fmt: skip

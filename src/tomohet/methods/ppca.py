@@ -65,6 +65,13 @@ class PPCAOptions(LandscapeOptions):
     tol_changes: float = 0.001  # stop when fewer particles' maps move by more than 0.1 posterior sd
 
 
+def pass_batch(batch_size: int, working_box: int) -> int:
+    """Particles per chunk of a PPCA pass: ``batch_size`` at a working box of 32 or less, scaled by
+    ``(32 / M)^2`` above, so a chunk's (L+1)-channel projections and insertions keep their size (at box 64 with
+    32 particles x 41 tilts they alone took ~2 GB)."""
+    return max(1, round(batch_size * min(1.0, (32 / working_box) ** 2)))
+
+
 def _mirror_voxels(x: torch.Tensor, g: int) -> torch.Tensor:
     """``x(-k)`` of per-voxel quantities ``[G^3, ...]`` on the full centred grid."""
     v = x.reshape(g, g, g, *x.shape[1:])
@@ -101,8 +108,8 @@ class PPCAModel:
     # ------------------------------------------------------------------------------------------------ passes
     def _state(self, **kw) -> PassState:
         o = self.opt
-        return PassState(self.maps, self.sigma2, self.m, o.resolution_limit_A, o.max_dose, o.batch_size,
-                         self.subtract, **kw)  # fmt: skip
+        batch = pass_batch(o.batch_size, self.m)
+        return PassState(self.maps, self.sigma2, self.m, o.resolution_limit_A, o.max_dose, batch, self.subtract, **kw)
 
     def run_pass(self, state: PassState, progress=None) -> PassSums:
         sums = map_partitions(ppca_pass, self.ds, state, self.opt.partition_size, self.executor, self._cache,
@@ -310,7 +317,7 @@ def infer_latents(dataset, result: Result, particles: np.ndarray | None = None, 
     f = result.extra["model"]
     idx = np.arange(dataset.n_particles) if particles is None else np.asarray(particles)
     state = PassState(f["maps"], f["sigma2"], f["size"], f["resolution_limit_A"], result.options.get("max_dose"),
-                      batch_size, f["subtract"], mstep=False)  # fmt: skip
+                      pass_batch(batch_size, f["size"]), f["subtract"], mstep=False)  # fmt: skip
     sums = ppca_pass(dataset, idx, state)
     tr = f["transform"].numpy() if isinstance(f["transform"], torch.Tensor) else np.asarray(f["transform"])
     mean = sums.mean @ tr.T - np.asarray(f["offset"])
