@@ -75,6 +75,7 @@ def headline(ana: RunAnalysis) -> dict:
     mem = ana.summary.get("peak_memory_mb", "n/a")
     return {"run": ana.name, "command": ana.summary.get("command"), "method": ana.summary.get("method"),
             "ARI": main.get("ari", "n/a"), "oracle ARI": oracle.get("ari", "n/a"),
+            "classes with distinct maps": ana.summary.get("classes supported by distinct maps", "n/a"),
             "wall time (s)": t.get("total", "n/a"), "peak memory (MB)": mem}  # fmt: skip
 
 
