@@ -195,3 +195,17 @@ def test_class_maps_that_differ_only_by_noise_are_flagged(analysed):
     assert supported_classes(list(rows.values()), [1, 2, 3]) == 2
     html = (run / "analysis" / "report.html").read_text()
     assert "Do the class maps differ beyond their noise?" in html
+
+
+def test_warp_v1_run_is_analysed_without_in_situ_part(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["simulate", "--preset", "smoke", "--out", str(tmp_path / "d"), "--n-particles", "60",
+                            "--seed", "3", "--warp-v1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["classify", str(tmp_path / "d" / "smoke_warp_v1.star"), "--out", str(tmp_path / "c"),
+                            "-K", "2", "--iterations", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["analyze", str(tmp_path / "c"), "--shuffles", "19"])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "c" / "analysis" / "report.html").read_text()
+    assert "Populations" in html and "No in-situ views" in html and "Spatial statistics" not in html

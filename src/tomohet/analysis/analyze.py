@@ -27,6 +27,7 @@ from .distinct import pairwise_distinctness, supported_classes
 from .insitu import StateMap, absolute_positions_A, plot_tomogram, write_chimerax_scene
 from .latent_maps import load_linear_landscape, maps_along_path, parse_point
 from .plots import plot_convergence, plot_embedding, plot_fsc, plot_state_gallery
+from .selection import run_labels
 from .spatial import neighbour_orientation, spatial_statistics
 
 log = logging.getLogger("tomohet")
@@ -119,13 +120,9 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 1
         "consensus_resolution_A": result.get("consensus_resolution_A"),
     })  # fmt: skip
     ana.metrics = result.get("metrics", {})
-    star = run_dir / "particles.star"
-    if not star.is_file():
-        raise InputError(run_dir, "the run folder has no particles.star")
-    placements = read_placements(star, run_dir / "tomograms.star" if (run_dir / "tomograms.star").is_file() else None)
-    table = placements.table
-    labels = table["rlnClassNumber"].astype(int).to_numpy() if "rlnClassNumber" in table else None
-    truth, truth_maps = _truth(run_dir, result, placements.names)
+    placements = _placements(ana, run_dir, result)
+    names, labels = _names_and_labels(run_dir, placements)
+    truth, truth_maps = _truth(run_dir, result, names)
 
     iterations = result.get("iterations") or []
     if iterations and any("log_likelihood" in e for e in iterations):
@@ -135,15 +132,44 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 1
     if labels is not None:
         _populations(ana, labels, truth)
         _maps_and_fsc(ana, run_dir, result, labels, truth, truth_maps)
-    _embedding(ana, run_dir, placements, labels, truth)
+    _embedding(ana, run_dir, names, placements, labels, truth)
     if paths:
         _paths(ana, run_dir, paths)
-    if labels is not None:
+    if labels is not None and placements is not None:
         _in_situ(ana, run_dir, placements, labels, n_shuffles, seed)
     subsets = sorted((run_dir / "subsets").glob("*_optimisation_set.star")) if (run_dir / "subsets").is_dir() else []
     ana.files += [(f"RELION 5 optimisation set of {p.name.split('_optimisation')[0].replace('_', ' ')}", p)
                   for p in subsets]  # fmt: skip
     return ana
+
+
+def _placements(ana: RunAnalysis, run_dir: Path, result: dict):
+    """Particle positions from the run's ``particles.star`` (else its input); None, with a note, where the
+    particles are not a RELION 5 project (Warp v1 image series, RELION 3.1 subtomograms): no in-situ part."""
+    star = run_dir / "particles.star"
+    tomos = run_dir / "tomograms.star"
+    source = star if star.is_file() else Path(result.get("options", {}).get("input_path") or star)
+    try:
+        return read_placements(source, tomos if star.is_file() and tomos.is_file() else None)
+    except (InputError, OSError, KeyError, ValueError) as e:
+        ana.notes.append(f"No in-situ views: particle positions need a RELION 5 particles star ({e}).")
+        return None
+
+
+def _names_and_labels(run_dir: Path, placements) -> tuple[list[str], np.ndarray | None]:
+    """Particle names and class numbers (1-based; None for an unclustered landscape)."""
+    if placements is not None:
+        table = placements.table
+        labels = table["rlnClassNumber"].astype(int).to_numpy() if "rlnClassNumber" in table else None
+        return placements.names, labels
+    try:
+        names, labels = run_labels(run_dir)
+        return names, labels
+    except InputError:
+        latent = run_dir / "latent.csv"
+        if latent.is_file():
+            return pd.read_csv(latent).iloc[:, 0].astype(str).tolist(), None
+        raise InputError(run_dir, "the run folder has neither particles.star, posteriors.csv nor latent.csv") from None
 
 
 def _populations(ana: RunAnalysis, labels: np.ndarray, truth: np.ndarray | None) -> None:
@@ -209,13 +235,13 @@ def _maps_and_fsc(ana: RunAnalysis, run_dir: Path, result: dict, labels: np.ndar
                             plot_fsc(ana.out_dir / "fsc_vs_truth.png", freq, curves, None)))  # fmt: skip
 
 
-def _embedding(ana: RunAnalysis, run_dir: Path, placements, labels, truth) -> None:
+def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, labels, truth) -> None:
     latent = run_dir / "latent.csv"
     if not latent.is_file():
         return
     df = pd.read_csv(latent)
     lookup = {n: i for i, n in enumerate(df.iloc[:, 0].astype(str))}
-    idx = np.array([lookup.get(n, -1) for n in placements.names])
+    idx = np.array([lookup.get(n, -1) for n in names])
     if (idx < 0).any():
         ana.notes.append("latent.csv does not list every particle of particles.star; embedding skipped.")
         return
@@ -241,9 +267,10 @@ def _embedding(ana: RunAnalysis, run_dir: Path, placements, labels, truth) -> No
                                                                     for k, n in sizes.items()]  # fmt: skip
     if truth is not None:
         col["true state"] = (truth, True)
-    col["tomogram"] = (placements.tomogram, True)
-    col["depth Z (Å)"] = (placements.position_A[:, 2], False)
-    if "rlnTomoVisibleFrames" in placements.table:
+    if placements is not None:
+        col["tomogram"] = (placements.tomogram, True)
+        col["depth Z (Å)"] = (placements.position_A[:, 2], False)
+    if placements is not None and "rlnTomoVisibleFrames" in placements.table:
         tilts = [sum(int(float(v)) for v in str(s).strip("[]").split(",") if v.strip())
                  for s in placements.table["rlnTomoVisibleFrames"]]  # fmt: skip
         col["tilt count"] = (np.array(tilts), False)
