@@ -54,6 +54,7 @@ def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 1
             run.log.info("%s: %d particles -> %s", what, selection["n"], selection["particles"])
         report = write_report(run.out / "report.html", analyses, title or f"tomohet report: {', '.join(names)}", intro)
         run.log.info("report: %s", report)
+        tables = {a.name: {**a.tables, "summary": a.summary} for a in analyses}
         run.finish("analyze", seed, report=str(report), runs=[headline(a) for a in analyses],
-                   selection=selection or None)  # fmt: skip
+                   selection=selection or None, tables=tables)  # fmt: skip
     return report
