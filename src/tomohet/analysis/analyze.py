@@ -311,8 +311,8 @@ def _in_situ(ana: RunAnalysis, run_dir: Path, placements, labels: np.ndarray, n_
     for k, p in _state_maps(run_dir, {}).items():
         v, apix = read_volume(p)
         maps[k] = StateMap(p, v.shape[-1], apix, float(np.percentile(v.numpy(), 85)))
-    scenes = out = ana.out_dir / "chimerax"
-    out.mkdir(exist_ok=True)
+    scenes = ana.out_dir / "chimerax"
+    scenes.mkdir(exist_ok=True)
     tomos = sorted(np.unique(placements.tomogram))
     for i, t in enumerate(tomos):
         sel = placements.tomogram == t

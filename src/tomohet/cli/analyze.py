@@ -33,6 +33,8 @@ def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 1
     if select and select_latent:
         raise InputError(Path(run_dirs[0]), "give --select or --select-latent, not both")
     names = [Path(r).resolve().name for r in run_dirs]
+    if len(set(names)) < len(names):  # a/classify and b/classify: number the runs
+        names = [f"{i + 1}_{n}" for i, n in enumerate(names)]
     options = {"runs": [str(r) for r in run_dirs], "shuffles": shuffles, "seed": seed, "select": select,
                "select_latent": select_latent, "paths": paths}  # fmt: skip
     with Run(out, "analyze", options) as run:
