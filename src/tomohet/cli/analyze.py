@@ -43,6 +43,7 @@ def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 1
             sub = run.out if len(run_dirs) == 1 else run.out / name
             with run.timed(f"analyze {name}"):
                 analyses.append(analyze_run(r, sub, n_shuffles=shuffles, seed=seed, paths=paths))
+                analyses[-1].name = name
             run.log.info("analysed %s", r)
         selection = {}
         if select or select_latent:
