@@ -209,3 +209,15 @@ def test_warp_v1_run_is_analysed_without_in_situ_part(tmp_path):
     assert r.exit_code == 0, r.output
     html = (tmp_path / "c" / "analysis" / "report.html").read_text()
     assert "Populations" in html and "No in-situ views" in html and "Spatial statistics" not in html
+
+
+def test_min_confidence_keeps_only_confident_particles(analysed, tmp_path):
+    run = analysed / "classify"
+    table = starfile.read(run / "particles.star")["particles"]
+    cut = float(np.median(table["rlnMaxValueProbDistribution"]))
+    r = CliRunner().invoke(app, ["analyze", str(run), "--out", str(tmp_path / "s"), "--shuffles", "19",
+                                 "--min-confidence", str(cut)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    sel = json.loads((tmp_path / "s" / "result.json").read_text())["selection"]
+    assert sel["confidence"] == "rlnMaxValueProbDistribution"
+    assert sel["n"] == int((table["rlnMaxValueProbDistribution"] >= cut).sum())

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..data.annotate import write_annotated
 from ..data.io import read_any
+from ..data.star import read_star
 from ..errors import InputError
 
 
@@ -46,17 +47,45 @@ def _write_selected(run_dir: Path, names: list[str], out_dir: Path, prefix: str)
     return len(keep), write_annotated(ds, out_dir, {}, keep, prefix)
 
 
-def select_classes(run_dir: Path, classes: list[int], out_dir: Path, prefix: str = "selected") -> dict:
-    """Write the particles of ``classes`` (1-based class or cluster numbers) of the run in ``run_dir`` into
-    ``out_dir``; returns what was written (recorded in the analysis' ``result.json``)."""
+def particle_confidence(run_dir: Path, names: list[str]) -> tuple[np.ndarray, str]:
+    """Per-particle confidence in its class: ``tomohetConsistency`` (fraction of hill-climbing runs that agree)
+    where the run wrote it, else the EM posterior of the class (``rlnMaxValueProbDistribution``)."""
+    star = run_dir / "particles.star"
+    if star.is_file():
+        table = read_star(star).get("particles")
+        if isinstance(table, pd.DataFrame) and "rlnTomoParticleName" in table:
+            for col in ("tomohetConsistency", "rlnMaxValueProbDistribution"):
+                if col in table:
+                    by_name = dict(zip(table["rlnTomoParticleName"].astype(str), table[col].astype(float), strict=True))
+                    return np.array([by_name.get(n, np.nan) for n in names]), col
+    post = run_dir / "posteriors.csv"
+    if post.is_file():
+        df = pd.read_csv(post)
+        p = df.filter(regex=r"^p\d+$").to_numpy().max(1)
+        by_name = dict(zip(df.iloc[:, 0].astype(str), p, strict=True))
+        return np.array([by_name.get(n, np.nan) for n in names]), "max posterior"
+    raise InputError(run_dir, "--min-confidence: the run records no consistency or posterior per particle")
+
+
+def select_classes(run_dir: Path, classes: list[int] | None, out_dir: Path, prefix: str = "selected",
+                   min_confidence: float | None = None) -> dict:  # fmt: skip
+    """Write the particles of ``classes`` (1-based class or cluster numbers; None: all) of the run in ``run_dir``
+    into ``out_dir``, keeping only those whose confidence (:func:`particle_confidence`) is at least
+    ``min_confidence`` when given; returns what was written (recorded in the analysis' ``result.json``)."""
     names, labels = run_labels(run_dir)
+    classes = sorted(set(labels.tolist())) if classes is None else classes
     unknown = sorted(set(classes) - set(labels.tolist()))
     if unknown:
         raise InputError(run_dir, f"--select: class {unknown[0]} is not among the run's classes "
                                   f"{sorted(set(labels.tolist()))}")  # fmt: skip
-    chosen = [n for n, k in zip(names, labels, strict=True) if k in set(classes)]
-    n, path = _write_selected(run_dir, chosen, out_dir, prefix)
-    return {"classes": sorted(classes), "n": n, "particles": str(path)}
+    keep = np.isin(labels, classes)
+    out = {"classes": sorted(classes)}
+    if min_confidence is not None:
+        conf, source = particle_confidence(run_dir, names)
+        keep &= conf >= min_confidence
+        out.update(min_confidence=min_confidence, confidence=source)
+    n, path = _write_selected(run_dir, [n for n, k in zip(names, keep, strict=True) if k], out_dir, prefix)
+    return {**out, "n": n, "particles": str(path)}
 
 
 def select_latent_region(run_dir: Path, region: str, out_dir: Path, prefix: str = "selected") -> dict:

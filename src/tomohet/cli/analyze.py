@@ -14,10 +14,11 @@ from .runlog import Run
 
 def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 199, seed: int = 0,
                 select: list[int] | None = None, select_latent: str | None = None, paths: list[str] | None = None,
-                title: str | None = None, intro: str = "") -> Path:  # fmt: skip
+                min_confidence: float | None = None, title: str | None = None, intro: str = "") -> Path:  # fmt: skip
     """Analyse ``run_dirs`` into ``out`` (default: ``RUN_DIR/analysis`` for one run) and write ``report.html``
-    there; with ``select`` (class numbers) or ``select_latent`` (a latent region, ``"z0>1.5,z1<0"``), one run only,
-    also those particles as the next job's input (``selected_*``); ``paths`` (``"c1:c3"``, ``"z0=-2:z0=2"``): maps
+    there; with ``select`` (class numbers), ``min_confidence`` (consistency or posterior, alone or with ``select``)
+    or ``select_latent`` (a latent region, ``"z0>1.5,z1<0"``), one run only, also those particles as the next
+    job's input (``selected_*``); ``paths`` (``"c1:c3"``, ``"z0=-2:z0=2"``): maps
     along latent paths of a linear landscape. Returns the report's path."""
     if not run_dirs:
         raise InputError(Path("."), "give at least one run folder")
@@ -28,15 +29,16 @@ def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 1
         if len(run_dirs) > 1:
             raise InputError(Path(run_dirs[0]), "several runs need --out for the shared report")
         out = Path(run_dirs[0]) / "analysis"
-    if (select or select_latent or paths) and len(run_dirs) > 1:
-        raise InputError(Path(run_dirs[0]), "--select, --select-latent and --path work on one run at a time")
-    if select and select_latent:
-        raise InputError(Path(run_dirs[0]), "give --select or --select-latent, not both")
+    if (select or select_latent or paths or min_confidence is not None) and len(run_dirs) > 1:
+        raise InputError(Path(run_dirs[0]), "--select, --min-confidence, --select-latent and --path work on one run "
+                                            "at a time")  # fmt: skip
+    if (select or min_confidence is not None) and select_latent:
+        raise InputError(Path(run_dirs[0]), "give --select/--min-confidence or --select-latent, not both")
     names = [Path(r).resolve().name for r in run_dirs]
     if len(set(names)) < len(names):  # a/classify and b/classify: number the runs
         names = [f"{i + 1}_{n}" for i, n in enumerate(names)]
     options = {"runs": [str(r) for r in run_dirs], "shuffles": shuffles, "seed": seed, "select": select,
-               "select_latent": select_latent, "paths": paths}  # fmt: skip
+               "select_latent": select_latent, "paths": paths, "min_confidence": min_confidence}  # fmt: skip
     with Run(out, "analyze", options) as run:
         analyses = []
         for r, name in zip(run_dirs, names, strict=True):
@@ -46,10 +48,12 @@ def run_analyze(run_dirs: list[Path], out: Path | None = None, shuffles: int = 1
                 analyses[-1].name = name
             run.log.info("analysed %s", r)
         selection = {}
-        if select or select_latent:
-            if select:
-                selection = select_classes(Path(run_dirs[0]), select, run.out)
-                what = f"selected classes {selection['classes']}"
+        if select or select_latent or min_confidence is not None:
+            if not select_latent:
+                selection = select_classes(Path(run_dirs[0]), select, run.out, min_confidence=min_confidence)
+                what = f"selected classes {selection['classes']}" + (
+                    f" with {selection['confidence']} >= {min_confidence}" if min_confidence is not None else ""
+                )
             else:
                 selection = select_latent_region(Path(run_dirs[0]), select_latent, run.out)
                 what = f"selected latent region {select_latent}"

@@ -225,6 +225,9 @@ def analyze(
     shuffles: int = typer.Option(199, help="label shuffles of the spatial-statistics null"),
     seed: int = typer.Option(0, help="random seed of the shuffles"),
     select: str | None = typer.Option(None, help="classes/clusters to write as the next job's input, e.g. 1,3"),
+    min_confidence: float | None = typer.Option(
+        None, help="with or without --select: keep particles whose consistency (hillclimb) or posterior is >= this"
+    ),
     select_latent: str | None = typer.Option(
         None, help="latent region to write as the next job's input, e.g. 'z0>1.5,z1<0' (landscape runs)"
     ),
@@ -245,7 +248,9 @@ def analyze(
             classes = [int(c) for c in select.split(",")] if select else None
         except ValueError:
             _fail(f"--select takes class numbers separated by commas, e.g. 1,3 (got {select!r})")
-        report = run_analyze(runs, out, shuffles, seed, classes, select_latent, path)
+        if min_confidence is not None and not 0 <= min_confidence <= 1:
+            _fail(f"--min-confidence must be between 0 and 1 (got {min_confidence})")
+        report = run_analyze(runs, out, shuffles, seed, classes, select_latent, path, min_confidence)
         console.print(f"report: {report}")
 
 
