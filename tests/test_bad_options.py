@@ -21,11 +21,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tomohet.cli.classify import _metrics_against_truth, load_truth, run_classify
+from tomohet.cli.classify import _metrics_against_truth, run_classify
 from tomohet.cli.main import _executor, app
 from tomohet.cli.options import OptionError, check_classify, check_max_dose
 from tomohet.cli.runfolder import LOCK_NAME
 from tomohet.cli.runlog import Run
+from tomohet.data.truth import load_truth
 from tomohet.errors import InputError
 from tomohet.simulate.datasets import simulate_preset
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..data.mrc import read_volume, write_volume
 from ..data.relion5 import read_placements
+from ..data.truth import find_ground_truth, load_truth
 from ..errors import InputError
 from ..physics.filters import fsc, resolution_at, shell_frequencies
 from .distinct import pairwise_distinctness, supported_classes
@@ -79,28 +80,24 @@ def _state_maps(run_dir: Path, result: dict) -> dict[int, Path]:
 
 
 def _truth(run_dir: Path, result: dict, names: list[str]) -> tuple[np.ndarray | None, dict[int, Path]]:
-    """True state per particle and true map per state from a ``ground_truth.csv`` beside the run's input
-    (simulated data), else ``(None, {})``."""
+    """True state per particle and true map per state from the run's ``ground_truth.csv`` (given to the run, or
+    beside its input as ``classify`` finds it), else ``(None, {})`` when there is none or it does not fit."""
     opts = result.get("options", {})
-    cands = [Path(opts["truth"])] if opts.get("truth") else []
-    if opts.get("input_path"):
-        cands.append(Path(opts["input_path"]).parent / "ground_truth.csv")
-    for p in cands:
-        if not p.is_file():
-            continue
-        gt = pd.read_csv(p)
-        if "state" not in gt.columns:
-            continue
-        lookup = dict(zip(gt.iloc[:, 0].astype(str), gt["state"], strict=True))
-        if not all(n in lookup for n in names):
-            continue
-        maps = {}
-        if "map_file" in gt.columns:
-            for st, f in zip(gt["state"], gt["map_file"], strict=True):
-                if isinstance(f, str) and (p.parent / f).is_file():
-                    maps.setdefault(int(st), p.parent / f)
-        return np.array([lookup[n] for n in names]), maps
-    return None, {}
+    path = Path(opts["truth"]) if opts.get("truth") else None
+    if path is None and opts.get("input_path"):
+        path = find_ground_truth(Path(opts["input_path"]))
+    if path is None or not path.is_file():
+        return None, {}
+    try:
+        table = load_truth(path, names)
+    except InputError:
+        return None, {}
+    maps = {}
+    if "map_file" in table.columns:
+        for st, f in zip(table["state"], table["map_file"], strict=True):
+            if isinstance(f, str) and (path.parent / f).is_file():
+                maps.setdefault(int(st), path.parent / f)
+    return table["state"].to_numpy(), maps
 
 
 def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 199, seed: int = 0,

@@ -51,6 +51,14 @@ def _groups(tomograms: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(tomograms == t) for t in np.unique(tomograms)]
 
 
+def _shuffled(labels: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """The labels permuted within each tomogram (the random-labelling null: positions kept)."""
+    lab = labels.copy()
+    for g in groups:
+        lab[g] = rng.permutation(lab[g])
+    return lab
+
+
 def _nn_mean(positions: np.ndarray, labels: np.ndarray, groups: list[np.ndarray], state: int) -> float:
     """Mean distance from each particle of ``state`` to its nearest same-state neighbour in its tomogram."""
     d = []
@@ -108,12 +116,7 @@ def spatial_statistics(
         radii_A = np.linspace(np.median(nn_all), max(extent / 4, 2 * np.median(nn_all)), 12)
     radii_A = np.asarray(radii_A, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    shuffles = []
-    for _ in range(n_shuffles):
-        lab = labels.copy()
-        for g in groups:
-            lab[g] = rng.permutation(lab[g])
-        shuffles.append(lab)
+    shuffles = [_shuffled(labels, groups, rng) for _ in range(n_shuffles)]
     out = []
     for state in np.unique(labels):
         n = int((labels == state).sum())
@@ -167,13 +170,8 @@ def neighbour_orientation(
         if (labels == state).sum() < min_particles:
             continue
         obs = float(np.median(_neighbour_angles(positions_A, rotations, labels, groups, state)))
-        null = []
-        for _ in range(n_shuffles):
-            lab = labels.copy()
-            for g in groups:
-                lab[g] = rng.permutation(lab[g])
-            null.append(np.median(_neighbour_angles(positions_A, rotations, lab, groups, state)))
-        null = np.array(null)
+        null = np.array([np.median(_neighbour_angles(positions_A, rotations, _shuffled(labels, groups, rng), groups,
+                                                     state)) for _ in range(n_shuffles)])  # fmt: skip
         out[int(state)] = {"median_neighbour_angle_deg": round(obs, 1),
                            "null_median_angle_deg": round(float(null.mean()), 1),
                            "p_aligned": float((1 + (null <= obs).sum()) / (1 + n_shuffles))}  # fmt: skip

@@ -13,6 +13,7 @@ from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import discrete_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
+from ..data.truth import find_ground_truth, load_truth
 from ..errors import InputError
 from ..methods.em3d import subtomogram_class_maps
 from ..methods.registry import build_options, fit, get_method
@@ -20,14 +21,6 @@ from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
 from .options import check_classes_fit, check_classify, check_max_dose, read_focus_mask, read_input
 from .runlog import Run, stage_reporter
-
-
-def find_ground_truth(input_path: Path) -> Path | None:
-    """``ground_truth.csv`` of a simulated dataset beside the input (tomohet simulate's layout)."""
-    for folder in (input_path.parent, input_path.parent.parent):
-        if (folder / "ground_truth.csv").exists():
-            return folder / "ground_truth.csv"
-    return None
 
 
 def run_classify(
@@ -200,32 +193,6 @@ def write_class_map(out: Path, k: int, rec, title: str) -> None:
     np.savetxt(f"{stem}_fsc.csv", np.stack([rec.frequencies.numpy(), rec.fsc.numpy()], 1), delimiter=",",
                header="frequency_per_A,fsc", comments="")  # fmt: skip
     plot_central_slices(f"{stem}_slices.png", rec.filtered.numpy(), title)
-
-
-TRUTH_COLUMNS = ("rlnTomoParticleName", "state")  # what tomohet simulate writes into ground_truth.csv
-
-
-def load_truth(path: Path, names: list[str]) -> pd.DataFrame:
-    """``ground_truth.csv`` as tomohet simulate writes it, one row per particle of ``names`` (in that order), or
-    :class:`InputError` naming the file and the column that does not fit."""
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InputError(path, f"not a readable ground-truth CSV ({' '.join(str(exc).split())})") from exc
-    for col in TRUTH_COLUMNS:
-        if col not in table.columns:
-            have = ", ".join(map(str, table.columns[:6])) + (", ..." if len(table.columns) > 6 else "")
-            raise InputError(path, f"not a tomohet ground truth: no column {col!r} (it has: {have})", col)
-    table = table.assign(rlnTomoParticleName=table["rlnTomoParticleName"].astype(str))
-    table = table.drop_duplicates("rlnTomoParticleName", keep="last").set_index("rlnTomoParticleName")
-    missing = [n for n in names if n not in table.index]
-    if missing:
-        raise InputError(path, f"no ground truth for particle {missing[0]!r} ({len(missing)} of {len(names)} "
-                         "particles missing)", "rlnTomoParticleName")  # fmt: skip
-    table = table.loc[list(names)]
-    if table["state"].isna().any():
-        raise InputError(path, f"no state for particle {table.index[table['state'].isna()][0]!r}", "state")
-    return table.reset_index()
 
 
 def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np.ndarray, run: Run) -> dict:

@@ -22,13 +22,14 @@ import torch
 from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
+from ..data.truth import find_ground_truth, load_truth
 from ..errors import InputError
 from ..methods.landscape import cluster_latents, get_method, maps_along_component
 from ..methods.registry import options_from
 from ..methods.result import Result
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
-from .classify import find_ground_truth, load_truth, write_class_map
+from .classify import write_class_map
 from .options import check_landscape, read_focus_mask, read_input
 from .runlog import Run, stage_reporter
 
