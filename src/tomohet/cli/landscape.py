@@ -12,6 +12,7 @@ with timings, peak memory and, where ``ground_truth.csv`` is beside the input, t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
 from ..data.truth import find_ground_truth, load_truth
 from ..errors import InputError
-from ..methods.landscape import cluster_latents, get_method, maps_along_component
+from ..methods.landscape import cluster_latents, get_method, landscape_maps, maps_along_component
 from ..methods.registry import options_from
 from ..methods.result import Result
 from ..physics.reconstruct import reconstruct
@@ -62,22 +63,31 @@ def run_landscape(
     oracle: bool = True,
     pixel_size: float | None = None,
     overwrite: bool = False,
+    method_options: dict | None = None,
 ) -> dict:
     """Continuous analysis of ``input_path`` into ``out`` (see the module docstring); returns result.json's
-    content. ``oracle=False`` skips the oracle's figures (a pass over the data with every true map)."""
+    content. ``oracle=False`` skips the oracle's figures (a pass over the data with every true map).
+    ``method_options`` (``{"basis": 8, "beta": 1.0, "device": "cpu"}`` ...): fields of the method's options
+    class; None values keep the defaults, a field the method does not have is a one-line error."""
     input_path, out = Path(input_path), Path(out)
     spec = get_method(method)
     check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size)
-    options = {k: v for k, v in locals().items() if k not in ("executor", "spec")}
+    extra_opts = {k: v for k, v in (method_options or {}).items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(spec.options_cls)}
+    for key in extra_opts:
+        if key not in fields:
+            raise InputError(None, f"--{key.replace('_', '-')} does not apply to --method {method}",
+                             f"--{key.replace('_', '-')}")  # fmt: skip
+    options = {k: v for k, v in locals().items() if k not in ("executor", "spec", "fields", "extra_opts")}
     with Run(out, "landscape", options) as run:
         return _landscape(run, spec, input_path, run.out, method, components, clusters, seed, focus_mask,
                           resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps,
-                          oracle, pixel_size, overwrite)  # fmt: skip
+                          oracle, pixel_size, overwrite, extra_opts)  # fmt: skip
 
 
 def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask,
                resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps, oracle,
-               pixel_size, overwrite) -> dict:  # fmt: skip
+               pixel_size, overwrite, extra_opts) -> dict:  # fmt: skip
     with run.timed("read"):
         ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
@@ -94,7 +104,7 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
         ds.rotations = ds.rotations @ mirror_z()
     mask = read_focus_mask(focus_mask, ds.box)
     opts = options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
-                         n_iter=iterations, max_dose=max_dose)  # fmt: skip
+                         n_iter=iterations, max_dose=max_dose, **extra_opts)  # fmt: skip
     n_images = ds.n_particles if subtomograms else ds.n_images
     unit = "subtomograms" if subtomograms else "images"
     with run.progress() as prog:
@@ -124,7 +134,17 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
     if truth is not None:
         with run.timed("metrics"):
             fields["metrics"] = _metrics_against_truth(ds, truth, result, fields.get("clusters"), oracle, run)
-    for key in ("consensus_resolution_A", "e_step_limit_A", "working_box", "consensus_seconds", "init_seconds"):
+    for key in (
+        "consensus_resolution_A",
+        "e_step_limit_A",
+        "working_box",
+        "consensus_seconds",
+        "init_seconds",
+        "held_out_fraction",
+        "final_gain_held_in",
+        "final_gain_held_out",
+        "final_kl_per_dimension",
+    ):
         if key in result.extra:
             fields[key] = result.extra[key]
     secs = [e["seconds"] for e in result.log if e.get("seconds")]
@@ -154,8 +174,12 @@ def write_landscape(ds, result: Result, out: Path, run: Run | None = None) -> di
         sdf.to_csv(out / "latent_sd.csv", index=False, float_format="%.6g")
     apix = result.pixel_size
     write_volume(out / "mean.mrc", result.extra["mean_map"], apix)
+    decoder = result.extra.get("decoder")
+    if decoder is not None:  # a non-linear landscape: its decoder, no component maps to add up
+        torch.save(decoder, out / "decoder.pt")
     for k in range(n_comp):
-        write_volume(out / f"component_{k:02d}.mrc", result.volumes[k], apix)
+        if decoder is None:
+            write_volume(out / f"component_{k:02d}.mrc", result.volumes[k], apix)
         values, maps = maps_along_component(result, k, ALONG_STEPS, ALONG_SPAN_SD)
         for s in range(ALONG_STEPS):
             write_volume(out / f"component_{k:02d}_along_{s:02d}.mrc", maps[s], apix)
@@ -195,10 +219,8 @@ def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps
         members = np.flatnonzero(km == c)
         entry = {"class": c + 1, "n": int(len(members)), "fraction": float(len(members) / ds.n_particles),
                  "latent_centre": z[members].mean(0).tolist() if len(members) else None}  # fmt: skip
-        if len(members):  # the map at the cluster centre of the linear landscape
-            centre = result.extra["mean_map"] + torch.einsum(
-                "l,lzyx->zyx", torch.as_tensor(z[members].mean(0), dtype=torch.float32), result.volumes.float()
-            )
+        if len(members):  # the map at the cluster centre of the landscape
+            centre = landscape_maps(result, z[members].mean(0, keepdims=True))[0]
             write_volume(out / f"class_{c + 1:03d}_centre.mrc", centre, result.pixel_size)
         if len(members) >= 2:
             entry["particles"] = str(write_annotated(ds, out / "subsets", columns, members, f"class_{c + 1:03d}"))

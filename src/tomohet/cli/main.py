@@ -188,12 +188,21 @@ def landscape(
     method: str = typer.Option(
         "ppca",
         help="ppca (tilt-space probabilistic PCA), wmd-pca (wedge-masked difference "
-        "PCA, PEET/Dynamo), msvd (multiscale SVD, emClarity)",
+        "PCA, PEET/Dynamo), msvd (multiscale SVD, emClarity), vae (tilt-series variational autoencoder)",
     ),
     components: int = typer.Option(8, help="latent dimensions (components)"),
     clusters: int | None = typer.Option(None, help="cluster the latents into K classes (k-means; GMM too)"),
-    iterations: int | None = typer.Option(None, help="maximum iterations (ppca)"),
+    iterations: int | None = typer.Option(None, help="maximum iterations (ppca), epochs (vae: default 20)"),
     focus_mask: Path | None = typer.Option(None, help="mask (MRC, 0..1): the landscape of the masked region only"),
+    basis: int | None = typer.Option(None, help="vae: basis maps the decoder combines (default 8)"),
+    basis_epochs: int | None = typer.Option(
+        None,
+        help="vae: epochs that refine the maps, PPCA start included "
+        "(default 8); the later ones train the networks only",
+    ),
+    beta: float | None = typer.Option(None, help="vae: weight of the KL term (default 1)"),
+    held_out: float | None = typer.Option(None, help="vae: fraction of tilt images held out (default 0.1)"),
+    device: str | None = typer.Option(None, help="vae: where the networks train, cpu or cuda (default cpu)"),
     seed: int = typer.Option(0, help="random seed"),
     max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
     resolution_limit: float | None = typer.Option(None, help="band limit (A); default from the consensus map"),
@@ -212,10 +221,13 @@ def landscape(
         from .landscape import run_landscape
         from .options import check_landscape
 
-        check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size, workers)
+        check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size, workers, basis,
+                        beta, held_out, device, basis_epochs)  # fmt: skip
         run_landscape(input, out, method, components, clusters, seed, focus_mask, resolution_limit, iterations,
                       tomograms, lambda: _executor(workers, scheduler, None), max_dose, flip_hand, truth,
-                      class_maps, pixel_size=pixel_size, overwrite=overwrite)  # fmt: skip
+                      class_maps, pixel_size=pixel_size, overwrite=overwrite,
+                      method_options={"basis": basis, "beta": beta, "held_out": held_out, "device": device,
+                                      "basis_epochs": basis_epochs})  # fmt: skip
 
 
 @app.command()

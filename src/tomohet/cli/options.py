@@ -61,9 +61,21 @@ def check_landscape(
     max_dose: float | None,
     pixel_size: float | None = None,
     workers: int = 0,
+    basis: int | None = None,
+    beta: float | None = None,
+    held_out: float | None = None,
+    device: str | None = None,
+    basis_epochs: int | None = None,
 ) -> None:
     """The options of ``tomohet landscape`` that can be judged without the data."""
     at_least("--components", components, 1)
+    at_least("--basis", basis, 1)
+    at_least("--basis-epochs", basis_epochs, 1)
+    at_least("--beta", beta, 0)
+    if held_out is not None and not 0 <= held_out < 0.5:
+        raise OptionError("--held-out", f"must be in [0, 0.5), got {held_out}")
+    if device is not None and not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise OptionError("--device", f"must be cpu, cuda, cuda:N or mps, got {device!r}")
     at_least("--clusters", clusters, 1)
     at_least("--iterations", iterations, 1)
     positive("--resolution-limit", resolution_limit, " Angstrom")

@@ -42,7 +42,7 @@ from ..errors import InputError
 from .result import Result
 
 INPUT_KINDS = ("2d", "3d", "both")
-BUILTIN_MODULES = ("ppca", "wmd_pca", "msvd")
+BUILTIN_MODULES = ("ppca", "wmd_pca", "msvd", "vae")
 
 
 @dataclass
@@ -159,19 +159,30 @@ def orthonormalize_basis(
     }
 
 
+def landscape_maps(result: Result, latents: np.ndarray) -> torch.Tensor:
+    """Maps ``[n, D, D, D]`` at latent points ``[n, L]`` (in the coordinates of ``result.latents``): the decoder's
+    (``extra["decoder"].maps``) for a non-linear landscape, else ``mean + sum_l z_l volumes[l]``."""
+    z = np.atleast_2d(np.asarray(latents, dtype=np.float64))
+    decoder = result.extra.get("decoder")
+    if decoder is not None:
+        return decoder.maps(z).float()
+    zt = torch.as_tensor(z, dtype=torch.float32)
+    return result.extra["mean_map"].float()[None] + torch.einsum("nl,lzyx->nzyx", zt, result.volumes.float())
+
+
 def maps_along_component(
     result: Result, component: int, steps: int = 7, span_sd: float = 2.0
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Maps along one component of a linear landscape: ``mean + t * volumes[component]`` for ``steps`` values of
-    ``t`` evenly spaced over +-``span_sd`` standard deviations of that latent column (centred on its mean).
+    """Maps along one component of a landscape (:func:`landscape_maps`) at ``steps`` values of that latent column
+    evenly spaced over +-``span_sd`` standard deviations around its mean, the other columns at their means.
     Returns the latent values ``[steps]`` and the maps ``[steps, D, D, D]``."""
-    z = np.asarray(result.latents, dtype=np.float64)[:, component]
+    zall = np.asarray(result.latents, dtype=np.float64)
+    z = zall[:, component]
     sd = float(z.std()) if len(z) > 1 else 1.0
     values = float(z.mean()) + np.linspace(-span_sd, span_sd, steps) * sd
-    mean = result.extra["mean_map"].float()
-    vol = result.volumes[component].float()
-    maps = torch.stack([mean + float(v) * vol for v in values])
-    return values, maps
+    points = np.repeat(zall.mean(0, keepdims=True), steps, 0)
+    points[:, component] = values
+    return values, landscape_maps(result, points)
 
 
 def cluster_latents(latents: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:

@@ -106,7 +106,7 @@ class PPCAModel:
         self._cache: dict | None = {} if fits and executor is None else None
 
     # ------------------------------------------------------------------------------------------------ passes
-    def _state(self, **kw) -> PassState:
+    def pass_state(self, **kw) -> PassState:
         o = self.opt
         batch = pass_batch(o.batch_size, self.m)
         return PassState(self.maps, self.sigma2, self.m, o.resolution_limit_A, o.max_dose, batch, self.subtract, **kw)
@@ -127,17 +127,17 @@ class PPCAModel:
         self.maps = torch.zeros(self.L + 1, self.d, self.d, self.d)
         self.maps[0] = consensus * self.mask
         n = self.ds.n_particles
-        sums = self.run_pass(replace(self._state(), maps=self.maps[:1], noise_only=True, mstep=False),
+        sums = self.run_pass(replace(self.pass_state(), maps=self.maps[:1], noise_only=True, mstep=False),
                              stage_ticker(progress, "noise power", n))  # fmt: skip
-        self._update_sigma2(sums)
-        sums = self.run_pass(self._state(latents=latents), stage_ticker(progress, "start maps", n))
-        self._m_step(sums, from_zero=True)
+        self.update_sigma2(sums)
+        sums = self.run_pass(self.pass_state(latents=latents), stage_ticker(progress, "start maps", n))
+        self.m_step(sums, from_zero=True)
 
-    def _update_sigma2(self, sums: PassSums) -> None:
+    def update_sigma2(self, sums: PassSums) -> None:
         new = (sums.sig_sum / sums.sig_cnt.clamp_min(1)).float()
         self.sigma2 = torch.where(sums.sig_cnt > 0, new, self.sigma2).clamp_min(1e-12)
 
-    def _m_step(self, sums: PassSums, from_zero: bool = False) -> None:
+    def m_step(self, sums: PassSums, from_zero: bool = False) -> None:
         """One preconditioned Newton step on the maps: ``M += (A_v + prior)^-1 (gradient - prior M)`` per Fourier
         voxel of the working grid, inside the band. ``A_v`` (the per-voxel ``(L+1) x (L+1)`` normal matrices from
         the inserted CTF^2 weights) is the diagonal-in-voxels approximation of the Hessian that a Wiener
@@ -169,29 +169,32 @@ class PPCAModel:
         if self.L > 0 and mu2 > 0:
             self.kappa = max(float((self.maps[1:] ** 2).sum(dim=(1, 2, 3)).mean()) / mu2, 1e-6)
 
-    def _expand(self, mean: np.ndarray, cov: np.ndarray) -> None:
+    def expand(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Parameter expansion (PX-EM; Liu, Rubin & Wu 1998, Biometrika 85:755): the latents' mean ``eta`` and
         covariance ``S = L L^T`` over the particles are absorbed into the maps, ``mu += W eta``, ``W <- W L``,
         so the next E-step's latents are again ~N(0, I). This removes the scale drift between W and z that any
-        shrinkage of the M-step (prior, mask, interpolation) causes at high SNR, and speeds up EM."""
+        shrinkage of the M-step (prior, mask, interpolation) causes at high SNR, and speeds up EM. Returns
+        ``(eta [L], L [L, L])``: old coordinates ``z = eta + L z_new``."""
         eta = mean.mean(0)
         s = cov.mean(0) + np.cov(mean.T, bias=True).reshape(self.L, self.L)
-        lc = torch.from_numpy(np.linalg.cholesky(s + 1e-9 * np.eye(self.L))).float()
+        chol = np.linalg.cholesky(s + 1e-9 * np.eye(self.L))
+        lc = torch.from_numpy(chol).float()
         w = self.maps[1:].reshape(self.L, -1)
         self.maps[0] += (torch.from_numpy(eta).float() @ w).reshape(self.maps.shape[1:])
         self.maps[1:] = (lc.T @ w).reshape(self.maps[1:].shape)
+        return eta, chol
 
     def iterate(self, temperature: float = 1.0, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: E-step with the current maps, noise power, M-step."""
-        sums = self.run_pass(self._state(), progress)
+        sums = self.run_pass(self.pass_state(), progress)
         basis = self.maps[1:].clone()
         changes = self._changes(basis, sums.mean, sums.cov)
         self.prev = (basis, sums.mean)
         self.mean, self.cov = sums.mean, sums.cov
         if self.opt.update_noise:
-            self._update_sigma2(sums)
-        self._m_step(sums)
-        self._expand(sums.mean, sums.cov)
+            self.update_sigma2(sums)
+        self.m_step(sums)
+        self.expand(sums.mean, sums.cov)
         ll = float(sums.log_likelihood.sum())
         if not math.isfinite(ll):
             raise FloatingPointError("PPCA log-likelihood is not finite: a map or the noise power went NaN")
@@ -290,7 +293,7 @@ def fit_ppca(
                    n_particles=n, n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip
     # final E-step: the latents of the final maps
-    sums = model.run_pass(model._state(mstep=False), stage_ticker(progress, "latents", n))
+    sums = model.run_pass(model.pass_state(mstep=False), stage_ticker(progress, "latents", n))
     return _result(dataset, opt, model, sums, {**info, "seconds": round(time.perf_counter() - t0, 2)})
 
 

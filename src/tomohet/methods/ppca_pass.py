@@ -46,6 +46,25 @@ class PassState:
     latents: np.ndarray | None = None  # [N, L] given latents: M-step sums from them (no E-step)
     mstep: bool = True  # accumulate the M-step sums
     noise_only: bool = False  # only the noise power of the residuals against the mean map (maps = [mean])
+    posterior: Callable | None = None  # replaces the Gaussian E-step: see :class:`ImageStatistics`
+    image_stats: bool = False  # also return every image's statistics (``PassSums.images``)
+    held_out: np.ndarray | None = None  # [N, T] bool: images left out of the M-step and noise sums
+
+
+@dataclass
+class ImageStatistics:
+    """Each image's sufficient statistics for the coefficients ``a`` of the basis maps (``B_ij = H_ij P(W, A_ij)``,
+    ``r_ij`` the residual against the mean map, ``q`` multiplicity / sigma2 on valid pixels):
+    ``b`` ``[n, T, L]`` = ``Re(B^H diag(q) r)``, ``gram`` ``[n, T, L, L]`` = ``Re(B^H diag(q) B)``,
+    ``r2`` ``[n, T]`` = ``r^H diag(q) r``; an image's log-likelihood at ``a`` is ``-(r2 - 2 a.b + a.gram.a) / 2``
+    up to a constant. ``held_out`` ``[n, T]`` marks images kept out of the E-step and the M-step.
+    A ``posterior(particles, stats) -> (mean [n, L], cov [n, L, L])`` hook in :class:`PassState` receives them
+    and returns the moments of ``a`` the M-step uses (e.g. the amortised encoder of :mod:`.vae`)."""
+
+    b: torch.Tensor
+    gram: torch.Tensor
+    r2: torch.Tensor
+    held_out: torch.Tensor
 
 
 @dataclass
@@ -60,15 +79,21 @@ class PassSums:
     c: torch.Tensor | None  # [G^3, L+1, 2] M-step gradients (re, im) at the pass's maps
     sig_sum: torch.Tensor  # [D//2+1]
     sig_cnt: torch.Tensor
+    images: ImageStatistics | None = None  # per-image statistics (float32) when ``PassState.image_stats``
 
     def merge(self, other: PassSums) -> PassSums:
         def add(x, y):
             return None if x is None else x + y
 
+        images = None
+        if self.images is not None:
+            images = ImageStatistics(*(torch.cat([getattr(self.images, f), getattr(other.images, f)])
+                                       for f in ("b", "gram", "r2", "held_out")))  # fmt: skip
         return PassSums(
             np.concatenate([self.particles, other.particles]), np.concatenate([self.mean, other.mean]),
             np.concatenate([self.cov, other.cov]), np.concatenate([self.log_likelihood, other.log_likelihood]),
             add(self.a, other.a), add(self.c, other.c), self.sig_sum + other.sig_sum, self.sig_cnt + other.sig_cnt,
+            images,
         )  # fmt: skip
 
 
@@ -125,10 +150,13 @@ def ppca_pass(
     g_sum = torch.zeros(m**3, 2 * (n_comp + 1), dtype=torch.float64) if state.mstep else None
     means, covs, lls = [], [], []
     eye = torch.eye(n_comp, dtype=torch.float64)
+    held = torch.as_tensor(state.held_out) if state.held_out is not None else None
+    img_stats: list[ImageStatistics] = []
     for chunk in ds.chunks(state.batch_size, particles):
         p = prepared_chunk(ds, chunk, state, cache, sub)
         b, t = p.n_particles, p.n_tilts
         n, npx = b * t, m * (m // 2 + 1)
+        img_keep = 1.0 if held is None else (~held[chunk]).float().reshape(n, 1, 1)  # held-out images: no sums
         if state.latents is not None:  # given latents (the start): no E-step
             mean = torch.as_tensor(state.latents[chunk], dtype=torch.float64)
             cov = torch.zeros(b, n_comp, n_comp, dtype=torch.float64)
@@ -138,8 +166,10 @@ def ppca_pass(
             resid = (p.x - pr[0] * p.h) * p.valid  # [BT, M, Mh]
             q = (qpix * p.valid).reshape(n, npx)  # [BT, P]
             rr = torch.view_as_real(resid).reshape(n, npx, 2)
-            r2q = (rr.square().sum(-1) * q).sum(1).reshape(b, t).sum(1).double()  # [B]
-            r2q += (p.valid.reshape(n, npx) * log_norm).sum(1).reshape(b, t).sum(1).double()
+            r2_img = (rr.square().sum(-1) * q).sum(1).reshape(b, t)  # [B, T]
+            held_chunk = held[chunk] if held is not None else torch.zeros(b, t, dtype=torch.bool)
+            keep = (~held_chunk).double()[:, :, None]  # the E-step sees the held-in images only
+            r2q = ((r2_img + (p.valid.reshape(n, npx) * log_norm).sum(1).reshape(b, t)).double() * keep[..., 0]).sum(1)
             if state.noise_only:
                 s, c = band.shell_sums(resid.abs() ** 2, p.valid)
                 sig_sum += s
@@ -150,28 +180,38 @@ def ppca_pass(
             bf = torch.view_as_real(pr[1:] * p.h).permute(1, 0, 2, 3, 4).reshape(n, n_comp, npx, 2)
             bq = bf * q[:, None, :, None]
             bf, bq = bf.reshape(n, n_comp, 2 * npx), bq.reshape(n, n_comp, 2 * npx)
-            gram = torch.bmm(bq, bf.transpose(1, 2)).reshape(b, t, n_comp, n_comp).sum(1).double()  # [B, L, L]
-            bvec = torch.bmm(bq, rr.reshape(n, 2 * npx, 1)).reshape(b, t, n_comp).sum(1).double()  # [B, L]
-            prec = eye + gram
-            chol = torch.linalg.cholesky(prec)
-            cov = torch.cholesky_inverse(chol)
-            mean = (cov @ bvec[:, :, None])[..., 0]
-            logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-            ll = -0.5 * (r2q - (bvec * mean).sum(-1) + logdet)
+            gram_img = torch.bmm(bq, bf.transpose(1, 2)).reshape(b, t, n_comp, n_comp)  # [B, T, L, L]
+            bvec_img = torch.bmm(bq, rr.reshape(n, 2 * npx, 1)).reshape(b, t, n_comp)  # [B, T, L]
+            gram = (gram_img.double() * keep[..., None]).sum(1)  # [B, L, L]
+            bvec = (bvec_img.double() * keep).sum(1)  # [B, L]
+            stats = ImageStatistics(bvec_img, gram_img, r2_img, held_chunk)
+            if state.image_stats:
+                img_stats.append(stats)
+            if state.posterior is None:  # the Gaussian posterior of PPCA
+                prec = eye + gram
+                chol = torch.linalg.cholesky(prec)
+                cov = torch.cholesky_inverse(chol)
+                mean = (cov @ bvec[:, :, None])[..., 0]
+                logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+                ll = -0.5 * (r2q - (bvec * mean).sum(-1) + logdet)
+            else:  # given moments: the expected log-likelihood of the held-in images
+                mean, cov = state.posterior(chunk, stats)
+                second = cov + mean[:, :, None] * mean[:, None, :]
+                ll = -0.5 * (r2q - 2 * (bvec * mean).sum(-1) + (gram * second).sum((1, 2)))
             # noise power: E|r - B z|^2 = |r - B m|^2 + sum_lk C_lk Re(B_l^* B_k) per pixel
             m_img = mean.float().repeat_interleave(t, 0)  # [BT, L]
             c_img = cov.float().repeat_interleave(t, 0)  # [BT, L, L]
             e = rr.reshape(n, 2 * npx) - (m_img[:, :, None] * bf).sum(1)
             quad = (torch.bmm(c_img, bf) * bf).sum(1)  # [BT, 2P]
             r2 = (e.square() + quad).reshape(n, npx, 2).sum(-1).reshape(n, m, m // 2 + 1)
-            s, c = band.shell_sums(r2 * p.valid, p.valid)
+            s, c = band.shell_sums(r2 * p.valid * img_keep, p.valid * img_keep)
             sig_sum += s
             sig_cnt += c
         means.append(mean.numpy())
         covs.append(cov.numpy())
         lls.append(ll.numpy())
         if state.mstep:
-            hw = p.h * p.valid * inv_s2 * band.inside  # [BT, M, Mh]: H / sigma2 in the band
+            hw = p.h * p.valid * inv_s2 * band.inside * img_keep  # [BT, M, Mh]: H / sigma2 in the band
             y = torch.cat([torch.ones(b, 1, dtype=torch.float64), mean], 1)  # E[(1, z)]
             yy = y[:, :, None] * y[:, None, :]
             yy[:, 1:, 1:] += cov  # E[(1, z)(1, z)^T]
@@ -199,4 +239,12 @@ def ppca_pass(
         cat(covs) if covs else np.zeros((n_p, n_comp, n_comp)),
         cat(lls) if lls else np.zeros(n_p),
         a_sum, None if g_sum is None else g_sum.reshape(m**3, n_comp + 1, 2), sig_sum, sig_cnt,
+        _cat_images(img_stats, len(particles), ds.n_tilts, n_comp) if state.image_stats else None,
     )  # fmt: skip
+
+
+def _cat_images(stats: list[ImageStatistics], n: int, t: int, n_comp: int) -> ImageStatistics:
+    if not stats:
+        z = torch.zeros
+        return ImageStatistics(z(n, t, n_comp), z(n, t, n_comp, n_comp), z(n, t), z(n, t, dtype=torch.bool))
+    return ImageStatistics(*(torch.cat([getattr(x, f) for x in stats]) for f in ("b", "gram", "r2", "held_out")))

@@ -1,0 +1,5 @@
+"""``python -m tomohet``: the same command as ``tomohet``."""
+
+from .cli.main import app
+
+app(prog_name="tomohet")
