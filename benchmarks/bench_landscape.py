@@ -1,6 +1,8 @@
 """Benchmark of the landscape methods (issue 15): accuracy against ground truth and the oracle, wall time, peak
 memory and images/s, on the ``hinge`` preset (0-30 degree hinge of a ~20%-mass domain, SNR 0.05, 41 tilts, 30% of
-the particles missing their high tilts) and the 4-state ``discrete_default`` preset (k-means on the latents).
+the particles missing their high tilts) and the 4-state ``discrete_default`` preset (k-means on the latents); for
+the VAE (issue 17) also the hinge with every tilt or a unidirectional tilt scheme, the 2-state ``discrete_easy``
+and the ``ladder`` preset at the physical limit.
 
 Each case runs ``tomohet landscape`` (:func:`tomohet.cli.landscape.run_landscape`) in its own process, so its
 ``result.json`` holds that case's own peak memory (``getrusage``). Results go to ``--out`` (datasets and runs)
@@ -8,6 +10,8 @@ and a summary JSON; the table printed at the end is what ``benchmarks/LANDSCAPE.
 
     .venv/bin/python benchmarks/bench_landscape.py --out /tmp/bench_landscape            # all cases
     .venv/bin/python benchmarks/bench_landscape.py --out /tmp/bl --cases hinge --n-particles 300
+    .venv/bin/python benchmarks/bench_landscape.py --out /tmp/bv --methods vae --cases hinge hinge_all_tilts \
+        hinge_unidirectional discrete_easy
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ CASES = {
     # name: (preset, acquisition overrides, run_landscape keywords)
     "hinge": ("hinge", {"missing_high_tilt_fraction": 0.3}, {"components": 8, "clusters": None}),
     "discrete_default": ("discrete_default", {}, {"components": 8, "clusters": 4}),
+    # the VAE's robustness cases (issue 17): the hinge with every tilt, and recorded in one sweep
+    "hinge_all_tilts": ("hinge", {}, {"components": 8, "clusters": None}),
+    "hinge_unidirectional": ("hinge", {"scheme": "unidirectional"}, {"components": 8, "clusters": None}),
+    "discrete_easy": ("discrete_easy", {}, {"components": 8, "clusters": 2}),
+    "ladder": ("ladder", {}, {"components": 8, "clusters": 4}),
 }
 
 

@@ -42,10 +42,11 @@ from ..physics.likelihood import (
 from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
-from .difference_pca import difference_pca_labels, feature_resolution
+from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .engine import initial_labels, is_finished, map_partitions, run_iterations
 from .iteration import stage_ticker
 from .result import Result
+from .variability import confine_differences, variability_map, variability_mask
 
 
 @dataclass
@@ -70,6 +71,7 @@ class EMOptions:
     partition_size: int = 512  # particles per map/reduce partition (fixed: results do not depend on workers)
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
     shrink_to_mean: bool = True  # M-step: class maps shrink toward the pooled map (shrink_to_pooled_map)
+    confine_differences: bool = True  # M-step: class differences only inside the variability mask (PCA start)
 
 
 def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> PreparedImages:
@@ -230,6 +232,7 @@ class EMClassifier:
         self.log_likelihood = np.zeros((dataset.n_particles, options.n_classes))
         self.log: list[dict] = []
         self.init_info: dict = {}  # timings and sizes of the start, kept in checkpoints
+        self.variability: torch.Tensor | None = None  # [D, D, D] mask the class differences are confined to
         # prepared spectra are cached across iterations when they fit (images x 2 complex + 2 real planes)
         per_particle = dataset.n_tilts * self.m * (self.m // 2 + 1) * 4 * 6
         fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
@@ -265,7 +268,7 @@ class EMClassifier:
         return {"volumes": self.volumes, "priors": self.priors, "sigma2": self.sigma2, "tau2": self.tau2,
                 "subtract": self.subtract, "posteriors": self.posteriors, "log": self.log, "iteration": iteration,
                 "resolution_limit_A": self.opt.resolution_limit_A, "init_info": self.init_info,
-                "finished": finished}  # fmt: skip
+                "variability": self.variability, "finished": finished}  # fmt: skip
 
     def _m_step(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
         d = self.d
@@ -284,9 +287,11 @@ class EMClassifier:
             shifted, reg_diff = shrink_to_pooled_map(data, weight, reg, shells)
             for k in range(k_cls):
                 self.volumes[k] = wiener_volume(shifted[k], weight[k], d, reg_diff) * self.mask
-            return
-        for k, (dk, wk) in enumerate(sums):
-            self.volumes[k] = wiener_volume(dk, wk, d, reg) * self.mask
+        else:
+            for k, (dk, wk) in enumerate(sums):
+                self.volumes[k] = wiener_volume(dk, wk, d, reg) * self.mask
+        if self.variability is not None:
+            self.volumes = confine_differences(self.volumes, self.priors, self.variability)
 
     # ------------------------------------------------------------------------------------ initialisation
     def initialise(
@@ -385,7 +390,7 @@ def classify_em2d(
     if state is not None:
         em.volumes, em.priors, em.sigma2, em.tau2 = state["volumes"], state["priors"], state["sigma2"], state["tau2"]
         em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
-        em.subtract = state["subtract"]
+        em.subtract, em.variability = state["subtract"], state.get("variability")
         init_info.update(state["init_info"], resumed_from_iteration=start)
     else:
         if initial_maps is not None or opt.init == "maps":
@@ -403,11 +408,16 @@ def classify_em2d(
             else:
 
                 def pca_start():
-                    return difference_pca_labels(
-                        dataset, consensus, opt.n_classes, n_components=opt.n_components,
-                        resolution_A=opt.init_resolution_A, max_dose=opt.max_dose, focus_mask=focus_mask,
-                        batch_size=opt.batch_size, seed=opt.seed, progress=stage_ticker(progress, "PCA start", n),
+                    feats = difference_features(
+                        dataset, consensus, resolution_A=opt.init_resolution_A, max_dose=opt.max_dose,
+                        focus_mask=focus_mask, batch_size=opt.batch_size,
+                        progress=stage_ticker(progress, "PCA start", n),
                     )  # fmt: skip
+                    if opt.confine_differences and opt.n_classes > 1:
+                        var = variability_map(feats, opt.n_classes, dataset.box, opt.seed)
+                        em.variability = variability_mask(var, dataset.pixel_size, opt.init_resolution_A)
+                        init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
+                    return pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)
 
                 labels = initial_labels(opt.init, n, opt.n_classes, opt.seed, pca_start)
             if opt.init in ("pca", "ppca"):

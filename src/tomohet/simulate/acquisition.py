@@ -37,7 +37,7 @@ class Acquisition:
     pixel_size: float = 12.0
     tilt_max: float = 60.0
     tilt_step: float = 3.0
-    scheme: str = "dose-symmetric"  # or "bidirectional"
+    scheme: str = "dose-symmetric"  # or "bidirectional", "unidirectional"
     tilts: list[float] | None = None  # custom tilt list (overrides max/step)
     dose_per_tilt: float = 3.0
     n_tomograms: int = 4
@@ -74,14 +74,18 @@ class Acquisition:
 
 def acquisition_order(tilts: np.ndarray, scheme: str) -> np.ndarray:
     """Indices of ``tilts`` in the order recorded. Dose-symmetric (Hagen et al. 2017): 0, then pairs
-    alternating sides (+1, -1, -2, +2, +3, ...); bidirectional: 0 up to +max, then -1 down to -max."""
+    alternating sides (+1, -1, -2, +2, +3, ...); bidirectional: 0 up to +max, then -1 down to -max;
+    unidirectional: -max up to +max in one sweep (the high tilts on one side get the least dose, on the other
+    the most)."""
     idx0 = int(np.argmin(np.abs(tilts)))
     pos = [i for i in np.argsort(tilts) if tilts[i] > tilts[idx0]]
     neg = [i for i in np.argsort(-tilts) if tilts[i] < tilts[idx0]]
     if scheme == "bidirectional":
         return np.array([idx0] + pos + neg)
+    if scheme == "unidirectional":
+        return np.argsort(tilts, kind="stable")
     if scheme != "dose-symmetric":
-        raise ValueError(f"unknown tilt scheme {scheme!r} (dose-symmetric, bidirectional)")
+        raise ValueError(f"unknown tilt scheme {scheme!r} (dose-symmetric, bidirectional, unidirectional)")
     order, side, p, q = [idx0], 0, 0, 0
     while p < len(pos) or q < len(neg):
         for _ in range(2):
