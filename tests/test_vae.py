@@ -152,5 +152,10 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_latents(two_states, tmp_pa
     a = pd.read_csv(ref / "latent.csv")
     b = pd.read_csv(out / "latent.csv")
     assert np.allclose(a[["z0", "z1"]].to_numpy(), b[["z0", "z1"]].to_numpy(), atol=1e-5)
-    stages = [e["stage"] for e in json.loads((out / "result.json").read_text())["iterations"]]
-    assert stages == ["ppca"] * 3 + ["vae"] * 2 + ["networks"] * 2
+    result = json.loads((out / "result.json").read_text())
+    assert [e["stage"] for e in result["iterations"]] == ["ppca"] * 3 + ["vae"] * 2 + ["networks"] * 2
+    # early stopping: the networks of the networks-only epoch with the best held-out gain
+    best = result["best_epoch"]
+    gains = {e["iteration"]: e["gain_held_out"] for e in result["iterations"] if e["stage"] == "networks"}
+    assert best in gains and gains[best] == max(gains.values())
+    assert result["final_gain_held_out"] == gains[best]

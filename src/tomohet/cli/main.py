@@ -200,7 +200,7 @@ def landscape(
         help="vae: epochs that refine the maps, PPCA start included "
         "(default 8); the later ones train the networks only",
     ),
-    beta: float | None = typer.Option(None, help="vae: weight of the KL term (default 1)"),
+    beta: float | None = typer.Option(None, help="vae: weight of the KL term (default 4)"),
     held_out: float | None = typer.Option(None, help="vae: fraction of tilt images held out (default 0.1)"),
     device: str | None = typer.Option(None, help="vae: where the networks train, cpu or cuda (default cpu)"),
     seed: int = typer.Option(0, help="random seed"),

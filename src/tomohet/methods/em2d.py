@@ -7,7 +7,8 @@ coefficient, unnormalised FFT). The E-step gives posteriors
 ``p(z_i = k) ~ pi_k exp(-sum_j sum_k w |X - H P_k|^2 / (2 sigma2) / T)`` (``T`` an annealing temperature that
 falls to 1); the M-step re-estimates the maps by weighted Fourier insertion with a regularised Wiener filter
 ``V_k = sum g H X / sigma2 / (sum g H^2 / sigma2 + 1 / (tau2_fudge * tau2_k))`` (``tau2_k`` the class's signal
-power per shell), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied images are divided by their CTF
+power per shell; the classes' differences from their pooled map confined to a variability mask,
+:mod:`.variability`), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied images are divided by their CTF
 where ``|CTF| > 0.1`` (their noise is CTF-coloured; elsewhere they carry no information).
 
 Breaking the symmetry between classes decides whether EM finds the states at all (DESIGN.md): the default

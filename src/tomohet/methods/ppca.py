@@ -100,6 +100,7 @@ class PPCAModel:
         self.mean = np.zeros((dataset.n_particles, self.L))
         self.cov = np.zeros((dataset.n_particles, self.L, self.L))
         self.prev: tuple[torch.Tensor, np.ndarray] | None = None  # (basis, means) of the previous E-step
+        self.held_out: np.ndarray | None = None  # [N, T] images kept out of every pass's sums (the VAE's held-out)
         self.log: list[dict] = []
         per_particle = dataset.n_tilts * self.m * (self.m // 2 + 1) * 16
         fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
@@ -109,6 +110,7 @@ class PPCAModel:
     def pass_state(self, **kw) -> PassState:
         o = self.opt
         batch = pass_batch(o.batch_size, self.m)
+        kw.setdefault("held_out", self.held_out)
         return PassState(self.maps, self.sigma2, self.m, o.resolution_limit_A, o.max_dose, batch, self.subtract, **kw)
 
     def run_pass(self, state: PassState, progress=None) -> PassSums:

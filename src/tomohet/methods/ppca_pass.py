@@ -171,7 +171,7 @@ def ppca_pass(
             keep = (~held_chunk).double()[:, :, None]  # the E-step sees the held-in images only
             r2q = ((r2_img + (p.valid.reshape(n, npx) * log_norm).sum(1).reshape(b, t)).double() * keep[..., 0]).sum(1)
             if state.noise_only:
-                s, c = band.shell_sums(resid.abs() ** 2, p.valid)
+                s, c = band.shell_sums(resid.abs() ** 2 * img_keep, p.valid * img_keep)
                 sig_sum += s
                 sig_cnt += c
                 if progress:

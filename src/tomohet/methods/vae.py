@@ -17,7 +17,8 @@ Training alternates, one epoch per pass over every tilt image (:mod:`.ppca_pass`
    is re-expressed so the coefficients stay whitened (parameter expansion; the decoder's output map absorbs it);
 3. encoder and decoder train for ``inner_passes`` passes over the particles' statistics (:mod:`.vae_net`):
    tilt subsampling, KL warm-up, free bits. A random ``held_out`` fraction of each particle's tilts never enters
-   training or the maps; the log-likelihood gain on them is reported per epoch to show overfitting.
+   training or the maps; the log-likelihood gain on them is reported per epoch to show overfitting, and after
+   the maps are final the networks of the epoch with the best held-out gain are kept (early stopping).
 
 The start is ``ppca`` (``ppca_start`` iterations with ``basis`` components), so the basis begins at the linear
 landscape and the networks learn the non-linear map on it. The latents written are the encoder means, rotated
@@ -27,6 +28,7 @@ to their principal axes (columns by decreasing variance); maps anywhere in the l
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -58,10 +60,10 @@ class VAEOptions(PPCAOptions):
     basis: int = 8  # basis maps the decoder combines
     hidden: int = 256  # units per hidden layer (encoder and decoder)
     layers: int = 2  # hidden layers
-    beta: float = 1.0  # weight of the KL term (beta-VAE)
+    beta: float = 4.0  # weight of the KL term (beta-VAE; 4 kept the hinge on one latent axis, see VAE.md)
     free_bits: float = 0.05  # nats per latent dimension below which the KL is not pushed down
     warmup: int = 3  # epochs over which beta ramps up from 0
-    inner_passes: int = 10  # passes of the networks over the particles' statistics per epoch
+    inner_passes: int = 2  # passes of the networks over the particles' statistics per epoch
     learning_rate: float = 1e-3
     train_batch: int = 128  # particles per training step
     tilt_keep: float = 0.7  # fraction of its held-in tilts a particle is encoded from in a training step
@@ -134,7 +136,9 @@ class VAEModel:
         self.optimiser = torch.optim.Adam(params, lr=options.learning_rate)
         self.trained = False
         self.final_stats: ImageStatistics | None = None  # statistics under the final maps (later epochs)
+        self.best: dict | None = None  # the networks with the best held-out gain (networks-only epochs)
         self.held_out = held_out_images(dataset.visible.numpy(), options.held_out, options.seed)
+        self.ppca.held_out = self.held_out  # the PPCA start never sees the held-out images either
         self.latent_mean = np.zeros((dataset.n_particles, options.n_components))
         self.latent_logvar = np.zeros((dataset.n_particles, options.n_components))
         self.log: list[dict] = []
@@ -150,10 +154,11 @@ class VAEModel:
         if epoch >= max(self.opt.basis_epochs, self.opt.ppca_start + 1):  # the maps are final
             if self.final_stats is None:
                 self.final_stats = self.final_statistics(progress)
-            return {**self._train(self.final_stats, epoch), "stage": "networks"}
+            entry = self._train(self.final_stats, epoch)
+            self._keep_if_best(entry["gain_held_out"], epoch)
+            return {**entry, "stage": "networks"}
         posterior = self._posterior(epoch) if self.trained else None  # the first VAE epoch: PPCA's E-step
-        sums = self.ppca.run_pass(self.ppca.pass_state(posterior=posterior, image_stats=True,
-                                                       held_out=self.held_out), progress)  # fmt: skip
+        sums = self.ppca.run_pass(self.ppca.pass_state(posterior=posterior, image_stats=True), progress)
         if self.opt.update_noise:
             self.ppca.update_sigma2(sums)
         self.ppca.m_step(sums)
@@ -166,10 +171,28 @@ class VAEModel:
         entry["stage"] = "vae"
         return entry
 
+    def _keep_if_best(self, gain: float | None, epoch: int) -> None:
+        """Early stopping on the held-out tilts: remember the networks whose decoded latents explain the held-out
+        images best (they never enter a gradient; training longer makes the latents fit the held-in noise)."""
+        if gain is None or (self.best is not None and gain <= self.best["gain_held_out"]):
+            return
+        self.best = {"gain_held_out": gain, "epoch": epoch + 1,
+                     "encoder": copy.deepcopy(self.encoder.state_dict()),
+                     "decoder": copy.deepcopy(self.decoder.state_dict()),
+                     "latent_mean": self.latent_mean.copy(), "latent_logvar": self.latent_logvar.copy()}  # fmt: skip
+
+    def restore_best(self) -> int | None:
+        """Networks and latents of the best epoch (:meth:`_keep_if_best`); returns that epoch (1-based)."""
+        if self.best is None:
+            return None
+        self.encoder.load_state_dict(self.best["encoder"])
+        self.decoder.load_state_dict(self.best["decoder"])
+        self.latent_mean, self.latent_logvar = self.best["latent_mean"], self.best["latent_logvar"]
+        return self.best["epoch"]
+
     def final_statistics(self, progress: Callable[[int], None] | None = None) -> ImageStatistics:
         """Every image's statistics under the final maps (a pass without M-step)."""
-        state = self.ppca.pass_state(posterior=self._posterior(len(self.log)), image_stats=True,
-                                     held_out=self.held_out, mstep=False)  # fmt: skip
+        state = self.ppca.pass_state(posterior=self._posterior(len(self.log)), image_stats=True, mstep=False)
         return self.ppca.run_pass(state, progress).images
 
     def _posterior(self, epoch: int) -> VAEPosterior:
@@ -224,8 +247,8 @@ class VAEModel:
         return {"ppca": self.ppca.state(iteration, finished), "encoder": self.encoder.state_dict(),
                 "decoder": self.decoder.state_dict(), "optimiser": self.optimiser.state_dict(),
                 "trained": self.trained, "latent_mean": self.latent_mean,
-                "latent_logvar": self.latent_logvar, "final_stats": self.final_stats, "log": self.log,
-                "iteration": iteration, "finished": finished,
+                "latent_logvar": self.latent_logvar, "final_stats": self.final_stats, "best": self.best,
+                "log": self.log, "iteration": iteration, "finished": finished,
                 "resolution_limit_A": self.opt.resolution_limit_A}  # fmt: skip
 
     def restore(self, s: dict) -> None:
@@ -234,7 +257,7 @@ class VAEModel:
         self.decoder.load_state_dict(s["decoder"])
         self.optimiser.load_state_dict(s["optimiser"])
         self.trained, self.latent_mean, self.log = s["trained"], s["latent_mean"], s["log"]
-        self.latent_logvar, self.final_stats = s["latent_logvar"], s["final_stats"]
+        self.latent_logvar, self.final_stats, self.best = s["latent_logvar"], s["final_stats"], s["best"]
 
 
 @dataclass
@@ -307,6 +330,10 @@ def fit_vae(
         final = model._train(model.final_stats, len(model.log))
     else:
         final = model.log[-1]
+        best = model.restore_best()
+        if best is not None:
+            final = model.log[best - 1]
+            info["best_epoch"] = best
     info["final_seconds"] = round(time.perf_counter() - ts, 2)
     info.update({f"final_{k}": final[k] for k in ("gain_held_in", "gain_held_out", "kl_per_dimension") if k in final})
     return _result(dataset, opt, model, {**info, "seconds": round(time.perf_counter() - t0, 2)})
