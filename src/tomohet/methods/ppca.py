@@ -252,6 +252,35 @@ def start_latents(dataset, consensus: torch.Tensor, opt: PPCAOptions, focus_mask
     return z / np.maximum(z.std(0), 1e-12)
 
 
+def start_or_resume(dataset, opt, name: str, build: Callable, checkpoint: Path | None, focus_mask, progress):
+    """The model of a PPCA-based method (``ppca``, ``vae``) resumed from ``checkpoint`` or started afresh:
+    consensus map, automatic band, difference-PCA start latents, maps from them. ``build(options)`` makes the
+    model (a :class:`PPCAModel`, or an object with one as ``.ppca`` and a ``restore(state)``). Returns
+    ``(model, options, start iteration, finished, info, fingerprint)``; ``options`` carry the band used."""
+    fingerprint = run_fingerprint(name, asdict(opt), dataset)
+    saved = load_checkpoint(checkpoint, fingerprint)
+    info: dict = {}
+    if saved is not None:
+        opt = replace(opt, resolution_limit_A=saved["resolution_limit_A"])
+        model = build(opt)
+        model.restore(saved)
+        return model, opt, saved["iteration"], saved["finished"], info, fingerprint
+    n = dataset.n_particles
+    ts = time.perf_counter()
+    rec = reconstruct(dataset, oversampling=1, progress=stage_ticker(progress, "consensus map", n))
+    info["consensus_seconds"] = round(time.perf_counter() - ts, 2)
+    info["consensus_resolution_A"] = round(rec.resolution, 2)
+    if opt.resolution_limit_A is None and opt.auto_band:
+        opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size))
+    model = build(opt)
+    ppca = getattr(model, "ppca", model)
+    ts = time.perf_counter()
+    z0 = start_latents(dataset, rec.full, ppca.opt, focus_mask, stage_ticker(progress, "start latents", n))
+    ppca.initialise(rec.full, z0, progress)
+    info["init_seconds"] = round(time.perf_counter() - ts, 2)
+    return model, opt, 0, False, info, fingerprint
+
+
 def fit_ppca(
     dataset,
     options: PPCAOptions,
@@ -269,28 +298,9 @@ def fit_ppca(
     if opt.n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {opt.n_components}")
     n, t0 = dataset.n_particles, time.perf_counter()
-    fingerprint = run_fingerprint("ppca", asdict(opt), dataset)
-    saved = load_checkpoint(checkpoint, fingerprint)
-    info: dict = {}
-    if saved is not None:
-        opt = replace(opt, resolution_limit_A=saved["resolution_limit_A"])
-        model = PPCAModel(dataset, opt, executor, focus_mask)
-        model.restore(saved)
-        start, finished = saved["iteration"], saved["finished"]
-    else:
-        ts = time.perf_counter()
-        rec = reconstruct(dataset, oversampling=1, progress=stage_ticker(progress, "consensus map", n))
-        info["consensus_seconds"] = round(time.perf_counter() - ts, 2)
-        info["consensus_resolution_A"] = round(rec.resolution, 2)
-        if opt.resolution_limit_A is None and opt.auto_band:
-            opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box,
-                                                                        dataset.pixel_size))  # fmt: skip
-        model = PPCAModel(dataset, opt, executor, focus_mask)
-        ts = time.perf_counter()
-        z0 = start_latents(dataset, rec.full, opt, focus_mask, stage_ticker(progress, "start latents", n))
-        model.initialise(rec.full, z0, progress)
-        info["init_seconds"] = round(time.perf_counter() - ts, 2)
-        start, finished = 0, False
+    model, opt, start, finished, info, fingerprint = start_or_resume(
+        dataset, opt, "ppca", lambda o: PPCAModel(dataset, o, executor, focus_mask), checkpoint, focus_mask, progress
+    )
     run_iterations(model, n_iter=opt.n_iter, start=start, finished=finished, tol_changes=opt.tol_changes,
                    n_particles=n, n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip

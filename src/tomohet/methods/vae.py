@@ -38,13 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..physics.reconstruct import reconstruct
-from .checkpoint import load_checkpoint, run_fingerprint
-from .em2d import auto_resolution_limit
 from .engine import run_iterations
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, register
-from .ppca import PPCAModel, PPCAOptions, start_latents
+from .ppca import PPCAModel, PPCAOptions, start_or_resume
 from .ppca_pass import ImageStatistics
 from .result import Result
 from .vae_net import Decoder, Encoder, TrainingSettings, coefficient_moments, encode, train_networks
@@ -298,29 +295,9 @@ def fit_vae(
     opt = options
     _check(opt)
     n, t0 = dataset.n_particles, time.perf_counter()
-    fingerprint = run_fingerprint("vae", asdict(opt), dataset)
-    saved = load_checkpoint(checkpoint, fingerprint)
-    info: dict = {}
-    if saved is not None:
-        opt = replace(opt, resolution_limit_A=saved["resolution_limit_A"])
-        model = VAEModel(dataset, opt, executor, focus_mask)
-        model.restore(saved)
-        start, finished = saved["iteration"], saved["finished"]
-    else:
-        ts = time.perf_counter()
-        rec = reconstruct(dataset, oversampling=1, progress=stage_ticker(progress, "consensus map", n))
-        info["consensus_seconds"] = round(time.perf_counter() - ts, 2)
-        info["consensus_resolution_A"] = round(rec.resolution, 2)
-        if opt.resolution_limit_A is None and opt.auto_band:
-            opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box,
-                                                                        dataset.pixel_size))  # fmt: skip
-        model = VAEModel(dataset, opt, executor, focus_mask)
-        ts = time.perf_counter()
-        ppca_opt = model.ppca.opt
-        z0 = start_latents(dataset, rec.full, ppca_opt, focus_mask, stage_ticker(progress, "start latents", n))
-        model.ppca.initialise(rec.full, z0, progress)
-        info["init_seconds"] = round(time.perf_counter() - ts, 2)
-        start, finished = 0, False
+    model, opt, start, finished, info, fingerprint = start_or_resume(
+        dataset, opt, "vae", lambda o: VAEModel(dataset, o, executor, focus_mask), checkpoint, focus_mask, progress
+    )
     run_iterations(model, n_iter=opt.n_iter, start=start, finished=finished, tol_changes=0.0, n_particles=n,
                    n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip
