@@ -12,9 +12,10 @@ pulls it less toward the class it is in (the self-consistency that traps EM in l
 
 Measured on the ``ladder`` preset (4 states, seed 0, oracle ARI 0.945; ``benchmarks/CLASSIFY.md`` section 6): the
 map correlates 0.88 with the true between-state variance (one component), the mask covers 83% of the true
-variable region at 87% precision, and EM from the PCA start ends at ARI 0.78 instead of 0.67, the same as with the
-mask made from the true maps (0.78); from the true labels EM with the true mask ends at 0.80, with the same
-log-likelihood as from the PCA start: the masked EM no longer depends on where it starts.
+variable region at 87% precision, and EM from the PCA start ends at ARI 0.77 instead of 0.67 (seeds 0-2:
+0.77 / 0.81 / 0.66 against 0.67 / 0.68 / 0.58), as with the mask made from the true maps (0.78); from the true
+labels EM with the true mask ends at 0.80, with the same log-likelihood as from the PCA start: the masked EM no
+longer depends on where it starts.
 """
 
 from __future__ import annotations
