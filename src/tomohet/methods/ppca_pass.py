@@ -156,7 +156,8 @@ def ppca_pass(
         p = prepared_chunk(ds, chunk, state, cache, sub)
         b, t = p.n_particles, p.n_tilts
         n, npx = b * t, m * (m // 2 + 1)
-        img_keep = 1.0 if held is None else (~held[chunk]).float().reshape(n, 1, 1)  # held-out images: no sums
+        held_chunk = held[chunk] if held is not None else torch.zeros(b, t, dtype=torch.bool)
+        img_keep = (~held_chunk).float().reshape(n, 1, 1)  # held-out images enter no sum
         if state.latents is not None:  # given latents (the start): no E-step
             mean = torch.as_tensor(state.latents[chunk], dtype=torch.float64)
             cov = torch.zeros(b, n_comp, n_comp, dtype=torch.float64)
@@ -167,7 +168,6 @@ def ppca_pass(
             q = (qpix * p.valid).reshape(n, npx)  # [BT, P]
             rr = torch.view_as_real(resid).reshape(n, npx, 2)
             r2_img = (rr.square().sum(-1) * q).sum(1).reshape(b, t)  # [B, T]
-            held_chunk = held[chunk] if held is not None else torch.zeros(b, t, dtype=torch.bool)
             keep = (~held_chunk).double()[:, :, None]  # the E-step sees the held-in images only
             r2q = ((r2_img + (p.valid.reshape(n, npx) * log_norm).sum(1).reshape(b, t)).double() * keep[..., 0]).sum(1)
             if state.noise_only:

@@ -44,7 +44,15 @@ from .landscape import LandscapeMethod, register
 from .ppca import PPCAModel, PPCAOptions, start_or_resume
 from .ppca_pass import ImageStatistics
 from .result import Result
-from .vae_net import Decoder, Encoder, TrainingSettings, coefficient_moments, encode, train_networks
+from .vae_net import (
+    Decoder,
+    Encoder,
+    TrainingSettings,
+    coefficient_moments,
+    encode,
+    kl_per_dimension,
+    train_networks,
+)
 
 
 @dataclass
@@ -216,8 +224,8 @@ class VAEModel:
         changes = self._changes(z, logvar.double().cpu().numpy())
         self.latent_mean, self.latent_logvar = z, logvar.double().cpu().numpy()
         return {"changes": changes, "beta": settings.beta, **{k: round(v, 4) for k, v in losses.items()}, **gains,
-                "kl_per_dimension": np.round(0.5 * (z**2 + np.exp(logvar.cpu().numpy()) - 1 - logvar.cpu().numpy())
-                                             .mean(0), 4).tolist()}  # fmt: skip
+                "kl_per_dimension": np.round(kl_per_dimension(mu.double(), logvar.double()).mean(0).cpu().numpy(),
+                                             4).tolist()}  # fmt: skip
 
     @torch.no_grad()
     def _gains(self, mu, b, gram, visible, held) -> dict:
