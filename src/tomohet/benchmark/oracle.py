@@ -36,14 +36,13 @@ def oracle(
     noise_sigma: float,
     priors: np.ndarray | None = None,
     coordinates: np.ndarray | None = None,
-    rotations: torch.Tensor | None = None,
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
 ) -> OracleResult:
     """Score every particle of ``dataset`` against the true state maps ``[K, D, D, D]``.
 
-    ``rotations`` overrides the dataset's per-image rotations (the true poses when the written ones carry
-    jitter); ``noise_sigma`` is the real-space noise standard deviation per pixel (before any premultiplication).
+    The dataset's poses are used as read: give it the true ones (:func:`tomohet.data.truth.with_true_poses`) when
+    the written poses carry errors. ``noise_sigma`` is the real-space noise standard deviation per pixel (before any premultiplication).
     """
     k = volumes.shape[0]
     d = dataset.box
@@ -54,8 +53,7 @@ def oracle(
     for chunk in dataset.chunks(batch_size):
         # premultiplied images: divided by the CTF, masked where |CTF| <= 0.01 (physics.likelihood)
         p = prepare_images(dataset, chunk, min_ctf=0.01)
-        rots = p.rotations if rotations is None else rotations[torch.from_numpy(chunk)].reshape(-1, 3, 3)
-        resid2 = squared_residuals(p, proj.project_ft(rots))  # [K, BT, D, Dh]
+        resid2 = squared_residuals(p, proj.project_ft(p.rotations))  # [K, BT, D, Dh]
         ll[chunk] = gaussian_log_likelihood(p, resid2, wmult, inv_sigma2).numpy()
         if progress:
             progress(len(chunk))

@@ -13,7 +13,7 @@ from ..analysis.plots import plot_central_slices, plot_fsc
 from ..benchmark.metrics import discrete_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.truth import find_ground_truth, load_truth
+from ..data.truth import find_ground_truth, has_pose_errors, load_truth, with_true_poses
 from ..errors import InputError
 from ..methods.em3d import subtomogram_class_maps
 from ..methods.registry import build_options, fit, get_method
@@ -215,10 +215,15 @@ def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np
             run.log.warning("oracle skipped: %s is not a tomohet dataset.json (%s: %s)", meta_path,
                             type(exc).__name__, " ".join(str(exc).split()))  # fmt: skip
         if maps is not None:
-            o = oracle(ds, maps, sigma, abundances)
+            posed = has_pose_errors(truth, ds)
+            o = oracle(with_true_poses(ds, truth) if posed else ds, maps, sigma, abundances)
             metrics["oracle"] = discrete_report(states, o.labels)
+            if posed:  # the limit with the poses as written (what a method without pose search can reach)
+                metrics["oracle_written_poses"] = discrete_report(states, oracle(ds, maps, sigma, abundances).labels)
     msg = f"ARI {metrics['method']['ari']:.3f}"
     if "oracle" in metrics:
         msg += f", oracle {metrics['oracle']['ari']:.3f}"
+    if "oracle_written_poses" in metrics:
+        msg += f" (with the written poses {metrics['oracle_written_poses']['ari']:.3f})"
     run.log.info("against ground truth: %s", msg)
     return metrics

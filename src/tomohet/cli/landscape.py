@@ -23,7 +23,7 @@ import torch
 from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.truth import find_ground_truth, load_truth
+from ..data.truth import find_ground_truth, has_pose_errors, load_truth, with_true_poses
 from ..errors import InputError
 from ..methods.landscape import cluster_latents, get_method, landscape_maps, maps_along_component
 from ..methods.registry import options_from
@@ -234,6 +234,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
     from ..benchmark.oracle import oracle
 
     rows = load_truth(truth_path, ds.names)  # one row per particle, in the dataset's order
+    true_ds = with_true_poses(ds, rows) if has_pose_errors(rows, ds) else ds  # what the oracle scores
     z = np.asarray(result.latents, dtype=np.float64)
     metrics: dict = {}
     meta_path = truth_path.parent / "dataset.json"
@@ -261,7 +262,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
                                "resolution_0.143": f["resolution_0.143"]}  # fmt: skip
             metrics["end_maps_fsc"] = {"component": best, "span_sd": ALONG_SPAN_SD, **ends}
             if with_oracle and ds.kind == "2d":
-                o = oracle(ds, maps, meta["noise_sigma"], coordinates=mc)
+                o = oracle(true_ds, maps, meta["noise_sigma"], coordinates=mc)
                 metrics["oracle"] = continuous_report(coord, o.coordinate[:, None])
     states = rows["state"].to_numpy() if "state" in rows else None
     if states is not None and clusters is not None and len(np.unique(states)) > 1:
@@ -270,7 +271,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
         if (with_oracle and meta is not None and meta.get("map_coordinates") is None
                 and ds.kind == "2d"):  # fmt: skip
             maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
-            o = oracle(ds, maps, meta["noise_sigma"], np.array(meta["abundances"]))
+            o = oracle(true_ds, maps, meta["noise_sigma"], np.array(meta["abundances"]))
             metrics["oracle_discrete"] = discrete_report(states, o.labels)
     msg = []
     if "method" in metrics:

@@ -87,6 +87,12 @@ def simulate(
     premultiplied: bool = typer.Option(False, "--premultiplied", help="write CTF-premultiplied stacks (WarpTools)"),
     structured_noise: float = typer.Option(0.0, help="fraction of the noise variance with a 1/|k| spectrum"),
     missing_tilts: float = typer.Option(0.0, help="fraction of particles that lose their highest tilts"),
+    pose_error_deg: float = typer.Option(
+        0.0, help="written poses differ from the true ones by N(0, this) degrees about a random axis"
+    ),
+    shift_error_px: float = typer.Option(
+        0.0, help="written particle centres differ from the true ones by N(0, this) pixels per axis"
+    ),
     warp_v1: bool = typer.Option(False, "--warp-v1", help="also write a Warp v1 image-series star"),
     subtomograms: bool = typer.Option(False, "--subtomograms", help="also write RELION 3.1 subtomograms"),
     list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
@@ -101,11 +107,12 @@ def simulate(
     if out is None:
         _fail("--out is required")
     with _user_errors(out):
-        check_simulate(n_particles, snr, structured_noise, missing_tilts)
+        check_simulate(n_particles, snr, structured_noise, missing_tilts, pose_error_deg, shift_error_px)
         from .simulate import run_simulate
 
         extra = {"ctf_premultiplied": premultiplied, "structured_noise": structured_noise,
-                 "missing_high_tilt_fraction": missing_tilts}  # fmt: skip
+                 "missing_high_tilt_fraction": missing_tilts, "pose_error_deg": pose_error_deg,
+                 "shift_error_px": shift_error_px}  # fmt: skip
         run_simulate(preset, out, seed, n_particles, snr, extra, warp_v1, subtomograms)
 
 

@@ -139,12 +139,19 @@ def check_reconstruct(oversampling: int, batch_size: int, pixel_size: float | No
 
 
 def check_simulate(
-    n_particles: int | None, snr: float | None, structured_noise: float = 0.0, missing_tilts: float = 0.0
+    n_particles: int | None,
+    snr: float | None,
+    structured_noise: float = 0.0,
+    missing_tilts: float = 0.0,
+    pose_error_deg: float = 0.0,
+    shift_error_px: float = 0.0,
 ) -> None:
     at_least("--n-particles", n_particles, 1)
     positive("--snr", snr)
     fraction("--structured-noise", structured_noise)
     fraction("--missing-tilts", missing_tilts)
+    at_least("--pose-error-deg", pose_error_deg, 0.0)
+    at_least("--shift-error-px", shift_error_px, 0.0)
 
 
 def read_input(path: Path, tomograms: Path | None, pixel_size: float | None, stacks_only: bool = False):

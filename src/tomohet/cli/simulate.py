@@ -24,7 +24,8 @@ def run_simulate(
     :class:`~tomohet.simulate.acquisition.Acquisition`); optionally also a Warp v1 star and RELION 3.1
     subtomograms. Returns (layout, ground truth)."""
     acq = acquisition or {}
-    check_simulate(n_particles, snr, acq.get("structured_noise", 0.0), acq.get("missing_high_tilt_fraction", 0.0))
+    check_simulate(n_particles, snr, acq.get("structured_noise", 0.0), acq.get("missing_high_tilt_fraction", 0.0),
+                   acq.get("pose_error_deg", 0.0), acq.get("shift_error_px", 0.0))  # fmt: skip
     options = dict(locals())
     options.pop("acq")
     p = get_preset(preset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import InputError
@@ -42,3 +43,39 @@ def load_truth(path: Path, names: list[str]) -> pd.DataFrame:
     if table["state"].isna().any():
         raise InputError(path, f"no state for particle {table.index[table['state'].isna()][0]!r}", "state")
     return table.reset_index()
+
+
+TRUE_POSE_COLUMNS = tuple(f"true_{c}" for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                                                "rlnOriginYAngst", "rlnOriginZAngst"))  # fmt: skip
+
+
+def has_pose_errors(truth: pd.DataFrame, dataset) -> bool:
+    """Whether ``truth`` (:func:`load_truth`, rows in the dataset's order) holds true poses that differ from the
+    ones the RELION 5 ``dataset`` was read with (a simulation with ``--pose-error-deg`` / ``--shift-error-px``)."""
+    if dataset.kind != "2d" or dataset.source_format != "relion5" or not set(TRUE_POSE_COLUMNS) <= set(truth):
+        return False
+    from .poses import ANGLE_COLUMNS
+    from .relion5 import origins_A
+
+    parts = dataset.tables["particles_blocks"]["particles"]
+    written = np.concatenate([parts[list(ANGLE_COLUMNS)].to_numpy(float),
+                              origins_A(parts, dataset.tables["particles_star"])], axis=1)  # fmt: skip
+    true = truth[list(TRUE_POSE_COLUMNS)].to_numpy(float)
+    return not np.allclose(written, true, atol=1e-3)
+
+
+def with_true_poses(dataset, truth: pd.DataFrame):
+    """The RELION 5 ``dataset`` seen with the true poses of ``truth`` (:func:`load_truth`, rows in the dataset's
+    order): what the oracle scores (the physical limit knows the poses). Nothing is modified."""
+    import torch
+
+    from ..physics.rotations import euler_to_matrix
+    from .poses import apply_pose_corrections, relion5_corrections
+    from .relion5 import origins_A, particle_matrices
+
+    parts = dataset.tables["particles_blocks"]["particles"]
+    ppath = dataset.tables["particles_star"]
+    true = euler_to_matrix(*(truth[c].to_numpy(float) for c in TRUE_POSE_COLUMNS[:3]))
+    offset = (origins_A(parts, ppath) - truth[list(TRUE_POSE_COLUMNS[3:])].to_numpy(float)) / dataset.pixel_size
+    d, u = relion5_corrections(particle_matrices(parts, ppath), true, torch.from_numpy(offset))
+    return apply_pose_corrections(dataset, d, u)

@@ -73,6 +73,10 @@ class EMOptions:
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
     shrink_to_mean: bool = True  # M-step: class maps shrink toward the pooled map (shrink_to_pooled_map)
     confine_differences: bool = True  # M-step: class differences only inside the variability mask (PCA start)
+    local_angles_deg: float = 0.0  # local pose search: range of the first rotation grid (0: poses as given)
+    local_shifts_px: float = 0.0  # local search of the particle centre: range of the first offset grid, pixels
+    sigma_angles_deg: float | None = None  # prior width of the pose deviation per axis (None: from the data)
+    sigma_shifts_px: float | None = None  # prior width of the centre deviation per axis (None: from the data)
 
 
 def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> PreparedImages:
@@ -246,8 +250,7 @@ class EMClassifier:
         the EM posterior rule (e.g. stochastic hill climbing)."""
         old = self.posteriors.argmax(1)
         assign = assign or SoftmaxAssign(self.priors, temperature)
-        state = EStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract)
-        sums = map_partitions(e_step, self.ds, state, self.opt.partition_size, self.executor, self._cache, progress)
+        sums = self.collect(assign, progress)
         order = np.argsort(sums.particles)
         self.posteriors = sums.posteriors[order]
         self.log_likelihood = sums.log_likelihood[order]
@@ -262,7 +265,24 @@ class EMClassifier:
         changes = float((self.posteriors.argmax(1) != old).mean())
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
             self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),
-            "temperature": temperature}  # fmt: skip
+            "temperature": temperature, **self.absorb(sums, order)}  # fmt: skip
+
+    def collect(self, assign: Callable, progress: Callable[[int], None] | None = None) -> PartialSums:
+        """The E-step over all partitions: posteriors and M-step sums (a model with another E-step, e.g. the
+        local pose search, overrides this and :meth:`absorb`)."""
+        state = EStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract)
+        return map_partitions(e_step, self.ds, state, self.opt.partition_size, self.executor, self._cache, progress)
+
+    def absorb(self, sums: PartialSums, order: np.ndarray) -> dict:
+        """Take what else ``sums`` carries (particles in ``sums.particles[order]`` order); returns log entries."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Take what else a checkpoint written by :meth:`state` carries (nothing here)."""
+
+    def pose_corrections(self) -> dict:
+        """Refined pose corrections for the result (none: the poses are used as given)."""
+        return {}
 
     def state(self, iteration: int, finished: bool = False) -> dict:
         """What the next iteration needs (for a checkpoint)."""
@@ -385,13 +405,20 @@ def classify_em2d(
             opt = replace(opt, resolution_limit_A=limit)
         if opt.init_resolution_A is None and opt.init == "pca":
             opt = replace(opt, init_resolution_A=round(feature_resolution(rec.resolution, dataset.pixel_size), 2))
-    em = EMClassifier(dataset, opt, executor, focus_mask)
+    if opt.local_angles_deg > 0 or opt.local_shifts_px > 0:  # lazy: local_pose builds on this module
+        from .local_pose import LocalPoseEM, PoseSearch
+
+        search = PoseSearch(opt.local_angles_deg, opt.local_shifts_px, opt.sigma_angles_deg, opt.sigma_shifts_px)
+        em = LocalPoseEM(dataset, opt, search, executor, focus_mask)
+    else:
+        em = EMClassifier(dataset, opt, executor, focus_mask)
     init_info["e_step_limit_A"] = round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2)
     init_info["working_box"] = em.m
     if state is not None:
         em.volumes, em.priors, em.sigma2, em.tau2 = state["volumes"], state["priors"], state["sigma2"], state["tau2"]
         em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
         em.subtract, em.variability = state["subtract"], state.get("variability")
+        em.restore(state)
         init_info.update(state["init_info"], resumed_from_iteration=start)
     else:
         if initial_maps is not None or opt.init == "maps":
@@ -435,7 +462,8 @@ def classify_em2d(
     return Result(
         method="em2d", options=asdict(opt), labels=labels, posteriors=em.posteriors, volumes=em.volumes,
         pixel_size=dataset.pixel_size, log=em.log,
-        extra={"sigma2": em.sigma2.numpy(), "seconds": time.perf_counter() - t0, **init_info},
+        extra={"sigma2": em.sigma2.numpy(), "seconds": time.perf_counter() - t0, **init_info,
+               **em.pose_corrections()},
     )  # fmt: skip
 
 

@@ -91,3 +91,24 @@ def mirror_z() -> torch.Tensor:
     """``diag(1, 1, -1)``: right-multiplied onto image rotations it mirrors the reconstructed map in z
     (the ``--flip-hand`` option)."""
     return torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+
+
+def rotation_vector_to_matrix(v: torch.Tensor) -> torch.Tensor:
+    """Active rotations ``[..., 3, 3]`` by ``|v|`` radians about the axis ``v / |v|`` (Rodrigues' formula), for
+    rotation vectors ``v`` ``[..., 3]`` (the identity for ``v = 0``)."""
+    v = torch.as_tensor(v)
+    angle = v.norm(dim=-1, keepdim=True)
+    axis = v / angle.clamp_min(1e-30)
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
+                     torch.stack([-y, x, zero], -1)], -2)  # fmt: skip
+    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(k.shape)
+    return eye + s * k + (1 - c) * (k @ k)
+
+
+def rotation_angle(r: torch.Tensor) -> torch.Tensor:
+    """Angle (radians) of rotation matrices ``[..., 3, 3]``: ``arccos((trace - 1) / 2)``."""
+    tr = r.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.arccos(((tr - 1) / 2).clamp(-1.0, 1.0))

@@ -21,12 +21,13 @@ import torch
 
 from ..data.model import ImageBatch
 from ..data.mrc import write_stack
-from ..data.relion5 import read_relion5
+from ..data.poses import apply_pose_corrections, relion5_corrections
+from ..data.relion5 import particle_matrices, read_relion5
 from ..data.star import write_star
 from ..physics.forward import batch_transfer_functions
 from ..physics.fourier import half_grid_2d, irfft2_centered, rfft2_centered, shift_phase_2d
 from ..physics.projector import VolumeProjector
-from ..physics.rotations import matrix_to_euler, random_rotations, rotation_about_y
+from ..physics.rotations import matrix_to_euler, random_rotations, rotation_about_y, rotation_vector_to_matrix
 
 
 @dataclass
@@ -50,8 +51,9 @@ class Acquisition:
     tomogram_size_A: tuple[float, float, float] = (6000.0, 6000.0, 1500.0)  # x, y, z (slab thickness)
     binning: float = 4.0  # image pixel / tilt-series pixel
     hand: float = -1.0
-    pose_jitter_deg: float = 0.0  # error of the written pose (the true pose is used for projection)
-    shift_jitter_A: float = 0.0  # 3D offset of the true centre, written to rlnOriginX/Y/ZAngst
+    pose_error_deg: float = 0.0  # written pose = true pose rotated by N(0, this) degrees about a random axis
+    shift_error_px: float = 0.0  # written centre = true centre + N(0, this) pixels per axis (tomogram frame)
+    shift_jitter_A: float = 0.0  # 3D offset of the true centre, correctly written to rlnOriginX/Y/ZAngst
     missing_high_tilt_fraction: float = 0.0  # fraction of particles that lose their highest tilts
     ctf_premultiplied: bool = False
     float16: bool = True  # MRC mode 12 stacks as WarpTools writes
@@ -110,6 +112,7 @@ class SimulatedLayout:
     noise_sigma: float
     measured_snr: float
     acquisition: dict = field(default_factory=dict)
+    true_poses: dict = field(default_factory=dict)  # per particle: true Euler angles (deg) and origins (A)
 
 
 def _vec(v) -> str:
@@ -132,13 +135,17 @@ def write_geometry(
     pos_a = (rng.random((n, 3)) - 0.5) * (np.array(acq.tomogram_size_A) - 2 * acq.box * acq.pixel_size)
     true_rot = random_rotations(n, torch.Generator().manual_seed(int(rng.integers(2**31)))).numpy()
     written_rot = true_rot
-    if acq.pose_jitter_deg > 0:
+    if acq.pose_error_deg > 0:
         axis = rng.normal(size=(n, 3))
         axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-        ang = np.deg2rad(rng.normal(scale=acq.pose_jitter_deg, size=n))
-        written_rot = np.einsum("nij,njk->nik", _axis_angle(axis, ang), true_rot)
+        ang = np.deg2rad(rng.normal(scale=acq.pose_error_deg, size=n))
+        error = rotation_vector_to_matrix(torch.from_numpy(axis * ang[:, None])).numpy()
+        written_rot = np.einsum("nij,njk->nik", error, true_rot)
     rot, tlt, psi = (x.numpy() for x in matrix_to_euler(torch.from_numpy(written_rot)))
     origin = rng.normal(scale=acq.shift_jitter_A, size=(n, 3)) if acq.shift_jitter_A > 0 else np.zeros((n, 3))
+    # the true centre lies this far (pixels, tomogram frame) from the written one: true origin = origin - it
+    centre_error = rng.normal(scale=acq.shift_error_px, size=(n, 3)) if acq.shift_error_px > 0 else np.zeros((n, 3))
+    true_origin = origin - centre_error * acq.pixel_size
     coord = (pos_a + size_px * ts_apix / 2) / acq.pixel_size  # WarpTools: binned (image) pixels
     visible = np.ones((n, t), dtype=int)
     lose = rng.random(n) < acq.missing_high_tilt_fraction
@@ -209,21 +216,13 @@ def write_geometry(
     write_star({"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics, "particles": parts}, pstar)
     write_star(tblocks, tstar)
     write_star({"": {"rlnTomoParticlesFile": pstar.name, "rlnTomoTomogramsFile": tstar.name}}, oset)
-    return oset, {"true_rotations": true_rot, "tomogram": tomo_of, "names": np.array(names)}
+    return oset, {"true_rotations": true_rot, "true_origin_A": true_origin, "centre_error_px": centre_error,
+                  "tomogram": tomo_of, "names": np.array(names)}  # fmt: skip
 
 
 def _rot_z(deg: float) -> np.ndarray:
     a = np.deg2rad(deg)
     return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
-
-
-def _axis_angle(axis: np.ndarray, ang: np.ndarray) -> np.ndarray:
-    """Rodrigues rotation matrices ``[n, 3, 3]``."""
-    k = np.zeros((len(ang), 3, 3))
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k = k - k.transpose(0, 2, 1)
-    s, c = np.sin(ang)[:, None, None], np.cos(ang)[:, None, None]
-    return np.eye(3) + s * k + (1 - c) * (k @ k)
 
 
 def noise_field(shape: tuple[int, ...], structured: float, gen: torch.Generator) -> torch.Tensor:
@@ -267,17 +266,23 @@ def simulate_images(
     n = len(states)
     oset, truth = write_geometry(out, name, n, acq, rng)
     ds = read_relion5(oset)
-    # the true pose differs from the written one by the pose jitter: image rotations use the true pose
-    written = _particle_matrices(ds)
-    correction = torch.from_numpy(np.einsum("nji,njk->nik", written, truth["true_rotations"]))  # W^T T
+    # the true pose differs from the written one by the pose and shift errors: images use the true pose
+    true_ds = apply_pose_corrections(
+        ds,
+        *relion5_corrections(
+            _particle_matrices(ds),
+            torch.from_numpy(truth["true_rotations"]),
+            torch.from_numpy(truth["centre_error_px"]),
+        ),
+    )
     cache_all = len(volumes) <= 16  # many maps (a fine continuous grid): build projectors per batch
     projectors: dict[int, VolumeProjector] = {}
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     sigma = None
     signal_var: list[float] = []
     for chunk in ds.chunks(batch_size):
-        batch = _geometry_batch(ds, chunk)
-        rots = _true_rotations(batch.rotations, correction[torch.from_numpy(chunk)])
+        batch = _geometry_batch(true_ds, chunk)
+        rots = batch.rotations
         imgs = torch.zeros(len(chunk), ds.n_tilts, acq.box, acq.box)
         ctfs = torch.zeros(len(chunk) * ds.n_tilts, acq.box, acq.box // 2 + 1)
         if not cache_all:
@@ -311,23 +316,22 @@ def simulate_images(
     return SimulatedLayout(
         optimisation_set=oset, particles_star=ds.tables["particles_star"], tomograms_star=ds.tables["tomograms_star"],
         names=ds.names, noise_sigma=sigma, measured_snr=measured, acquisition=asdict(acq),
+        true_poses=_true_pose_columns(truth),
     )  # fmt: skip
 
 
-def _particle_matrices(ds) -> np.ndarray:
-    from ..physics.rotations import euler_to_matrix
+def _true_pose_columns(truth: dict) -> dict[str, np.ndarray]:
+    """``true_rlnAngleRot/Tilt/Psi`` (degrees) and ``true_rlnOriginX/Y/ZAngst``: the pose the images were made
+    with, in the particles star's conventions (columns of ``ground_truth.csv``)."""
+    angles = matrix_to_euler(torch.from_numpy(truth["true_rotations"]))
+    cols = {f"true_{c}": a.numpy() for c, a in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles, strict=True)}
+    for k, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        cols[f"true_{c}"] = truth["true_origin_A"][:, k]
+    return cols
 
-    p = ds.tables["particles_blocks"]["particles"]
-    return euler_to_matrix(p.rlnAngleRot.to_numpy(), p.rlnAngleTilt.to_numpy(), p.rlnAnglePsi.to_numpy()).numpy()
 
-
-def _true_rotations(image_rotations: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
-    """Per-image rotations with the written pose W replaced by the true pose T: ``P W M -> P T M``, using
-    ``P T M = P W M (M^-1 W^T T M)`` with the reference mirror M = M^-1."""
-    from ..physics.rotations import mirror_z
-
-    m = mirror_z()
-    return image_rotations @ (m @ correction @ m)[:, None]
+def _particle_matrices(ds) -> torch.Tensor:
+    return particle_matrices(ds.tables["particles_blocks"]["particles"], ds.tables["particles_star"])
 
 
 def _geometry_batch(ds, particles: np.ndarray) -> ImageBatch:

@@ -144,6 +144,7 @@ def simulate_dataset(
             "state_name": [phantom.state_names[k] for k in states],
             "coordinate": coords,
             "map_file": [map_files[k] for k in nearest],
+            **layout.true_poses,
         }
     )
     truth.to_csv(out / "ground_truth.csv", index=False)

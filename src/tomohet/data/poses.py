@@ -1,0 +1,78 @@
+"""Particle poses as corrections of the poses a dataset was read with.
+
+A refined pose is kept as a correction of the particle's written pose, in the reference frame, so that it applies
+to every input format alike: a rotation ``D_i`` (``[3, 3]``) right-multiplied onto each of the particle's image
+rotations (``A_ij -> A_ij D_i``) and an offset ``u_i`` (pixels, reference frame of the corrected pose): the
+particle's centre is the reference point ``u_i``, seen in image j at ``(A_ij D_i u_i)[:2]`` from where the
+written pose put it (see :mod:`tomohet.data.model` for the image conventions). RELION 5 stars store the
+corrected pose as new Euler angles and origins (:func:`relion5_posed_table`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ..physics.rotations import matrix_to_euler
+from .relion5 import REFERENCE_MIRROR, origins_A, particle_matrices
+
+ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+# RELION's labels for the pose a refinement started from (it keeps them as priors of local searches)
+PRIOR_COLUMNS = {
+    "rlnAngleRot": "rlnAngleRotPrior", "rlnAngleTilt": "rlnAngleTiltPrior", "rlnAnglePsi": "rlnAnglePsiPrior",
+    "rlnOriginXAngst": "rlnOriginXPriorAngst", "rlnOriginYAngst": "rlnOriginYPriorAngst",
+    "rlnOriginZAngst": "rlnOriginZPriorAngst",
+}  # fmt: skip
+
+
+def apply_pose_corrections(dataset, rotation: torch.Tensor, offset_px: torch.Tensor):
+    """A copy of a 2D-stack ``dataset`` seen with corrected poses: image rotations ``A_ij D_i`` and image shifts
+    ``s_ij + (A_ij D_i u_i)[:2]``. ``rotation`` ``[N, 3, 3]`` (``D``), ``offset_px`` ``[N, 3]`` (``u``, pixels).
+    The images and tables are shared with ``dataset``, nothing is modified."""
+    rots = dataset.rotations @ rotation.to(dataset.rotations.dtype)[:, None]
+    moved = torch.einsum("ntij,nj->nti", rots, offset_px.to(rots.dtype))[..., :2]
+    return dataclasses.replace(dataset, rotations=rots, shifts=dataset.shifts + moved.to(dataset.shifts.dtype))
+
+
+def relion5_corrections(
+    written: torch.Tensor, true: torch.Tensor, centre_offset_px: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrections ``(D, u)`` that turn RELION 5 particle matrices ``written`` ``[N, 3, 3]`` into ``true`` ones
+    and move the centre by ``centre_offset_px`` ``[N, 3]`` (tomogram frame, pixels: true centre = written
+    centre + offset). With the reader's reference mirror ``M`` (``A_ij = P_j A_i M``):
+    ``D = M W^T T M`` and ``u = M T^T v``, so that ``A_ij D = P_j T M`` and ``A_ij D u = P_j v``."""
+    m = REFERENCE_MIRROR.to(written.dtype)
+    d = m @ written.transpose(-1, -2) @ true.to(written.dtype) @ m
+    u = torch.einsum("ij,njk,nk->ni", m, true.to(written.dtype).transpose(-1, -2), centre_offset_px.to(written.dtype))
+    return d, u
+
+
+def relion5_posed_table(dataset, rotation: torch.Tensor, offset_px: torch.Tensor) -> pd.DataFrame:
+    """The RELION 5 particles table of ``dataset`` with its poses corrected by ``(D, u)``
+    (:func:`apply_pose_corrections`): new ``rlnAngleRot/Tilt/Psi`` (``A M D M``) and ``rlnOriginX/Y/ZAngst``
+    (``o - apix A_new M u``; true position = coordinate - origin), the poses read kept in RELION's prior
+    columns (``rlnAngleRotPrior`` ...) unless the table already has them. Rows, names and every other column
+    are unchanged."""
+    parts = dataset.tables["particles_blocks"]["particles"].copy()
+    ppath = dataset.tables["particles_star"]
+    if "rlnTomoSubtomogramRot" in parts.columns:
+        raise InputError(ppath, "writing refined poses of particles with a subtomogram frame is not supported",
+                         "rlnTomoSubtomogramRot")  # fmt: skip
+    m = REFERENCE_MIRROR
+    old = particle_matrices(parts, ppath)
+    new = old @ m @ rotation.to(old.dtype) @ m
+    centre = torch.einsum("nij,jk,nk->ni", new, m, offset_px.to(old.dtype)).numpy()  # tomogram frame, pixels
+    origin = origins_A(parts, ppath) - centre * dataset.pixel_size
+    for col in (*ANGLE_COLUMNS, *ORIGIN_COLUMNS):
+        prior = PRIOR_COLUMNS[col]
+        if prior not in parts.columns:
+            parts[prior] = parts[col] if col in parts.columns else 0.0
+    for col, values in zip(ANGLE_COLUMNS, matrix_to_euler(new), strict=True):
+        parts[col] = values.numpy()
+    for k, col in enumerate(ORIGIN_COLUMNS):
+        parts[col] = origin[:, k]
+    return parts
