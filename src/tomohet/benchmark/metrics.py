@@ -315,3 +315,30 @@ def continuous_report(
         "knn_preservation": knn_preservation(t, z, k=min(k, t.size - 1)),
         "k": int(min(k, t.size - 1)),
     }
+
+
+def pose_error_report(true_rotation, true_offset_px, rotation=None, offset_px=None) -> dict:
+    """Pose errors against the truth, all as corrections of the written poses (:mod:`tomohet.data.poses`):
+    ``true_*`` the corrections that give the true poses, ``rotation`` / ``offset_px`` the estimated ones (None: the
+    written poses, i.e. no correction). Median and mean angle (degrees) and centre distance (pixels), and the same
+    after removing the rotation and offset common to all particles (``*_aligned``): a map refined with the poses
+    is free to take a slightly rotated or shifted frame, which moves every pose alike and is no error."""
+    from ..physics.rotations import rotation_angle
+
+    n = len(true_rotation)
+    rot = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1) if rotation is None else rotation.double()
+    off = torch.zeros(n, 3, dtype=torch.float64) if offset_px is None else offset_px.double()
+    rel = true_rotation.double().transpose(-1, -2) @ rot  # the identity for every particle when exact
+    u, _, vt = torch.linalg.svd(rel.mean(0))
+    common = u @ torch.diag(torch.tensor([1.0, 1.0, float(torch.det(u @ vt))], dtype=torch.float64)) @ vt
+    centre = torch.einsum("nij,nj->ni", rel, off) - true_offset_px.double()  # reference frame of the true pose
+    out = {}
+    for suffix, ang, dist in (
+        ("", rotation_angle(rel), centre.norm(dim=-1)),
+        ("_aligned", rotation_angle(common.T @ rel), (centre - centre.mean(0)).norm(dim=-1)),
+    ):
+        ang, dist = np.degrees(ang.numpy()), dist.numpy()
+        out.update({f"median_angle_error{suffix}_deg": float(np.median(ang)), f"mean_angle_error{suffix}_deg":
+                    float(ang.mean()), f"median_centre_error{suffix}_px": float(np.median(dist)),
+                    f"mean_centre_error{suffix}_px": float(dist.mean())})  # fmt: skip
+    return out

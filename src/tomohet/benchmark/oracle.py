@@ -42,7 +42,8 @@ def oracle(
     """Score every particle of ``dataset`` against the true state maps ``[K, D, D, D]``.
 
     The dataset's poses are used as read: give it the true ones (:func:`tomohet.data.truth.with_true_poses`) when
-    the written poses carry errors. ``noise_sigma`` is the real-space noise standard deviation per pixel (before any premultiplication).
+    the written poses carry errors. ``noise_sigma`` is the real-space noise standard deviation per pixel (before
+    any premultiplication).
     """
     k = volumes.shape[0]
     d = dataset.box

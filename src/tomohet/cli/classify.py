@@ -10,16 +10,24 @@ import pandas as pd
 import torch
 
 from ..analysis.plots import plot_central_slices, plot_fsc
-from ..benchmark.metrics import discrete_report
+from ..benchmark.metrics import discrete_report, pose_error_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.truth import find_ground_truth, has_pose_errors, load_truth, with_true_poses
+from ..data.poses import with_refined_poses, write_pose_corrections
+from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_pose_corrections, with_true_poses
 from ..errors import InputError
 from ..methods.em3d import subtomogram_class_maps
 from ..methods.registry import build_options, fit, get_method
 from ..physics.reconstruct import reconstruct
-from ..physics.rotations import mirror_z
-from .options import check_classes_fit, check_classify, check_max_dose, read_focus_mask, read_input
+from ..physics.rotations import mirror_z, rotation_angle
+from .options import (
+    check_classes_fit,
+    check_classify,
+    check_local_search,
+    check_max_dose,
+    read_focus_mask,
+    read_input,
+)
 from .runlog import Run, stage_reporter
 
 
@@ -44,6 +52,10 @@ def run_classify(
     runs: int = 3,
     pixel_size: float | None = None,
     overwrite: bool = False,
+    local_angles: float = 0.0,
+    local_shifts: float = 0.0,
+    sigma_angles: float | None = None,
+    sigma_shifts: float | None = None,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content.
 
@@ -52,6 +64,7 @@ def run_classify(
     args = dict(locals())
     check_classify(n_classes, n_iter, init, method, runs, max_dose, resolution_limit, anneal_start, pixel_size,
                    has_maps=bool(initial_maps))  # fmt: skip
+    check_local_search(local_angles, local_shifts, sigma_angles, sigma_shifts, method)
     executors = _ExecutorSlot(executor)
     try:
         with Run(out, "classify", {k: v for k, v in args.items() if k != "executor"}) as run:
@@ -82,7 +95,8 @@ class _ExecutorSlot:
 
 def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n_classes: int, n_iter: int, init: str,
               initial_maps, seed, max_dose, resolution_limit, anneal_start, tomograms, flip_hand, truth, class_maps,
-              executor, focus_mask, method, runs, pixel_size, overwrite) -> dict:  # fmt: skip
+              executor, focus_mask, method, runs, pixel_size, overwrite, local_angles, local_shifts, sigma_angles,
+              sigma_shifts) -> dict:  # fmt: skip
     with run.timed("read"):
         ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
@@ -118,7 +132,8 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
     spec = get_method(method, "discrete", "3d" if subtomograms else "2d")
     opts = build_options(
         spec, n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
-        resolution_limit_A=resolution_limit, anneal_start=anneal_start, n_runs=runs,
+        resolution_limit_A=resolution_limit, anneal_start=anneal_start, n_runs=runs, local_angles_deg=local_angles,
+        local_shifts_px=local_shifts, sigma_angles_deg=sigma_angles, sigma_shifts_px=sigma_shifts,
     )  # fmt: skip
     checkpoint = out / "checkpoint.pt"
     if overwrite:
@@ -144,6 +159,9 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
                      e["class_sizes"], e["changes"], e["log_likelihood"], e["seconds"])  # fmt: skip
     labels = result.labels
     post = result.posteriors
+    read_ds = ds  # the poses as given (what the oracle and the pose errors are measured from)
+    if "pose_rotation" in result.extra:  # refined poses: the outputs and class maps use them
+        ds = posed_outputs(ds, result, out, run)
     columns = result.particle_columns()  # class, its posterior, and consistency across runs where there are runs
     next_input = write_annotated(ds, out, columns)
     pd.DataFrame(post, columns=[f"p{k + 1}" for k in range(post.shape[1])]).assign(
@@ -174,12 +192,47 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         if key in diagnostics:
             fields[key] = diagnostics[key]
     fields["diagnostics"] = diagnostics
+    if "pose_rotation" in result.extra:
+        fields["poses"] = pose_summary(result)
     if truth_table is not None:
-        fields["metrics"] = _metrics_against_truth(ds, truth, truth_table, labels, run)
+        fields["metrics"] = _metrics_against_truth(read_ds, truth, truth_table, labels, run)
+        if "pose_rotation" in result.extra and has_pose_errors(truth_table, read_ds):
+            fields["metrics"]["poses"] = pose_metrics(read_ds, truth_table, result, run)
     elif truth_problem:
         fields["metrics_skipped"] = truth_problem
     run.finish(result.method, seed, **fields)
     return json.loads((out / "result.json").read_text())
+
+
+def posed_outputs(ds, result, out: Path, run: Run):
+    """The dataset with the run's refined poses (written into the particles stars of RELION 5 input) and
+    ``poses.csv`` with the corrections (any input format)."""
+    rotation, offset = result.extra["pose_rotation"], result.extra["pose_offset_px"]
+    write_pose_corrections(out / "poses.csv", ds.names, rotation, offset, ds.pixel_size)
+    if ds.source_format != "relion5":
+        run.log.warning("refined poses are in poses.csv; particles.star keeps the poses read (%s input: the star "
+                        "is written with new poses for RELION 5 input only)", ds.source_format)  # fmt: skip
+    return with_refined_poses(ds, rotation, offset)
+
+
+def pose_summary(result) -> dict:
+    """How far the refined poses moved from the ones read (``result.json``'s ``poses``)."""
+    angle = np.degrees(rotation_angle(result.extra["pose_rotation"]).numpy())
+    shift = result.extra["pose_offset_px"].norm(dim=-1).numpy()
+    return {"median_correction_deg": float(np.median(angle)), "median_offset_px": float(np.median(shift)),
+            "file": "poses.csv"}  # fmt: skip
+
+
+def pose_metrics(read_ds, truth_table: pd.DataFrame, result, run: Run) -> dict:
+    """Pose errors of the written and of the refined poses against the true ones."""
+    true_rot, true_off = true_pose_corrections(read_ds, truth_table)
+    report = {"written": pose_error_report(true_rot, true_off),
+              "refined": pose_error_report(true_rot, true_off, result.extra["pose_rotation"],
+                                           result.extra["pose_offset_px"])}  # fmt: skip
+    run.log.info("pose errors (median): written %.2f deg / %.2f px, refined %.2f deg / %.2f px",
+                 report["written"]["median_angle_error_deg"], report["written"]["median_centre_error_px"],
+                 report["refined"]["median_angle_error_deg"], report["refined"]["median_centre_error_px"])  # fmt: skip
+    return report
 
 
 def write_class_map(out: Path, k: int, rec, title: str) -> None:

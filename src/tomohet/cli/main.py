@@ -164,6 +164,16 @@ def classify(
     pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),
     class_maps: bool = typer.Option(True, "--class-maps/--no-class-maps", help="gold-standard half maps per class"),
     overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
+    local_angles: float = typer.Option(
+        0.0, help="local pose search: range (degrees) of the first rotation grid around each pose (em; 0: none)"
+    ),
+    local_shifts: float = typer.Option(0.0, help="local search of the particle centre: range in pixels (em)"),
+    sigma_angles: float | None = typer.Option(
+        None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
+    ),
+    sigma_shifts: float | None = typer.Option(
+        None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
+    ),
     workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
     scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
     slurm: str | None = typer.Option(
@@ -181,7 +191,39 @@ def classify(
         run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
                      tomograms, flip_hand, truth, class_maps=class_maps,
                      executor=lambda: _executor(workers, scheduler, slurm), focus_mask=focus_mask, method=method,
-                     runs=runs, pixel_size=pixel_size, overwrite=overwrite)  # fmt: skip
+                     runs=runs, pixel_size=pixel_size, overwrite=overwrite, local_angles=local_angles,
+                     local_shifts=local_shifts, sigma_angles=sigma_angles, sigma_shifts=sigma_shifts)  # fmt: skip
+
+
+@app.command()
+def refine(
+    input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
+    iterations: int = typer.Option(6, help="EM iterations (the search grid is refined over the first three)"),
+    local_angles: float = typer.Option(6.0, help="range (degrees) of the first rotation grid around each pose"),
+    local_shifts: float = typer.Option(2.0, help="range (pixels) of the first grid of particle-centre offsets"),
+    sigma_angles: float | None = typer.Option(
+        None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
+    ),
+    sigma_shifts: float | None = typer.Option(
+        None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
+    ),
+    seed: int = typer.Option(0, help="random seed"),
+    max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
+    resolution_limit: float | None = typer.Option(
+        None, help="E-step resolution limit (A); default 1.2 x the consensus map's resolution"
+    ),
+    tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
+    pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
+) -> None:
+    """Local pose refinement (one class): particles.star with the refined poses (the poses read kept as RELION
+    priors), poses.csv, the map before and after with half maps and FSC, result.json."""
+    with _user_errors(out):
+        from .refine import run_refine
+
+        run_refine(input, out, iterations, local_angles, local_shifts, sigma_angles, sigma_shifts, seed, max_dose,
+                   resolution_limit, tomograms, pixel_size, overwrite)  # fmt: skip
 
 
 @app.command()

@@ -114,6 +114,24 @@ def check_classify(
         raise OptionError("--workers", f"must be 0 (run in this process) or a number of Dask workers (got {workers})")
 
 
+def check_local_search(
+    local_angles: float, local_shifts: float, sigma_angles: float | None, sigma_shifts: float | None, method: str
+) -> None:
+    """Local pose search options: ranges >= 0, widths > 0, and only where the method searches poses (EM on the
+    2D stacks)."""
+    at_least("--local-angles", local_angles, 0.0, " degrees")
+    at_least("--local-shifts", local_shifts, 0.0, " pixels")
+    positive("--sigma-angles", sigma_angles, " degrees")
+    positive("--sigma-shifts", sigma_shifts, " pixels")
+    searched = local_angles > 0 or local_shifts > 0
+    if searched and method not in ("em", "em2d"):
+        flag = "--local-angles" if local_angles > 0 else "--local-shifts"
+        raise OptionError(flag, f"local pose searches run in --method em (2D tilt stacks), not {method}")
+    if not searched and (sigma_angles is not None or sigma_shifts is not None):
+        flag = "--sigma-angles" if sigma_angles is not None else "--sigma-shifts"
+        raise OptionError(flag, "is the prior of a local search: give --local-angles or --local-shifts too")
+
+
 def check_classes_fit(n_classes: int, n_particles: int, input_path: Path) -> None:
     """Each class needs at least one particle."""
     if n_classes > n_particles:
@@ -135,6 +153,13 @@ def check_max_dose(ds, max_dose: float | None) -> None:
 def check_reconstruct(oversampling: int, batch_size: int, pixel_size: float | None = None) -> None:
     at_least("--oversampling", oversampling, 1)
     at_least("--batch-size", batch_size, 1)
+    positive("--pixel-size", pixel_size, " Angstrom")
+
+
+def check_refine(n_iter: int, max_dose: float | None, resolution_limit: float | None, pixel_size: float | None) -> None:
+    at_least("--iterations", n_iter, 1)
+    at_least("--max-dose", max_dose, 0, " e/A^2")
+    positive("--resolution-limit", resolution_limit, " Angstrom")
     positive("--pixel-size", pixel_size, " Angstrom")
 
 

@@ -11,12 +11,13 @@ corrected pose as new Euler angles and origins (:func:`relion5_posed_table`).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..physics.rotations import matrix_to_euler
+from ..physics.rotations import matrix_to_euler, rotation_angle
 from .relion5 import REFERENCE_MIRROR, origins_A, particle_matrices
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -76,3 +77,26 @@ def relion5_posed_table(dataset, rotation: torch.Tensor, offset_px: torch.Tensor
     for k, col in enumerate(ORIGIN_COLUMNS):
         parts[col] = origin[:, k]
     return parts
+
+
+def with_refined_poses(dataset, rotation: torch.Tensor, offset_px: torch.Tensor):
+    """:func:`apply_pose_corrections`, and for RELION 5 input the particles table with the corrected poses too
+    (:func:`relion5_posed_table`), so that the particles written from it carry them. Nothing is modified."""
+    posed = apply_pose_corrections(dataset, rotation, offset_px)
+    if dataset.source_format == "relion5":
+        table = relion5_posed_table(dataset, rotation, offset_px)
+        blocks = {**dataset.tables["particles_blocks"], "particles": table}
+        posed.tables = {**dataset.tables, "particles_blocks": blocks}
+    return posed
+
+
+def write_pose_corrections(path: str | Path, names: list[str], rotation: torch.Tensor, offset_px: torch.Tensor,
+                           pixel_size: float) -> Path:  # fmt: skip
+    """``poses.csv``: per particle the correction's angle (degrees), its rotation matrix (``d00 .. d22``, reference
+    frame) and the centre offset (reference frame, Angstrom), for any input format."""
+    d = rotation.reshape(-1, 9).numpy()
+    offsets = {f"offset_{a}_A": offset_px[:, k].numpy() * pixel_size for k, a in enumerate("xyz")}
+    table = pd.DataFrame({"particle": names, "correction_deg": torch.rad2deg(rotation_angle(rotation)).numpy(),
+                          **{f"d{i // 3}{i % 3}": d[:, i] for i in range(9)}, **offsets})  # fmt: skip
+    table.to_csv(path, index=False, float_format="%.6g")
+    return Path(path)

@@ -64,18 +64,25 @@ def has_pose_errors(truth: pd.DataFrame, dataset) -> bool:
     return not np.allclose(written, true, atol=1e-3)
 
 
-def with_true_poses(dataset, truth: pd.DataFrame):
-    """The RELION 5 ``dataset`` seen with the true poses of ``truth`` (:func:`load_truth`, rows in the dataset's
-    order): what the oracle scores (the physical limit knows the poses). Nothing is modified."""
+def true_pose_corrections(dataset, truth: pd.DataFrame):
+    """Corrections ``(D [N, 3, 3], u [N, 3] pixels)`` (:mod:`.poses`) from the poses the RELION 5 ``dataset`` was
+    read with to the true ones in ``truth`` (:func:`load_truth`, rows in the dataset's order)."""
     import torch
 
     from ..physics.rotations import euler_to_matrix
-    from .poses import apply_pose_corrections, relion5_corrections
+    from .poses import relion5_corrections
     from .relion5 import origins_A, particle_matrices
 
     parts = dataset.tables["particles_blocks"]["particles"]
     ppath = dataset.tables["particles_star"]
     true = euler_to_matrix(*(truth[c].to_numpy(float) for c in TRUE_POSE_COLUMNS[:3]))
     offset = (origins_A(parts, ppath) - truth[list(TRUE_POSE_COLUMNS[3:])].to_numpy(float)) / dataset.pixel_size
-    d, u = relion5_corrections(particle_matrices(parts, ppath), true, torch.from_numpy(offset))
-    return apply_pose_corrections(dataset, d, u)
+    return relion5_corrections(particle_matrices(parts, ppath), true, torch.from_numpy(offset))
+
+
+def with_true_poses(dataset, truth: pd.DataFrame):
+    """The RELION 5 ``dataset`` seen with the true poses of ``truth`` (:func:`load_truth`, rows in the dataset's
+    order): what the oracle scores (the physical limit knows the poses). Nothing is modified."""
+    from .poses import apply_pose_corrections
+
+    return apply_pose_corrections(dataset, *true_pose_corrections(dataset, truth))

@@ -263,9 +263,11 @@ class EMClassifier:
         if not np.isfinite(total_ll):
             raise FloatingPointError("EM log-likelihood is not finite: a class map or the noise power went NaN")
         changes = float((self.posteriors.argmax(1) != old).mean())
+        extra = self.absorb(sums, order)
+        changes = max(changes, extra.get("pose_changes", 0.0))  # a particle whose pose moved has changed too
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
             self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),
-            "temperature": temperature, **self.absorb(sums, order)}  # fmt: skip
+            "temperature": temperature, **extra}  # fmt: skip
 
     def collect(self, assign: Callable, progress: Callable[[int], None] | None = None) -> PartialSums:
         """The E-step over all partitions: posteriors and M-step sums (a model with another E-step, e.g. the

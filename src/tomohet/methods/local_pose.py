@@ -246,6 +246,7 @@ class LocalPoseEM(EMClassifier):
 
     def absorb(self, sums: PosePartialSums, order: np.ndarray) -> dict:
         moved = rotation_angle(self.rotation.transpose(-1, -2) @ sums.rotation[order])
+        shifted = (sums.offset[order] - self.offset).norm(dim=-1)
         self.rotation = sums.rotation[order]
         self.offset = sums.offset[order]
         # prior widths from the posterior moments (per axis), never below half the grid spacing
@@ -259,10 +260,12 @@ class LocalPoseEM(EMClassifier):
         angle = torch.rad2deg(rotation_angle(self.rotation)).numpy()
         shift = self.offset.norm(dim=-1).numpy()
         return {"pose_step_deg": round(grid.step_deg, 3), "shift_step_px": round(grid.step_px, 3),
+                "grid_poses": len(grid.rotations) * len(grid.offsets),
                 "sigma_angles_deg": round(self.sigma_deg, 3), "sigma_shifts_px": round(self.sigma_px, 3),
-                "median_pose_change_deg": round(float(np.median(angle)), 3),
+                "median_correction_deg": round(float(np.median(angle)), 3),
                 "median_offset_px": round(float(np.median(shift)), 3),
-                "median_moved_deg": round(float(np.degrees(np.median(moved.numpy()))), 3)}  # fmt: skip
+                "median_moved_deg": round(float(np.degrees(np.median(moved.numpy()))), 3),
+                "pose_changes": float(((moved > 1e-9) | (shifted > 1e-9)).float().mean())}  # fmt: skip
 
     def state(self, iteration: int, finished: bool = False) -> dict:
         return {**super().state(iteration, finished), "pose_rotation": self.rotation, "pose_offset": self.offset,

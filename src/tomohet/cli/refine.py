@@ -1,0 +1,122 @@
+"""``tomohet refine``: homogeneous local pose refinement (one class, local searches), so that poses can be improved
+before classifying; the consensus map before and after, the refined poses written back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.plots import plot_central_slices, plot_fsc
+from ..benchmark.metrics import map_fsc
+from ..data.annotate import write_annotated
+from ..data.mrc import read_volume, write_volume
+from ..data.truth import find_ground_truth, has_pose_errors, load_truth, with_true_poses
+from ..errors import InputError
+from ..methods.em2d import EMOptions, classify_em2d
+from ..methods.iteration import stage_ticker
+from ..physics.reconstruct import reconstruct
+from .classify import pose_metrics, pose_summary, posed_outputs
+from .options import check_local_search, check_max_dose, check_refine, read_input
+from .runlog import Run, stage_reporter
+
+
+def run_refine(
+    input_path: Path,
+    out: Path,
+    n_iter: int = 6,
+    local_angles: float = 6.0,
+    local_shifts: float = 2.0,
+    sigma_angles: float | None = None,
+    sigma_shifts: float | None = None,
+    seed: int = 0,
+    max_dose: float | None = None,
+    resolution_limit: float | None = None,
+    tomograms: Path | None = None,
+    pixel_size: float | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Refine the poses of ``input_path`` into ``out`` (see the README); returns result.json's content."""
+    args = dict(locals())
+    check_refine(n_iter, max_dose, resolution_limit, pixel_size)
+    check_local_search(local_angles, local_shifts, sigma_angles, sigma_shifts, "em")
+    if local_angles <= 0 and local_shifts <= 0:
+        raise InputError(None, "nothing to refine: give --local-angles or --local-shifts above 0", "--local-angles")
+    with Run(out, "refine", args) as run:
+        return _refine(run, run.out, input_path, args)
+
+
+def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
+    with run.timed("read"):
+        ds = read_input(input_path, a["tomograms"], a["pixel_size"], stacks_only=True)
+    run.log.info("%s", ds.summary())
+    check_max_dose(ds, a["max_dose"])
+    checkpoint = out / "checkpoint.pt"
+    if a["overwrite"]:
+        checkpoint.unlink(missing_ok=True)
+    opts = EMOptions(n_classes=1, n_iter=a["n_iter"], init="random", seed=a["seed"], max_dose=a["max_dose"],
+                     resolution_limit_A=a["resolution_limit"], local_angles_deg=a["local_angles"],
+                     local_shifts_px=a["local_shifts"], sigma_angles_deg=a["sigma_angles"],
+                     sigma_shifts_px=a["sigma_shifts"])  # fmt: skip
+    with run.progress() as prog:
+        progress = stage_reporter(prog, ds.n_particles, ds.n_images, "images")
+        with run.timed("map_before"):
+            before = reconstruct(ds, progress=stage_ticker(progress, "map with the poses read", ds.n_particles))
+        with run.timed("refine"):
+            result = classify_em2d(ds, opts, progress=progress, checkpoint=checkpoint)
+        posed = posed_outputs(ds, result, out, run)
+        with run.timed("map_after"):
+            after = reconstruct(posed, progress=stage_ticker(progress, "map with the refined poses", ds.n_particles))
+    for e in result.log:
+        run.log.info("iteration %d: grid %.2f deg / %.2f px, prior %.2f deg / %.2f px, median correction %.2f deg / "
+                     "%.2f px, poses moved %.1f%% (%.1f s)", e["iteration"], e["pose_step_deg"], e["shift_step_px"],
+                     e["sigma_angles_deg"], e["sigma_shifts_px"], e["median_correction_deg"], e["median_offset_px"],
+                     100 * e["pose_changes"], e["seconds"])  # fmt: skip
+    apix = ds.pixel_size
+    for name, vol in (("half1", after.half1), ("half2", after.half2), ("map", after.full),
+                      ("map_filtered", after.filtered), ("map_before", before.full)):  # fmt: skip
+        write_volume(out / f"{name}.mrc", vol, apix)
+    freq = after.frequencies.numpy()
+    np.savetxt(out / "fsc.csv", np.stack([freq, before.fsc.numpy(), after.fsc.numpy()], 1), delimiter=",",
+               header="frequency_per_A,fsc_poses_read,fsc_refined", comments="", fmt="%.6f")  # fmt: skip
+    plot_fsc(out / "fsc.png", freq, {"poses read": before.fsc.numpy(), "refined": after.fsc.numpy()}, after.resolution)
+    plot_central_slices(out / "map_slices.png", after.filtered.numpy(), f"{input_path.name}: refined poses")
+    next_input = write_annotated(posed, out, {})
+    run.log.info("resolution %.1f A -> %.1f A (FSC 0.143 of the half maps)", before.resolution, after.resolution)
+    rate = np.mean([ds.n_images * e["grid_poses"] / max(e["seconds"], 1e-9) for e in result.log])
+    fields = {"resolution_before_A": before.resolution, "resolution_after_A": after.resolution,
+              "poses": pose_summary(result), "iterations": result.log, "next_input": str(Path(next_input).name),
+              "e_step_limit_A": result.extra.get("e_step_limit_A"), "working_box": result.extra.get("working_box"),
+              "images_x_poses_per_s": round(float(rate), 1)}  # fmt: skip
+    truth_path = find_ground_truth(input_path)
+    if truth_path is not None:
+        try:
+            truth = load_truth(truth_path, ds.names)
+        except InputError as exc:
+            run.log.warning("metrics skipped: %s", exc)
+        else:
+            if has_pose_errors(truth, ds):
+                fields["metrics"] = {"poses": pose_metrics(ds, truth, result, run)}
+                fields["metrics"].update(_maps_against_truth(truth_path, ds, truth, before, after, run))
+    return json.loads(run.finish("refine", a["seed"], **fields).read_text())
+
+
+def _maps_against_truth(truth_path: Path, ds, truth, before, after, run: Run) -> dict:
+    """FSC of the maps with the poses read, refined and true against the true map (the abundance-weighted mean of
+    the simulation's state maps, as a consensus of all particles is)."""
+    meta = json.loads((truth_path.parent / "dataset.json").read_text())
+    maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
+    weights = np.bincount(truth["state"].to_numpy(), minlength=len(maps)) / len(truth)
+    reference = (torch.from_numpy(weights).float()[:, None, None, None] * maps).sum(0)
+    true_map = reconstruct(with_true_poses(ds, truth)).full
+    out = {}
+    for key, vol in (("poses_read", before.full), ("refined", after.full), ("true_poses", true_map)):
+        f = map_fsc(vol, reference, ds.pixel_size)
+        out[key] = {"resolution_0.143_A": f["resolution_0.143"], "resolution_0.5_A": f["resolution_0.5"],
+                    "fsc_auc": f["auc"]}  # fmt: skip
+    run.log.info("map vs true map, FSC 0.143: poses read %.1f A, refined %.1f A, true poses %.1f A",
+                 out["poses_read"]["resolution_0.143_A"], out["refined"]["resolution_0.143_A"],
+                 out["true_poses"]["resolution_0.143_A"])  # fmt: skip
+    return {"map_vs_truth": out}

@@ -1,0 +1,154 @@
+"""Pose errors in simulations, pose corrections written back to RELION 5, and the local pose search of the EM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tomohet.benchmark.metrics import pose_error_report
+from tomohet.benchmark.oracle import oracle
+from tomohet.cli.main import app
+from tomohet.data.annotate import write_annotated
+from tomohet.data.mrc import read_volume
+from tomohet.data.poses import apply_pose_corrections, with_refined_poses
+from tomohet.data.relion5 import read_relion5
+from tomohet.data.truth import has_pose_errors, load_truth, true_pose_corrections, with_true_poses
+from tomohet.methods.em2d import EMOptions, classify_em2d
+from tomohet.methods.local_pose import pose_grid
+from tomohet.physics.rotations import rotation_angle, rotation_vector_to_matrix
+from tomohet.simulate.datasets import simulate_preset
+
+
+def _maps(folder):
+    meta = json.loads((folder / "dataset.json").read_text())
+    return torch.stack([read_volume(folder / f)[0] for f in meta["maps"]]), meta
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory):
+    """Smoke preset with 6 deg / 1 px pose errors in the stars (the images made with the true poses)."""
+    out = tmp_path_factory.mktemp("posed")
+    layout, _ = simulate_preset("smoke", out, seed=2, n_particles=100,
+                                acquisition={"pose_error_deg": 6.0, "shift_error_px": 1.0})  # fmt: skip
+    ds = read_relion5(layout.optimisation_set)
+    return out, layout, ds, load_truth(out / "ground_truth.csv", ds.names)
+
+
+def test_simulated_pose_errors_are_recorded_and_the_oracle_uses_the_true_poses(posed, tmp_path):
+    out, layout, ds, truth = posed
+    assert has_pose_errors(truth, ds)
+    errors = pose_error_report(*true_pose_corrections(ds, truth))
+    assert 2.5 < errors["median_angle_error_deg"] < 6.0  # N(0, 6) degrees about a random axis: median 4.0
+    assert 1.0 < errors["median_centre_error_px"] < 2.5  # N(0, 1) px per axis: median 1.54
+    maps, meta = _maps(out)
+    ll_true = oracle(with_true_poses(ds, truth), maps, meta["noise_sigma"]).log_likelihood
+    ll_written = oracle(ds, maps, meta["noise_sigma"]).log_likelihood
+    states = truth["state"].to_numpy()
+    own = np.arange(len(states))
+    # the images were made with the true poses: every particle fits its own map better with them
+    assert (ll_true[own, states] > ll_written[own, states]).mean() > 0.95
+    clean, _ = simulate_preset("smoke", tmp_path, seed=2, n_particles=10)
+    cds = read_relion5(clean.optimisation_set)
+    assert not has_pose_errors(load_truth(tmp_path / "ground_truth.csv", cds.names), cds)
+
+
+def test_corrected_poses_round_trip_through_relion5_stars(posed, tmp_path):
+    _, _, ds, _ = posed
+    gen = torch.Generator().manual_seed(0)
+    rot = rotation_vector_to_matrix(torch.randn(ds.n_particles, 3, generator=gen, dtype=torch.float64) * 0.1)
+    off = torch.randn(ds.n_particles, 3, generator=gen, dtype=torch.float64) * 1.5
+    expected = apply_pose_corrections(ds, rot, off)
+    oset = write_annotated(with_refined_poses(ds, rot, off), tmp_path, {})
+    back = read_relion5(oset)
+    assert torch.allclose(back.rotations, expected.rotations, atol=1e-5)
+    assert torch.allclose(back.shifts, expected.shifts, atol=1e-3)
+    parts = back.tables["particles_blocks"]["particles"]
+    orig = ds.tables["particles_blocks"]["particles"]
+    assert np.allclose(parts["rlnAngleRotPrior"], orig["rlnAngleRot"])  # the poses read kept as priors
+    assert np.allclose(parts["rlnOriginZPriorAngst"], orig["rlnOriginZAngst"])
+    assert list(parts["rlnTomoParticleName"]) == list(orig["rlnTomoParticleName"])
+
+
+def test_pose_grid_is_a_centred_ball_refined_coarse_to_fine():
+    g0, g2 = pose_grid(6.0, 2.0, 0), pose_grid(6.0, 2.0, 5)
+    assert len(g0.rotations) == 33 and len(g0.offsets) == 19
+    assert torch.allclose(g0.rotations[0], torch.eye(3, dtype=torch.float64)) and (g0.offsets[0] == 0).all()
+    assert np.degrees(float(rotation_angle(g0.rotations).max())) == pytest.approx(6.0)
+    assert g2.step_deg == pytest.approx(0.75) and g2.step_px == pytest.approx(0.5)
+    none = pose_grid(0.0, 0.0, 0)
+    assert len(none.rotations) == 1 and len(none.offsets) == 1
+
+
+def test_local_search_brings_a_known_pose_error_back_within_the_grid_step(tmp_path):
+    layout, truth = simulate_preset("smoke", tmp_path, seed=3, n_particles=24, snr=2.0)
+    ds = read_relion5(layout.optimisation_set)
+    maps, _ = _maps(tmp_path)
+    gen = torch.Generator().manual_seed(1)
+    axis = torch.nn.functional.normalize(torch.randn(ds.n_particles, 3, generator=gen, dtype=torch.float64), dim=1)
+    error = rotation_vector_to_matrix(axis * np.radians(5.0))  # every written pose is 5 degrees off
+    shift = torch.randn(ds.n_particles, 3, generator=gen, dtype=torch.float64)
+    wrong = apply_pose_corrections(ds, error, shift)
+    opts = EMOptions(n_classes=2, n_iter=5, init="maps", local_angles_deg=8.0, local_shifts_px=2.0, tol_changes=0,
+                     resolution_limit_A=24.0, init_lowpass_A=24.0)  # fmt: skip
+    res = classify_em2d(wrong, opts, initial_maps=maps)
+    final = pose_grid(8.0, 2.0, 4)
+    # the recovered correction D undoes the error E (E D = I) up to the common rotation and shift that the maps,
+    # re-estimated from the particles, are free to take (the frame of a reconstruction is arbitrary)
+    undone = error @ res.extra["pose_rotation"]
+    u, _, vt = torch.linalg.svd(undone.mean(0))
+    residual = np.degrees(rotation_angle((u @ vt).T @ undone).numpy())
+    assert np.median(residual) < final.step_deg and residual.max() < 2.5 * final.step_deg
+    centre = torch.einsum("nij,nj->ni", undone, res.extra["pose_offset_px"]) + torch.einsum("nij,nj->ni", error, shift)
+    assert np.median((centre - centre.mean(0)).norm(dim=-1).numpy()) < final.step_px
+    assert (res.labels == truth["state"].to_numpy()).all()
+    # without the search the same maps cannot explain the images as well
+    plain = classify_em2d(wrong, EMOptions(n_classes=2, n_iter=5, init="maps", tol_changes=0, resolution_limit_A=24.0,
+                                           init_lowpass_A=24.0), initial_maps=maps)  # fmt: skip
+    assert res.log[-1]["log_likelihood"] > plain.log[-1]["log_likelihood"]
+
+
+def test_local_search_off_is_the_plain_em(posed):
+    _, _, ds, _ = posed
+    plain = classify_em2d(ds, EMOptions(n_classes=2, n_iter=2, tol_changes=0))
+    # offsets of 1e-9 px: every grid pose sees the same images, so the search's marginal is the EM's likelihood
+    res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=2, tol_changes=0, local_shifts_px=1e-9))
+    assert np.abs(res.posteriors - plain.posteriors).max() < 1e-3, np.abs(res.posteriors - plain.posteriors).max()
+    assert res.log[-1]["log_likelihood"] == pytest.approx(plain.log[-1]["log_likelihood"], rel=1e-6)
+
+
+def test_refine_command_improves_poses_and_map(posed, tmp_path):
+    out, layout, _, _ = posed
+    res = CliRunner().invoke(app, ["refine", str(layout.optimisation_set), "--out", str(tmp_path / "r"),
+                                   "--iterations", "4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    poses = result["metrics"]["poses"]
+    assert poses["refined"]["median_angle_error_deg"] < 0.7 * poses["written"]["median_angle_error_deg"]
+    assert poses["refined"]["median_centre_error_px"] < 0.5 * poses["written"]["median_centre_error_px"]
+    maps = result["metrics"]["map_vs_truth"]
+    assert maps["refined"]["resolution_0.143_A"] < maps["poses_read"]["resolution_0.143_A"]
+    assert result["resolution_after_A"] < result["resolution_before_A"]
+    back = read_relion5(tmp_path / "r" / "optimisation_set.star")
+    assert "rlnAngleRotPrior" in back.tables["particles_blocks"]["particles"]
+    for name in ("map.mrc", "half1.mrc", "map_before.mrc", "fsc.png", "poses.csv"):
+        assert (tmp_path / "r" / name).exists()
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["classify", "--method", "hillclimb", "--local-angles", "5"], "--local-angles"),
+        (["classify", "--sigma-angles", "2"], "--sigma-angles"),
+        (["classify", "--local-shifts", "-1"], "--local-shifts"),
+        (["refine", "--local-angles", "0", "--local-shifts", "0"], "--local-angles"),
+    ],
+)
+def test_local_search_option_errors(posed, tmp_path, args, flag):
+    _, layout, _, _ = posed
+    res = CliRunner().invoke(app, [args[0], str(layout.optimisation_set), "--out", str(tmp_path / "o"), *args[1:]])
+    assert res.exit_code != 0
+    assert flag in res.output
