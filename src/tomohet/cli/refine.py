@@ -59,7 +59,7 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
     opts = EMOptions(n_classes=1, n_iter=a["n_iter"], init="random", seed=a["seed"], max_dose=a["max_dose"],
                      resolution_limit_A=a["resolution_limit"], local_angles_deg=a["local_angles"],
                      local_shifts_px=a["local_shifts"], sigma_angles_deg=a["sigma_angles"],
-                     sigma_shifts_px=a["sigma_shifts"])  # fmt: skip
+                     sigma_shifts_px=a["sigma_shifts"], pose_search_iterations=a["n_iter"])  # fmt: skip
     with run.progress() as prog:
         progress = stage_reporter(prog, ds.n_particles, ds.n_images, "images")
         with run.timed("map_before"):

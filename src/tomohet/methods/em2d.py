@@ -77,6 +77,7 @@ class EMOptions:
     local_shifts_px: float = 0.0  # local search of the particle centre: range of the first offset grid, pixels
     sigma_angles_deg: float | None = None  # prior width of the pose deviation per axis (None: from the data)
     sigma_shifts_px: float | None = None  # prior width of the centre deviation per axis (None: from the data)
+    pose_search_iterations: int = 4  # iterations that search poses; later ones keep them (the EM's cost)
 
 
 def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> PreparedImages:
@@ -410,7 +411,13 @@ def classify_em2d(
     if opt.local_angles_deg > 0 or opt.local_shifts_px > 0:  # lazy: local_pose builds on this module
         from .local_pose import LocalPoseEM, PoseSearch
 
-        search = PoseSearch(opt.local_angles_deg, opt.local_shifts_px, opt.sigma_angles_deg, opt.sigma_shifts_px)
+        search = PoseSearch(
+            opt.local_angles_deg,
+            opt.local_shifts_px,
+            opt.sigma_angles_deg,
+            opt.sigma_shifts_px,
+            n_iterations=opt.pose_search_iterations,
+        )
         em = LocalPoseEM(dataset, opt, search, executor, focus_mask)
     else:
         em = EMClassifier(dataset, opt, executor, focus_mask)

@@ -1,0 +1,113 @@
+"""RELION 3.1 3D classification with local searches on the pose-error dataset of ``bench_poses.py`` (issue 19).
+
+The same particles as tomohet's arms, written as RELION 3.1 subtomograms with the written (perturbed) poses
+(:func:`tomohet.data.subtomo.write_relion31_subtomograms`; the tomohet consensus as ``--ref``), classified by
+``relion_refine`` K=4 twice: with given poses (``--skip_align``) and with local searches (``--healpix_order 4``
+= 3.75 degree sampling, ``--sigma_ang``, ``--offset_range`` / ``--offset_step`` in pixels), as ``bench_relion.py``
+otherwise. Reports ARI, wall time (2 threads) and, for the local search, the median angular error of RELION's
+refined poses against the true ones. RELION is a benchmark-only peer (Debian ``relion`` 3.1.3).
+
+Run: ``.venv/bin/python benchmarks/bench_relion_poses.py DATASET_FOLDER``; adds a ``relion`` entry to
+``benchmarks/results/poses.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import starfile
+import torch
+
+from tomohet.benchmark.metrics import adjusted_rand_index
+from tomohet.data.mrc import write_volume
+from tomohet.data.relion5 import read_relion5
+from tomohet.data.subtomo import write_relion31_subtomograms
+from tomohet.data.truth import TRUE_POSE_COLUMNS, load_truth
+from tomohet.physics.reconstruct import reconstruct
+from tomohet.physics.rotations import euler_to_matrix, mirror_z, rotation_angle
+
+ROOT = Path(__file__).resolve().parent
+
+
+def relion(star: Path, out: Path, ref: Path, diameter: float, local: dict | None, iters: int, threads: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    align = (["--healpix_order", "4", "--sigma_ang", str(local["sigma_ang"]), "--offset_range",
+              str(local["offset_range"]), "--offset_step", str(local["offset_step"])] if local else
+             ["--skip_align"])  # fmt: skip
+    cmd = ["relion_refine", "--i", str(star), "--o", str(out / "run"), "--ref", str(ref), "--ini_high", "60",
+           "--K", "4", *align, "--tau2_fudge", "4", "--iter", str(iters), "--j", str(threads), "--ctf",
+           "--particle_diameter", f"{diameter:.0f}", "--zero_mask", "--flatten_solvent", "--pad", "2",
+           "--dont_combine_weights_via_disc", "--pool", "10", "--random_seed", "1", "--sym", "C1",
+           "--dont_check_norm"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=star.parent, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    (out / "relion_stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        return {"error": f"relion_refine exited {proc.returncode}: {proc.stderr.strip()[-800:]}", "command": cmd}
+    data = sorted(out.glob("run_it*_data.star"))[-1]
+    return {"command": " ".join(cmd), "wall_s": round(wall, 1), "iterations": int(data.stem[6:9]),
+            "particles": starfile.read(data)["particles"]}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--iter", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sigma-ang", type=float, default=3.5, help="degrees (6 deg RMS error: ~3.5 per axis)")
+    ap.add_argument("--offset-range", type=float, default=2.0)
+    ap.add_argument("--offset-step", type=float, default=1.0)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    folder = a.folder
+    ds = read_relion5(next(folder.glob("*_optimisation_set.star")))
+    truth = load_truth(folder / "ground_truth.csv", ds.names)
+    states = truth["state"].to_numpy()
+    rel = folder / "relion31"
+    star = rel / "subtomo_particles.star"
+    if not star.exists():
+        write_relion31_subtomograms(ds, rel, oversampling=2, batch_size=16)
+    ref = rel / "consensus.mrc"
+    if not ref.exists():
+        write_volume(ref, reconstruct(ds).full, ds.pixel_size)
+    order = {Path(v).name: i for i, v in enumerate(starfile.read(star)["particles"]["rlnImageName"].astype(str))}
+    true = euler_to_matrix(*(truth[c].to_numpy(float) for c in TRUE_POSE_COLUMNS[:3]))
+    m = mirror_z()
+    rows = []
+    for name, local in (("given poses (--skip_align)", None),
+                        ("local searches", {"sigma_ang": a.sigma_ang, "offset_range": a.offset_range,
+                                            "offset_step": a.offset_step})):  # fmt: skip
+        r = relion(star, rel / ("local" if local else "given"), ref, 0.9 * ds.box * ds.pixel_size, local, a.iter,
+                   a.threads)  # fmt: skip
+        if "error" in r:
+            print(name, r["error"])
+            rows.append({"arm": f"RELION 3.1 {name}", **r})
+            continue
+        p = r.pop("particles")
+        idx = np.array([order[Path(v).name] for v in p["rlnImageName"].astype(str)])
+        labels = np.zeros(ds.n_particles, int)
+        labels[idx] = p["rlnClassNumber"].astype(int).to_numpy() - 1
+        row = {"arm": f"RELION 3.1 {name}", "ari": adjusted_rand_index(states, labels), **r,
+               "class_sizes": np.bincount(labels, minlength=4).tolist()}  # fmt: skip
+        if local:  # RELION's poses are those of the subtomograms: M A M (data.subtomo)
+            est = torch.zeros(ds.n_particles, 3, 3, dtype=torch.float64)
+            angles = (p[c].to_numpy(float) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+            est[torch.from_numpy(idx)] = m @ euler_to_matrix(*angles) @ m
+            err = np.degrees(rotation_angle(est.transpose(-1, -2) @ true).numpy())
+            row["median_angle_error_deg"] = float(np.median(err))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    path = ROOT / "results" / "poses.json"
+    results = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    results["relion"] = rows
+    path.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
