@@ -14,11 +14,12 @@ from tomohet.benchmark.oracle import oracle
 from tomohet.cli.main import app
 from tomohet.data.annotate import write_annotated
 from tomohet.data.mrc import read_volume
-from tomohet.data.poses import apply_pose_corrections, with_refined_poses
+from tomohet.data.poses import apply_pose_corrections, relion5_shifted_tomograms, with_refined_poses
 from tomohet.data.relion5 import read_relion5
-from tomohet.data.truth import has_pose_errors, load_truth, true_pose_corrections, with_true_poses
+from tomohet.data.truth import has_pose_errors, load_truth, true_geometry, true_pose_corrections, with_true_poses
 from tomohet.methods.em2d import EMOptions, classify_em2d
 from tomohet.methods.local_pose import pose_grid
+from tomohet.methods.tilt_shifts import estimate_tilt_shifts
 from tomohet.physics.rotations import rotation_angle, rotation_vector_to_matrix
 from tomohet.simulate.datasets import simulate_preset
 
@@ -123,7 +124,7 @@ def test_local_search_off_is_the_plain_em(posed):
 def test_refine_command_improves_poses_and_map(posed, tmp_path):
     out, layout, _, _ = posed
     res = CliRunner().invoke(app, ["refine", str(layout.optimisation_set), "--out", str(tmp_path / "r"),
-                                   "--iterations", "4"])  # fmt: skip
+                                   "--iterations", "4", "--tilt-shifts"])  # fmt: skip
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "r" / "result.json").read_text())
     poses = result["metrics"]["poses"]
@@ -134,8 +135,33 @@ def test_refine_command_improves_poses_and_map(posed, tmp_path):
     assert result["resolution_after_A"] < result["resolution_before_A"]
     back = read_relion5(tmp_path / "r" / "optimisation_set.star")
     assert "rlnAngleRotPrior" in back.tables["particles_blocks"]["particles"]
-    for name in ("map.mrc", "half1.mrc", "map_before.mrc", "fsc.png", "poses.csv"):
+    for name in ("map.mrc", "half1.mrc", "map_before.mrc", "fsc.png", "poses.csv", "tilt_shifts.csv"):
         assert (tmp_path / "r" / name).exists()
+    # the tilt series of this simulation are aligned exactly: the per-tilt search must not invent shifts
+    assert result["tilt_shifts"]["rms_px"] < 0.3
+
+
+def test_tilt_shifts_are_recovered_and_written_into_the_projection_matrices(tmp_path):
+    layout, truth = simulate_preset("smoke", tmp_path, seed=5, n_particles=100,
+                                    acquisition={"tilt_shift_error_px": 1.0})  # fmt: skip
+    ds = read_relion5(layout.optimisation_set)
+    maps, meta = _maps(tmp_path)
+    true = true_geometry(ds, load_truth(tmp_path / "ground_truth.csv", ds.names), tmp_path / "ground_truth.csv")
+    sigma2 = torch.full((ds.box // 2 + 1,), meta["noise_sigma"] ** 2 * ds.box**2)
+    post = np.eye(2)[truth["state"].to_numpy()]
+    est = estimate_tilt_shifts(ds, maps, post, sigma2, 24.0)
+    expected = true.shifts - ds.shifts  # [N, T, 2] per particle image
+    got = est.shifts_px[[est.tomograms.index(t) for t in ds.tomogram]]
+    assert float(expected.norm(dim=-1).pow(2).mean().sqrt()) > 1.0  # N(0, 1) px per axis
+    assert float((got - expected).norm(dim=-1).pow(2).mean().sqrt()) < 0.2
+    blocks = relion5_shifted_tomograms(ds, est.tomograms, est.shifts_px)
+    name = est.tomograms[0]
+    old, new = ds.tables["tomograms_blocks"][name], blocks[name]
+    scale = ds.pixel_size / float(blocks["global"]["rlnTomoTiltSeriesPixelSize"].iloc[0])
+    for axis, col in enumerate(("rlnTomoProjX", "rlnTomoProjY")):
+        moved = [float(b.strip("[]").split(",")[3]) - float(a.strip("[]").split(",")[3])
+                 for a, b in zip(old[col], new[col], strict=True)]  # fmt: skip
+        assert np.allclose(moved, est.shifts_px[0, :, axis].numpy() * scale, atol=1e-5)
 
 
 @pytest.mark.parametrize(

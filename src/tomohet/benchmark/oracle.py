@@ -41,8 +41,8 @@ def oracle(
 ) -> OracleResult:
     """Score every particle of ``dataset`` against the true state maps ``[K, D, D, D]``.
 
-    The dataset's poses are used as read: give it the true ones (:func:`tomohet.data.truth.with_true_poses`) when
-    the written poses carry errors. ``noise_sigma`` is the real-space noise standard deviation per pixel (before
+    The dataset's geometry is used as read: give it the true one (:func:`tomohet.data.truth.true_geometry`) when
+    the written poses or tilt alignment carry errors. ``noise_sigma`` is the real-space noise standard deviation per pixel (before
     any premultiplication).
     """
     k = volumes.shape[0]

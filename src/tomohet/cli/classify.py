@@ -14,7 +14,7 @@ from ..benchmark.metrics import discrete_report, pose_error_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
 from ..data.poses import with_refined_poses, write_pose_corrections
-from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_pose_corrections, with_true_poses
+from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_geometry, true_pose_corrections
 from ..errors import InputError
 from ..methods.em3d import subtomogram_class_maps
 from ..methods.registry import build_options, fit, get_method
@@ -268,10 +268,12 @@ def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np
             run.log.warning("oracle skipped: %s is not a tomohet dataset.json (%s: %s)", meta_path,
                             type(exc).__name__, " ".join(str(exc).split()))  # fmt: skip
         if maps is not None:
-            posed = has_pose_errors(truth, ds)
-            o = oracle(with_true_poses(ds, truth) if posed else ds, maps, sigma, abundances)
+            true_ds = true_geometry(ds, truth, truth_path)
+            o = oracle(ds if true_ds is None else true_ds, maps, sigma, abundances)
             metrics["oracle"] = discrete_report(states, o.labels)
-            if posed:  # the limit with the poses as written (what a method without pose search can reach)
+            if (
+                true_ds is not None
+            ):  # the limit with the geometry as written (what a method without pose search reaches)
                 metrics["oracle_written_poses"] = discrete_report(states, oracle(ds, maps, sigma, abundances).labels)
     msg = f"ARI {metrics['method']['ari']:.3f}"
     if "oracle" in metrics:

@@ -23,7 +23,7 @@ import torch
 from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.truth import find_ground_truth, has_pose_errors, load_truth, with_true_poses
+from ..data.truth import find_ground_truth, load_truth, true_geometry
 from ..errors import InputError
 from ..methods.landscape import cluster_latents, get_method, landscape_maps, maps_along_component
 from ..methods.registry import options_from
@@ -234,7 +234,7 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
     from ..benchmark.oracle import oracle
 
     rows = load_truth(truth_path, ds.names)  # one row per particle, in the dataset's order
-    true_ds = with_true_poses(ds, rows) if has_pose_errors(rows, ds) else ds  # what the oracle scores
+    true_ds = true_geometry(ds, rows, truth_path) or ds  # what the oracle scores
     z = np.asarray(result.latents, dtype=np.float64)
     metrics: dict = {}
     meta_path = truth_path.parent / "dataset.json"

@@ -93,6 +93,9 @@ def simulate(
     shift_error_px: float = typer.Option(
         0.0, help="written particle centres differ from the true ones by N(0, this) pixels per axis"
     ),
+    tilt_shift_error_px: float = typer.Option(
+        0.0, help="each tilt image's alignment is off by N(0, this) pixels in x and y (tilt_shifts_truth.csv)"
+    ),
     warp_v1: bool = typer.Option(False, "--warp-v1", help="also write a Warp v1 image-series star"),
     subtomograms: bool = typer.Option(False, "--subtomograms", help="also write RELION 3.1 subtomograms"),
     list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
@@ -107,12 +110,13 @@ def simulate(
     if out is None:
         _fail("--out is required")
     with _user_errors(out):
-        check_simulate(n_particles, snr, structured_noise, missing_tilts, pose_error_deg, shift_error_px)
+        check_simulate(n_particles, snr, structured_noise, missing_tilts, pose_error_deg, shift_error_px,
+                       tilt_shift_error_px)  # fmt: skip
         from .simulate import run_simulate
 
         extra = {"ctf_premultiplied": premultiplied, "structured_noise": structured_noise,
                  "missing_high_tilt_fraction": missing_tilts, "pose_error_deg": pose_error_deg,
-                 "shift_error_px": shift_error_px}  # fmt: skip
+                 "shift_error_px": shift_error_px, "tilt_shift_error_px": tilt_shift_error_px}  # fmt: skip
         run_simulate(preset, out, seed, n_particles, snr, extra, warp_v1, subtomograms)
 
 
@@ -216,6 +220,10 @@ def refine(
     tomograms: Path | None = typer.Option(None, help="tomograms star (if INPUT is a bare particles star)"),
     pixel_size: float | None = typer.Option(None, help=PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
+    tilt_shifts: bool = typer.Option(
+        False, "--tilt-shifts", help="also refine one 2D shift per tilt image of each tomogram (alignment residuals)"
+    ),
+    tilt_shift_range: float = typer.Option(3.0, help="search range of the per-tilt shifts (pixels)"),
 ) -> None:
     """Local pose refinement (one class): particles.star with the refined poses (the poses read kept as RELION
     priors), poses.csv, the map before and after with half maps and FSC, result.json."""
@@ -223,7 +231,7 @@ def refine(
         from .refine import run_refine
 
         run_refine(input, out, iterations, local_angles, local_shifts, sigma_angles, sigma_shifts, seed, max_dose,
-                   resolution_limit, tomograms, pixel_size, overwrite)  # fmt: skip
+                   resolution_limit, tomograms, pixel_size, overwrite, tilt_shifts, tilt_shift_range)  # fmt: skip
 
 
 @app.command()

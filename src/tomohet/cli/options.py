@@ -170,6 +170,7 @@ def check_simulate(
     missing_tilts: float = 0.0,
     pose_error_deg: float = 0.0,
     shift_error_px: float = 0.0,
+    tilt_shift_error_px: float = 0.0,
 ) -> None:
     at_least("--n-particles", n_particles, 1)
     positive("--snr", snr)
@@ -177,6 +178,7 @@ def check_simulate(
     fraction("--missing-tilts", missing_tilts)
     at_least("--pose-error-deg", pose_error_deg, 0.0)
     at_least("--shift-error-px", shift_error_px, 0.0)
+    at_least("--tilt-shift-error-px", tilt_shift_error_px, 0.0)
 
 
 def read_input(path: Path, tomograms: Path | None, pixel_size: float | None, stacks_only: bool = False):

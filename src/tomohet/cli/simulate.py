@@ -25,7 +25,8 @@ def run_simulate(
     subtomograms. Returns (layout, ground truth)."""
     acq = acquisition or {}
     check_simulate(n_particles, snr, acq.get("structured_noise", 0.0), acq.get("missing_high_tilt_fraction", 0.0),
-                   acq.get("pose_error_deg", 0.0), acq.get("shift_error_px", 0.0))  # fmt: skip
+                   acq.get("pose_error_deg", 0.0), acq.get("shift_error_px", 0.0),
+                   acq.get("tilt_shift_error_px", 0.0))  # fmt: skip
     options = dict(locals())
     options.pop("acq")
     p = get_preset(preset)

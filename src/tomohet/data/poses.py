@@ -100,3 +100,48 @@ def write_pose_corrections(path: str | Path, names: list[str], rotation: torch.T
                           **{f"d{i // 3}{i % 3}": d[:, i] for i in range(9)}, **offsets})  # fmt: skip
     table.to_csv(path, index=False, float_format="%.6g")
     return Path(path)
+
+
+def apply_tilt_shifts(dataset, tomograms: list[str], shifts_px: torch.Tensor):
+    """A copy of a 2D-stack ``dataset`` whose particle images in tilt j of tomogram ``tomograms[k]`` sit
+    ``shifts_px[k, j]`` (x, y pixels) from where its geometry put them (per-tilt alignment corrections)."""
+    lookup = {n: i for i, n in enumerate(tomograms)}
+    idx = torch.tensor([lookup[t] for t in dataset.tomogram])
+    moved = shifts_px[idx, : dataset.n_tilts].to(dataset.shifts.dtype)
+    return dataclasses.replace(dataset, shifts=dataset.shifts + moved)
+
+
+def relion5_shifted_tomograms(dataset, tomograms: list[str], shifts_px: torch.Tensor) -> dict:
+    """The RELION 5 tomograms-star blocks of ``dataset`` with per-tilt alignment corrections folded into the
+    projection matrices: the translation of ``rlnTomoProjX/Y`` (tilt-series pixels) moves by ``shifts_px`` x
+    (image pixel size / tilt-series pixel size), so a re-extraction (RELION 5, WarpTools) centres the particles.
+    The stacks tomohet reads are the ones already extracted: it does not read these translations."""
+    blocks = {k: v.copy() if isinstance(v, pd.DataFrame) else v for k, v in dataset.tables["tomograms_blocks"].items()}
+    glob = blocks["global"]
+    optics = dataset.tables["particles_blocks"].get("optics")
+    for k, name in enumerate(tomograms):
+        row = glob[glob["rlnTomoName"].astype(str) == name]
+        if name not in blocks or row.empty:
+            continue
+        if "rlnTomoTiltSeriesPixelSize" in row.columns:
+            ts_apix = float(row["rlnTomoTiltSeriesPixelSize"].iloc[0])
+        elif isinstance(optics, pd.DataFrame) and "rlnTomoTiltSeriesPixelSize" in optics.columns:
+            ts_apix = float(optics["rlnTomoTiltSeriesPixelSize"].iloc[0])
+        else:
+            raise InputError(dataset.tables["tomograms_star"], "no tilt-series pixel size to write alignment "
+                             "corrections in", "rlnTomoTiltSeriesPixelSize")  # fmt: skip
+        scale = dataset.pixel_size / ts_apix
+        df = blocks[name]
+        for axis, col in enumerate(("rlnTomoProjX", "rlnTomoProjY")):
+            rows = [_parse_row(v) for v in df[col]]
+            for j, r in enumerate(rows):
+                r[3] += float(shifts_px[k, j, axis]) * scale
+            df[col] = ["[" + ",".join(f"{x:.9g}" for x in r) + "]" for r in rows]
+    return blocks
+
+
+def _parse_row(value) -> list[float]:
+    """A projection-matrix row as RELION 5 writes it (``[a,b,c,d]``) or as a list."""
+    if isinstance(value, str):
+        return [float(x) for x in value.strip().strip("[]").split(",")]
+    return [float(x) for x in value]

@@ -86,3 +86,33 @@ def with_true_poses(dataset, truth: pd.DataFrame):
     from .poses import apply_pose_corrections
 
     return apply_pose_corrections(dataset, *true_pose_corrections(dataset, truth))
+
+
+TILT_SHIFT_TRUTH = "tilt_shifts_truth.csv"  # per tomogram and tilt: the simulated alignment error (tomohet simulate)
+
+
+def true_geometry(dataset, truth: pd.DataFrame, truth_path: Path):
+    """The 2D-stack ``dataset`` seen with the geometry its images were made with: the true poses of ``truth``
+    (:func:`load_truth`) and, where ``tilt_shifts_truth.csv`` lies beside ``truth_path``, the true per-tilt
+    alignment; None when the geometry read is already the true one (what the oracle scores)."""
+    posed = has_pose_errors(truth, dataset)
+    shifts_file = Path(truth_path).parent / TILT_SHIFT_TRUTH
+    if not posed and not shifts_file.exists():
+        return None
+    out = with_true_poses(dataset, truth) if posed else dataset
+    if shifts_file.exists():
+        import torch
+
+        from .poses import apply_tilt_shifts
+
+        table = pd.read_csv(shifts_file)
+        names = sorted(set(table["rlnTomoName"].astype(str)))
+        shifts = torch.zeros(len(names), dataset.n_tilts, 2)
+        k = [names.index(str(n)) for n in table["rlnTomoName"]]
+        xy = table[["shift_x_A", "shift_y_A"]].to_numpy() / dataset.pixel_size
+        shifts[k, table["tilt"].to_numpy()] = torch.from_numpy(xy).float()
+        missing = sorted(set(dataset.tomogram) - set(names))
+        if missing:
+            raise InputError(shifts_file, f"no alignment truth for tomogram {missing[0]!r}", "rlnTomoName")
+        out = apply_tilt_shifts(out, names, shifts)
+    return out

@@ -53,6 +53,7 @@ class Acquisition:
     hand: float = -1.0
     pose_error_deg: float = 0.0  # written pose = true pose rotated by N(0, this) degrees about a random axis
     shift_error_px: float = 0.0  # written centre = true centre + N(0, this) pixels per axis (tomogram frame)
+    tilt_shift_error_px: float = 0.0  # each tilt image's alignment is off by N(0, this) pixels in x and y
     shift_jitter_A: float = 0.0  # 3D offset of the true centre, correctly written to rlnOriginX/Y/ZAngst
     missing_high_tilt_fraction: float = 0.0  # fraction of particles that lose their highest tilts
     ctf_premultiplied: bool = False
@@ -113,6 +114,7 @@ class SimulatedLayout:
     measured_snr: float
     acquisition: dict = field(default_factory=dict)
     true_poses: dict = field(default_factory=dict)  # per particle: true Euler angles (deg) and origins (A)
+    true_tilt_shifts: pd.DataFrame | None = None  # per tomogram and tilt: alignment error (A), if any
 
 
 def _vec(v) -> str:
@@ -216,8 +218,14 @@ def write_geometry(
     write_star({"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics, "particles": parts}, pstar)
     write_star(tblocks, tstar)
     write_star({"": {"rlnTomoParticlesFile": pstar.name, "rlnTomoTomogramsFile": tstar.name}}, oset)
+    # tilt-series alignment residuals: the particles of tomogram k appear in tilt j this far (image pixels, x y)
+    # from where the written geometry puts them (drawn last: the other draws do not depend on it)
+    tilt_error = np.zeros((acq.n_tomograms, t, 2))
+    if acq.tilt_shift_error_px > 0:
+        tilt_error = rng.normal(scale=acq.tilt_shift_error_px, size=(acq.n_tomograms, t, 2))
     return oset, {"true_rotations": true_rot, "true_origin_A": true_origin, "centre_error_px": centre_error,
-                  "tomogram": tomo_of, "names": np.array(names)}  # fmt: skip
+                  "tomogram": tomo_of, "names": np.array(names), "tilt_shift_error_px": tilt_error,
+                  "tomogram_names": tomos}  # fmt: skip
 
 
 def _rot_z(deg: float) -> np.ndarray:
@@ -275,6 +283,7 @@ def simulate_images(
             torch.from_numpy(truth["centre_error_px"]),
         ),
     )
+    true_ds.shifts = true_ds.shifts + torch.from_numpy(truth["tilt_shift_error_px"][truth["tomogram"]]).float()
     cache_all = len(volumes) <= 16  # many maps (a fine continuous grid): build projectors per batch
     projectors: dict[int, VolumeProjector] = {}
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
@@ -316,8 +325,20 @@ def simulate_images(
     return SimulatedLayout(
         optimisation_set=oset, particles_star=ds.tables["particles_star"], tomograms_star=ds.tables["tomograms_star"],
         names=ds.names, noise_sigma=sigma, measured_snr=measured, acquisition=asdict(acq),
-        true_poses=_true_pose_columns(truth),
+        true_poses=_true_pose_columns(truth), true_tilt_shifts=_true_tilt_shifts(truth, acq.pixel_size),
     )  # fmt: skip
+
+
+def _true_tilt_shifts(truth: dict, pixel_size: float) -> pd.DataFrame | None:
+    """The tilt images' alignment errors (``tilt_shifts_truth.csv``; None when there are none): per tomogram and
+    tilt (0-based row of its tomograms-star block) the shift (Angstrom, x y) of every particle image in it."""
+    err = truth["tilt_shift_error_px"]
+    if not err.any():
+        return None
+    k, j = np.meshgrid(np.arange(err.shape[0]), np.arange(err.shape[1]), indexing="ij")
+    return pd.DataFrame({"rlnTomoName": np.asarray(truth["tomogram_names"])[k.ravel()], "tilt": j.ravel(),
+                         "shift_x_A": err[..., 0].ravel() * pixel_size,
+                         "shift_y_A": err[..., 1].ravel() * pixel_size})  # fmt: skip
 
 
 def _true_pose_columns(truth: dict) -> dict[str, np.ndarray]:

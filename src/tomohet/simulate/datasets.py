@@ -148,6 +148,8 @@ def simulate_dataset(
         }
     )
     truth.to_csv(out / "ground_truth.csv", index=False)
+    if layout.true_tilt_shifts is not None:
+        layout.true_tilt_shifts.to_csv(out / "tilt_shifts_truth.csv", index=False)
     meta = {
         "name": name, "phantom": phantom.name, "seed": seed, "n_particles": n_particles,
         "states": phantom.state_names, "abundances": np.asarray(phantom.state_weights).tolist(),
