@@ -8,7 +8,9 @@ a subprocess with one torch thread (two arms at a time on the 2-core machine) an
 - ``plain``: ``classify`` with the defaults (poses as written);
 - ``local``: ``classify --local-angles A --local-shifts S``;
 - ``refine_then_classify``: ``refine --local-angles A --local-shifts S``, then ``classify`` (defaults) of the refined
-  particles.
+  particles;
+- ``true_poses``: ``classify`` (defaults) of the same particles written with their true poses: what the EM reaches
+  when the poses are exact (the reference for the search).
 
 Simulated data and runs go under ``--data`` (default ``/tmp/tomohet_bench_poses``), never into the repository.
 Writes ``benchmarks/results/poses.json``.
@@ -62,7 +64,15 @@ def arm(name: str, folder: Path, angles: float, shifts: float) -> dict:
     search = ["--local-angles", str(angles), "--local-shifts", str(shifts)]
     out = runs / name
     wall = {}
-    if name == "refine_then_classify":
+    if name == "true_poses":
+        exact = runs / "true_poses_input"
+        if not (exact / "optimisation_set.star").exists():
+            _write_true_poses(Path(oset), folder / "ground_truth.csv", exact)
+        truth = str(folder / "ground_truth.csv")
+        wall["classify"] = _run(["classify", str(exact / "optimisation_set.star"), "-K", "4", "--truth", truth,
+                                 "--out", str(out)], runs / f"{name}.log")  # fmt: skip
+        refined = None
+    elif name == "refine_then_classify":
         wall["refine"] = _run(["refine", oset, "--out", str(runs / "refine"), *search], runs / "refine.log")
         refined = json.loads((runs / "refine" / "result.json").read_text())
         refined_set = str(runs / "refine" / "optimisation_set.star")
@@ -91,6 +101,18 @@ def arm(name: str, folder: Path, angles: float, shifts: float) -> dict:
     return row
 
 
+def _write_true_poses(oset: Path, truth_csv: Path, out: Path) -> None:
+    """The particles of ``oset`` written with their true poses (from ``ground_truth.csv``) into ``out``."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from tomohet.data.annotate import write_annotated
+    from tomohet.data.poses import with_refined_poses
+    from tomohet.data.relion5 import read_relion5
+    from tomohet.data.truth import load_truth, true_pose_corrections
+
+    ds = read_relion5(oset)
+    write_annotated(with_refined_poses(ds, *true_pose_corrections(ds, load_truth(truth_csv, ds.names))), out, {})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/tomohet_bench_poses"))
@@ -101,7 +123,7 @@ def main() -> None:
     ap.add_argument("--shift-error-px", type=float, default=1.0)
     ap.add_argument("--angles", type=float, default=10.0)
     ap.add_argument("--shifts", type=float, default=2.0)
-    ap.add_argument("--arms", nargs="+", default=["local", "plain", "refine_then_classify"])
+    ap.add_argument("--arms", nargs="+", default=["local", "plain", "refine_then_classify", "true_poses"])
     a = ap.parse_args()
     a.data.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -115,8 +137,12 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "poses.json").write_text(json.dumps({"rows": rows, "search": {"angles_deg": a.angles,
-                                                    "shifts_px": a.shifts}}, indent=2))  # fmt: skip
+    path = RESULTS / "poses.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    key = {(r["arm"], r["seed"], r["snr"]) for r in rows}
+    results["rows"] = [r for r in results.get("rows", []) if (r["arm"], r["seed"], r["snr"]) not in key] + rows
+    results["search"] = {"angles_deg": a.angles, "shifts_px": a.shifts}
+    path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
