@@ -42,8 +42,8 @@ def oracle(
     """Score every particle of ``dataset`` against the true state maps ``[K, D, D, D]``.
 
     The dataset's geometry is used as read: give it the true one (:func:`tomohet.data.truth.true_geometry`) when
-    the written poses or tilt alignment carry errors. ``noise_sigma`` is the real-space noise standard deviation per pixel (before
-    any premultiplication).
+    the written poses or tilt alignment carry errors. ``noise_sigma`` is the real-space noise standard deviation
+    per pixel (before any premultiplication).
     """
     k = volumes.shape[0]
     d = dataset.box

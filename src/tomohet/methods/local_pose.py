@@ -145,13 +145,17 @@ def local_e_step(
             phase = torch.polar(torch.ones(()), 2 * torch.pi / d * (kx * disp[..., 0, None, None]
                                                                     + ky * disp[..., 1, None, None]))  # fmt: skip
             w = band.weight * inv_s2 * p.valid  # [bt, M, Mh]
-            x2 = (p.x.abs() ** 2 * w).sum((-2, -1))  # [bt]
+            x2 = (torch.view_as_real(p.x).square().sum(-1) * w).sum((-2, -1))  # [bt]
             rots = (base.reshape(bt, 1, 3, 3) @ grid_rot[None]).reshape(-1, 3, 3)  # [bt * L]
-            hp = proj.project_ft(rots).view(k_cls, bt, n_rot, m, m // 2 + 1) * p.h[None, :, None]
-            e_hp = (hp.abs() ** 2 * w[None, :, None]).sum((-2, -1))  # [K, bt, L]
-            y = (hp.conj() * (p.x * w)[None, :, None]).reshape(k_cls, bt, n_rot, n_pix)
-            y = y.permute(1, 0, 2, 3).reshape(bt, k_cls * n_rot, n_pix)
-            cross = torch.bmm(y, phase.reshape(bt, n_off, n_pix).transpose(1, 2)).real  # [bt, K L, S]
+            pr = proj.project_ft(rots).view(k_cls, bt, n_rot, n_pix)  # projections P, not yet times H
+            h2w = (p.h**2 * w).reshape(1, bt, 1, n_pix)
+            e_hp = (torch.view_as_real(pr).square().sum(-1) * h2w).sum(-1)  # |H P|^2 w: [K, bt, L]
+            # Re sum X phi_s conj(H P) w = Re sum conj(P) (X H w phi_s): the offsets multiply the images, not the
+            # K x L projections
+            z = (p.x * p.h * w).reshape(bt, 1, n_pix) * phase.reshape(bt, n_off, n_pix)  # [bt, S, P]
+            pk = pr.permute(1, 0, 2, 3).reshape(bt, k_cls * n_rot, n_pix)
+            cross = torch.bmm(pk.conj(), z.transpose(1, 2)).real  # [bt, K L, S]
+            del pk, z
             r = x2[:, None, None, None] - 2 * cross.view(bt, k_cls, n_rot, n_off) + e_hp.permute(1, 0, 2)[..., None]
             ll = (-0.5 * r).view(b, t, k_cls, n_rot, n_off).sum(1).double()  # [b, K, L, S]
             norm = 0.5 * (p.valid * band.weight * log_s2).sum((-2, -1)).view(b, t).sum(1).double()
@@ -188,7 +192,8 @@ def local_e_step(
                 li, si = idx // n_off, idx % n_off
                 gk = g[:, k].repeat_interleave(t, dim=0).float()  # [bt, P]
                 xs = p.x[:, None] * phase[img, si]  # [bt, P, M, Mh] re-centred images
-                resid = (xs - hp[k][img, li]).abs() ** 2 * p.valid[:, None]
+                hp = pr[k].view(bt, n_rot, m, m // 2 + 1)[img, li] * p.h[:, None]
+                resid = torch.view_as_real(xs - hp).square().sum(-1) * p.valid[:, None]
                 s_, _ = band.shell_sums((resid * gk[..., None, None]).sum(1), p.valid)
                 sig_sum += s_
                 sel = gk > 1e-4
