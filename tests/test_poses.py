@@ -17,6 +17,7 @@ from tomohet.data.mrc import read_volume
 from tomohet.data.poses import apply_pose_corrections, relion5_shifted_tomograms, with_refined_poses
 from tomohet.data.relion5 import read_relion5
 from tomohet.data.truth import has_pose_errors, load_truth, true_geometry, true_pose_corrections, with_true_poses
+from tomohet.data.warp_v1 import read_warp_v1, write_warp_v1
 from tomohet.methods.em2d import EMOptions, classify_em2d
 from tomohet.methods.local_pose import pose_grid
 from tomohet.methods.tilt_shifts import estimate_tilt_shifts
@@ -178,3 +179,15 @@ def test_local_search_option_errors(posed, tmp_path, args, flag):
     res = CliRunner().invoke(app, [args[0], str(layout.optimisation_set), "--out", str(tmp_path / "o"), *args[1:]])
     assert res.exit_code != 0
     assert flag in res.output
+
+
+def test_corrected_poses_round_trip_through_warp_v1_stars(posed, tmp_path):
+    _, _, ds, _ = posed
+    w1 = read_warp_v1(write_warp_v1(ds, tmp_path / "in" / "w1.star"))
+    gen = torch.Generator().manual_seed(2)
+    rot = rotation_vector_to_matrix(torch.randn(w1.n_particles, 3, generator=gen, dtype=torch.float64) * 0.1)
+    off = torch.randn(w1.n_particles, 3, generator=gen, dtype=torch.float64)
+    expected = apply_pose_corrections(w1, rot, off)
+    back = read_warp_v1(write_annotated(with_refined_poses(w1, rot, off), tmp_path / "out", {}))
+    assert torch.allclose(back.rotations, expected.rotations, atol=1e-5)  # each image's refined rotation and shift
+    assert torch.allclose(back.shifts, expected.shifts, atol=1e-3)
