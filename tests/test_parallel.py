@@ -35,15 +35,13 @@ def test_serial_equals_two_worker_cluster(small):
 
 def test_local_pose_search_does_not_depend_on_partitions_or_workers(small):
     ds, _ = small
-    opts = EMOptions(n_classes=2, n_iter=1, partition_size=40, tol_changes=0, local_angles_deg=4.0,
+    opts = EMOptions(n_classes=1, init="random", n_iter=1, partition_size=40, tol_changes=0, local_angles_deg=4.0,
                      local_shifts_px=1.0)  # fmt: skip
-    serial = classify_em2d(ds, opts)
-    other = classify_em2d(ds, replace(opts, partition_size=120, batch_size=7))
+    serial = classify_em2d(ds, replace(opts, partition_size=120, batch_size=7))
     with DaskExecutor(n_workers=2, threads_per_worker=1) as ex:
         dist = classify_em2d(ds, opts, executor=ex)
-    for res in (other, dist):
-        assert (serial.labels == res.labels).all()
-        assert np.allclose(serial.posteriors, res.posteriors, atol=1e-5)
-        assert torch.allclose(serial.extra["pose_rotation"], res.extra["pose_rotation"], atol=1e-9)
-        assert torch.allclose(serial.extra["pose_offset_px"], res.extra["pose_offset_px"], atol=1e-9)
-        assert np.allclose(serial.volumes.numpy(), res.volumes.numpy(), atol=1e-4)
+    assert torch.allclose(serial.extra["pose_rotation"], dist.extra["pose_rotation"], atol=1e-9)
+    assert torch.allclose(serial.extra["pose_offset_px"], dist.extra["pose_offset_px"], atol=1e-9)
+    assert np.allclose(serial.volumes.numpy(), dist.volumes.numpy(), atol=1e-4)
+    assert serial.log[-1]["log_likelihood"] == pytest.approx(dist.log[-1]["log_likelihood"], rel=1e-7)
+    assert serial.log[-1]["median_moved_deg"] > 0  # the search moved the poses

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.poses import apply_pose_corrections
 from ..physics.filters import lowpass, soft_sphere
 from ..physics.fourier import (
     fft3_centered,
@@ -371,6 +372,9 @@ def shrink_to_pooled_map(
     return data + reg_diff * mu, reg_diff
 
 
+CLASS_POSE_ITERATIONS = 2  # local-search iterations of the class EM after the poses were refined on one class
+
+
 def classify_em2d(
     dataset,
     options: EMOptions,
@@ -386,7 +390,45 @@ def classify_em2d(
     ``focus_mask`` ``[D, D, D]`` (0..1) focuses the classification on a region: the consensus outside it is
     subtracted from the images (signal subtraction) and the references are masked by it.
     ``progress(stage, done, total)`` reports particles done per stage; ``checkpoint`` (a file) is written
-    after every iteration and, if it exists, the run resumes from it."""
+    after every iteration and, if it exists, the run resumes from it.
+
+    With a local pose search and more than one class (and no given maps), the poses are refined first against
+    one class (``pose_search_iterations`` iterations: the consensus), then the classes start from the refined
+    poses and search them again on a grid 4x finer for :data:`CLASS_POSE_ITERATIONS` iterations. Started from
+    the poses as written, the class start sees the pose blur instead of the states (on ``ladder`` with 6 degree /
+    1 px errors, searching within the class EM from there ended at ARI 0.13, refining first at 0.91)."""
+    searching = options.local_angles_deg > 0 or options.local_shifts_px > 0
+    if not searching or options.n_classes == 1 or initial_maps is not None or options.init == "maps":
+        return _classify_em2d(dataset, options, initial_maps, progress, checkpoint, executor, focus_mask)
+    from .local_pose import compose_corrections  # lazy: local_pose builds on this module
+
+    first = replace(options, n_classes=1, init="random", n_iter=options.pose_search_iterations)
+    pose_checkpoint = None if checkpoint is None else Path(checkpoint).with_name(Path(checkpoint).stem + "_poses.pt")
+    stage = None if progress is None else (lambda name, done, total: progress(f"poses: {name}", done, total))
+    pre = _classify_em2d(dataset, first, None, stage, pose_checkpoint, executor, focus_mask)
+    d1, u1 = pre.extra["pose_rotation"], pre.extra["pose_offset_px"]
+    posed = apply_pose_corrections(dataset, d1, u1)
+    second = replace(options, local_angles_deg=options.local_angles_deg / 4,
+                     local_shifts_px=options.local_shifts_px / 4,
+                     pose_search_iterations=min(CLASS_POSE_ITERATIONS, options.pose_search_iterations))  # fmt: skip
+    res = _classify_em2d(posed, second, None, progress, checkpoint, executor, focus_mask)
+    d, u = compose_corrections(d1, u1, res.extra["pose_rotation"], res.extra["pose_offset_px"])
+    res.options = asdict(options)
+    res.extra.update(pose_rotation=d, pose_offset_px=u, pose_refinement_seconds=round(pre.extra["seconds"], 2),
+                     pose_refinement_log=pre.log)  # fmt: skip
+    return res
+
+
+def _classify_em2d(
+    dataset,
+    options: EMOptions,
+    initial_maps: torch.Tensor | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    checkpoint: Path | None = None,
+    executor=None,
+    focus_mask: torch.Tensor | None = None,
+) -> Result:
+    """:func:`classify_em2d` in one stage."""
     opt = options
     n = dataset.n_particles
     t0 = time.perf_counter()

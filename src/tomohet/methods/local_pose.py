@@ -290,3 +290,12 @@ class LocalPoseEM(EMClassifier):
     def pose_corrections(self) -> dict:
         """``pose_rotation`` ``[N, 3, 3]`` and ``pose_offset_px`` ``[N, 3]`` (:mod:`tomohet.data.poses`)."""
         return {"pose_rotation": self.rotation, "pose_offset_px": self.offset}
+
+
+def compose_corrections(
+    d1: torch.Tensor, u1: torch.Tensor, d2: torch.Tensor, u2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One correction equal to ``(d1, u1)`` followed by ``(d2, u2)`` (the second refined on the dataset already
+    corrected by the first, :mod:`tomohet.data.poses`): rotations ``A d1 d2``, centre ``A d1 u1 + A d1 d2 u2``, so
+    ``D = d1 d2`` and ``u = d2^T u1 + u2``."""
+    return d1 @ d2, torch.einsum("nji,nj->ni", d2, u1) + u2

@@ -52,6 +52,8 @@ class Result:
         for key, value in self.extra.items():
             if isinstance(value, (int, float, str, bool)) or value is None:
                 out[key] = value
-            elif isinstance(value, (list, tuple, np.ndarray, torch.Tensor)) and np.size(value) <= 64:
+            elif isinstance(value, torch.Tensor) and value.numel() <= 64:
+                out[key] = value.tolist()
+            elif isinstance(value, (list, tuple, np.ndarray)) and np.size(value) <= 64:
                 out[key] = np.asarray(value).tolist()
         return out
