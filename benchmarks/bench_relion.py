@@ -50,20 +50,25 @@ PRESETS = {
 ROOT = Path(__file__).resolve().parent
 
 
-def relion_command(star: Path, out: Path, ref: Path, k: int, diameter_A: float, iters: int, threads: int) -> list[str]:
-    """The ``relion_refine`` 3D classification command (no alignment, given poses)."""
+def relion_command(
+    star: Path, out: Path, ref: Path, k: int, diameter_A: float, iters: int, threads: int, align: list | None = None
+) -> list[str]:
+    """The ``relion_refine`` 3D classification command: given poses (``--skip_align``) unless ``align`` gives the
+    sampling options (e.g. local searches)."""
     return [
         "relion_refine", "--i", str(star), "--o", str(out / "run"), "--ref", str(ref), "--ini_high", "60",
-        "--K", str(k), "--skip_align", "--tau2_fudge", "4", "--iter", str(iters), "--j", str(threads),
+        "--K", str(k), *(align or ["--skip_align"]), "--tau2_fudge", "4", "--iter", str(iters), "--j", str(threads),
         "--ctf", "--particle_diameter", f"{diameter_A:.0f}", "--zero_mask", "--flatten_solvent",
         "--pad", "2", "--dont_combine_weights_via_disc", "--pool", "10", "--random_seed", "1", "--sym", "C1",
         "--dont_check_norm",
     ]  # fmt: skip
 
 
-def run_relion(star: Path, out: Path, ref: Path, k: int, diameter_A: float, iters: int, threads: int) -> dict:
+def run_relion(
+    star: Path, out: Path, ref: Path, k: int, diameter_A: float, iters: int, threads: int, align: list | None = None
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = relion_command(star, out, ref, k, diameter_A, iters, threads)
+    cmd = relion_command(star, out, ref, k, diameter_A, iters, threads, align)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=star.parent, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,27 +31,8 @@ from tomohet.physics.reconstruct import reconstruct
 from tomohet.physics.rotations import euler_to_matrix, mirror_z, rotation_angle
 
 ROOT = Path(__file__).resolve().parent
-
-
-def relion(star: Path, out: Path, ref: Path, diameter: float, local: dict | None, iters: int, threads: int) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    align = (["--healpix_order", "4", "--sigma_ang", str(local["sigma_ang"]), "--offset_range",
-              str(local["offset_range"]), "--offset_step", str(local["offset_step"])] if local else
-             ["--skip_align"])  # fmt: skip
-    cmd = ["relion_refine", "--i", str(star), "--o", str(out / "run"), "--ref", str(ref), "--ini_high", "60",
-           "--K", "4", *align, "--tau2_fudge", "4", "--iter", str(iters), "--j", str(threads), "--ctf",
-           "--particle_diameter", f"{diameter:.0f}", "--zero_mask", "--flatten_solvent", "--pad", "2",
-           "--dont_combine_weights_via_disc", "--pool", "10", "--random_seed", "1", "--sym", "C1",
-           "--dont_check_norm"]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=star.parent, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    (out / "relion_stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    if proc.returncode != 0:
-        return {"error": f"relion_refine exited {proc.returncode}: {proc.stderr.strip()[-800:]}", "command": cmd}
-    data = sorted(out.glob("run_it*_data.star"))[-1]
-    return {"command": " ".join(cmd), "wall_s": round(wall, 1), "iterations": int(data.stem[6:9]),
-            "particles": starfile.read(data)["particles"]}  # fmt: skip
+sys.path.insert(0, str(ROOT))
+from bench_relion import run_relion  # noqa: E402  (the same relion_refine command as bench_relion.py)
 
 
 def main() -> None:
@@ -63,6 +43,7 @@ def main() -> None:
     ap.add_argument("--sigma-ang", type=float, default=3.5, help="degrees (6 deg RMS error: ~3.5 per axis)")
     ap.add_argument("--offset-range", type=float, default=2.0)
     ap.add_argument("--offset-step", type=float, default=1.0)
+    ap.add_argument("--arms", nargs="+", default=["given", "local"], help="given (--skip_align) and/or local")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     folder = a.folder
@@ -83,17 +64,23 @@ def main() -> None:
     for name, local in (("given poses (--skip_align)", None),
                         ("local searches", {"sigma_ang": a.sigma_ang, "offset_range": a.offset_range,
                                             "offset_step": a.offset_step})):  # fmt: skip
-        r = relion(star, rel / ("local" if local else "given"), ref, 0.9 * ds.box * ds.pixel_size, local, a.iter,
-                   a.threads)  # fmt: skip
+        if ("local" if local else "given") not in a.arms:
+            continue
+        align = None if local is None else ["--healpix_order", "4", "--sigma_ang", str(local["sigma_ang"]),
+                                            "--offset_range", str(local["offset_range"]), "--offset_step",
+                                            str(local["offset_step"])]  # fmt: skip
+        r = run_relion(star, rel / ("local" if local else "given"), ref, 4, 0.9 * ds.box * ds.pixel_size, a.iter,
+                       a.threads, align)  # fmt: skip
         if "error" in r:
             print(name, r["error"])
             rows.append({"arm": f"RELION 3.1 {name}", **r})
             continue
-        p = r.pop("particles")
+        p = starfile.read(r["data_star"])["particles"]
         idx = np.array([order[Path(v).name] for v in p["rlnImageName"].astype(str)])
         labels = np.zeros(ds.n_particles, int)
         labels[idx] = p["rlnClassNumber"].astype(int).to_numpy() - 1
-        row = {"arm": f"RELION 3.1 {name}", "ari": adjusted_rand_index(states, labels), **r,
+        row = {"arm": f"RELION 3.1 {name}", "ari": adjusted_rand_index(states, labels), "wall_s": round(r["wall_s"], 1),
+               "iterations": r["iterations"], "command": " ".join(r["command"]),
                "class_sizes": np.bincount(labels, minlength=4).tolist()}  # fmt: skip
         if local:  # RELION's poses are those of the subtomograms: M A M (data.subtomo)
             est = torch.zeros(ds.n_particles, 3, 3, dtype=torch.float64)
