@@ -271,9 +271,8 @@ def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np
             true_ds = true_geometry(ds, truth, truth_path)
             o = oracle(ds if true_ds is None else true_ds, maps, sigma, abundances)
             metrics["oracle"] = discrete_report(states, o.labels)
-            if (
-                true_ds is not None
-            ):  # the limit with the geometry as written (what a method without pose search reaches)
+            # the limit with the geometry as written (what a method without a pose search can reach)
+            if true_ds is not None:
                 metrics["oracle_written_poses"] = discrete_report(states, oracle(ds, maps, sigma, abundances).labels)
     msg = f"ARI {metrics['method']['ari']:.3f}"
     if "oracle" in metrics:

@@ -118,7 +118,7 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
             true_ds = true_geometry(ds, truth, truth_path)
             if has_pose_errors(truth, ds):
                 fields["metrics"] = {"poses": pose_metrics(ds, truth, result, run)}
-            if true_ds is not None:
+            if true_ds is not None and (truth_path.parent / "dataset.json").exists():
                 fields.setdefault("metrics", {}).update(_maps_against_truth(truth_path, true_ds, truth, before, after,
                                                                             run))  # fmt: skip
             if shifts is not None and (truth_path.parent / "tilt_shifts_truth.csv").exists():
