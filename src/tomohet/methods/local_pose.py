@@ -37,7 +37,7 @@ from ..physics.rotations import rotation_angle, rotation_vector_to_matrix
 from .em2d import EMClassifier, EMOptions, PartialSums, _prepared_chunk, working_size
 from .engine import map_partitions
 
-IMAGES_PER_STEP = 60_000  # projections (images x rotations x classes) held at once: bounds the memory
+IMAGES_PER_STEP = 20_000  # projections (images x rotations x classes) held at once: bounds the memory
 
 
 @dataclass
