@@ -15,6 +15,7 @@ from tomohet.benchmark.oracle import oracle
 from tomohet.cli.main import app
 from tomohet.data.mrc import read_volume
 from tomohet.data.relion5 import read_relion5
+from tomohet.data.truth import TRUE_POSE_COLUMNS, has_pose_errors, load_truth
 from tomohet.physics.filters import fsc
 from tomohet.physics.projector import VolumeProjector
 from tomohet.physics.reconstruct import reconstruct
@@ -53,7 +54,10 @@ def test_written_snr_matches_request(smoke):
 
 def test_truth_table_and_nuisance_independence(smoke):
     out, layout, truth, ds = smoke
-    assert list(truth.columns) == ["rlnTomoParticleName", "state", "state_name", "coordinate", "map_file"]
+    assert list(truth.columns) == ["rlnTomoParticleName", "state", "state_name", "coordinate", "map_file",
+                                   *TRUE_POSE_COLUMNS]  # fmt: skip
+    # no pose errors asked for: the true poses are the written ones
+    assert not has_pose_errors(load_truth(out / "ground_truth.csv", ds.names), ds)
     assert truth["rlnTomoParticleName"].tolist() == ds.names
     assert truth["state"].value_counts().tolist() == [80, 80]  # exact abundances
     # states are not tied to tomograms: both states present in each tomogram in similar numbers
