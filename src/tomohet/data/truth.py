@@ -108,9 +108,10 @@ def true_geometry(dataset, truth: pd.DataFrame, truth_path: Path):
         table = pd.read_csv(shifts_file)
         names = sorted(set(table["rlnTomoName"].astype(str)))
         shifts = torch.zeros(len(names), dataset.n_tilts, 2)
-        k = [names.index(str(n)) for n in table["rlnTomoName"]]
-        xy = table[["shift_x_A", "shift_y_A"]].to_numpy() / dataset.pixel_size
-        shifts[k, table["tilt"].to_numpy()] = torch.tensor(xy, dtype=torch.float32)
+        k = torch.tensor([names.index(str(n)) for n in table["rlnTomoName"]])
+        tilt = torch.tensor(table["tilt"].to_numpy(dtype=np.int64, copy=True))
+        xy = table[["shift_x_A", "shift_y_A"]].to_numpy(dtype=np.float64, copy=True) / dataset.pixel_size
+        shifts[k, tilt] = torch.tensor(xy, dtype=torch.float32)
         missing = sorted(set(dataset.tomogram) - set(names))
         if missing:
             raise InputError(shifts_file, f"no alignment truth for tomogram {missing[0]!r}", "rlnTomoName")
