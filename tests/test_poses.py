@@ -165,6 +165,21 @@ def test_tilt_shifts_are_recovered_and_written_into_the_projection_matrices(tmp_
         assert np.allclose(moved, est.shifts_px[0, :, axis].numpy() * scale, atol=1e-5)
 
 
+def test_classify_with_local_searches_writes_refined_poses_and_finds_the_states(posed, tmp_path):
+    _, layout, _, _ = posed
+    args = ["-K", "2", "--iterations", "3", "--local-angles", "10", "--local-shifts", "2", "--out", str(tmp_path / "c")]
+    res = CliRunner().invoke(app, ["classify", str(layout.optimisation_set), *args])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "c" / "result.json").read_text())
+    m = result["metrics"]
+    assert m["oracle_written_poses"]["ari"] < m["oracle"]["ari"]  # the written poses hide part of the states
+    assert m["method"]["ari"] >= m["oracle"]["ari"] - 0.1
+    assert m["poses"]["refined"]["median_angle_error_deg"] < m["poses"]["written"]["median_angle_error_deg"]
+    assert result["poses"]["file"] == "poses.csv" and (tmp_path / "c" / "poses.csv").exists()
+    back = read_relion5(tmp_path / "c" / "optimisation_set.star")
+    assert "rlnAngleRotPrior" in back.tables["particles_blocks"]["particles"]
+
+
 @pytest.mark.parametrize(
     "args, flag",
     [
