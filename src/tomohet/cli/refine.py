@@ -106,8 +106,7 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
               "e_step_limit_A": result.extra.get("e_step_limit_A"), "working_box": result.extra.get("working_box"),
               "images_x_poses_per_s": round(float(rate), 1)}  # fmt: skip
     if shifts is not None:
-        fields["tilt_shifts"] = {"file": "tilt_shifts.csv", "rms_px": float(shifts.shifts_px.norm(dim=-1).pow(2)
-                                                                               .mean().sqrt())}  # fmt: skip
+        fields["tilt_shifts"] = {"file": "tilt_shifts.csv", "rms_px": shifts.rms_px}
     truth_path = find_ground_truth(input_path)
     if truth_path is not None:
         try:
@@ -143,8 +142,7 @@ def posed_tilt_shifts(posed, shifts, out: Path, run: Run):
             **posed.tables,
             "tomograms_blocks": relion5_shifted_tomograms(posed, shifts.tomograms, shifts.shifts_px),
         }
-    rms = float(shifts.shifts_px.norm(dim=-1).pow(2).mean().sqrt())
-    run.log.info("per-tilt alignment corrections: RMS %.2f px (tilt_shifts.csv)", rms)
+    run.log.info("per-tilt alignment corrections: RMS %.2f px (tilt_shifts.csv)", shifts.rms_px)
     return moved
 
 

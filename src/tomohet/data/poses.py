@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from ..physics.rotations import matrix_to_euler, rotation_angle
 from .relion5 import REFERENCE_MIRROR, origins_A, particle_matrices
+from .star import format_vector, parse_vector
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
@@ -133,15 +134,8 @@ def relion5_shifted_tomograms(dataset, tomograms: list[str], shifts_px: torch.Te
         scale = dataset.pixel_size / ts_apix
         df = blocks[name]
         for axis, col in enumerate(("rlnTomoProjX", "rlnTomoProjY")):
-            rows = [_parse_row(v) for v in df[col]]
+            rows = [parse_vector(v, dataset.tables["tomograms_star"], col, f"tilt series {name!r}: ") for v in df[col]]
             for j, r in enumerate(rows):
                 r[3] += float(shifts_px[k, j, axis]) * scale
-            df[col] = ["[" + ",".join(f"{x:.9g}" for x in r) + "]" for r in rows]
+            df[col] = [format_vector(r) for r in rows]
     return blocks
-
-
-def _parse_row(value) -> list[float]:
-    """A projection-matrix row as RELION 5 writes it (``[a,b,c,d]``) or as a list."""
-    if isinstance(value, str):
-        return [float(x) for x in value.strip().strip("[]").split(",")]
-    return [float(x) for x in value]

@@ -120,6 +120,11 @@ def parse_vector(text: str, path: Path, column: str, where: str = "") -> list[fl
     return values
 
 
+def format_vector(values) -> str:
+    """A RELION bracketed vector ``[a,b,c]`` (the inverse of :func:`parse_vector`)."""
+    return "[" + ",".join(f"{float(x):.9g}" for x in values) + "]"
+
+
 def resolve_path(name: str, *bases: Path) -> Path:
     """Resolve a path written in a STAR file: absolute, else relative to each base in turn (first that
     exists), else relative to the first base."""

@@ -32,6 +32,11 @@ class TiltShifts:
     gain: np.ndarray  # [n_tomograms, T]
     n_images: np.ndarray  # [n_tomograms, T]
 
+    @property
+    def rms_px(self) -> float:
+        """Root-mean-square length of the shifts (pixels)."""
+        return float(self.shifts_px.norm(dim=-1).pow(2).mean().sqrt())
+
 
 def tomogram_index(dataset) -> tuple[list[str], np.ndarray]:
     """The dataset's tomogram names (sorted) and each particle's index into them."""

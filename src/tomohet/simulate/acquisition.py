@@ -23,7 +23,7 @@ from ..data.model import ImageBatch
 from ..data.mrc import write_stack
 from ..data.poses import apply_pose_corrections, relion5_corrections
 from ..data.relion5 import particle_matrices, read_relion5
-from ..data.star import write_star
+from ..data.star import format_vector, write_star
 from ..physics.forward import batch_transfer_functions
 from ..physics.fourier import half_grid_2d, irfft2_centered, rfft2_centered, shift_phase_2d
 from ..physics.projector import VolumeProjector
@@ -117,10 +117,6 @@ class SimulatedLayout:
     true_tilt_shifts: pd.DataFrame | None = None  # per tomogram and tilt: alignment error (A), if any
 
 
-def _vec(v) -> str:
-    return "[" + ",".join(f"{x:.9g}" for x in v) + "]"
-
-
 def write_geometry(
     out: Path, name: str, n: int, acq: Acquisition, rng: np.random.Generator
 ) -> tuple[Path, dict[str, np.ndarray]]:
@@ -172,7 +168,7 @@ def write_geometry(
             "rlnOpticsGroup": tomo_of + 1,
             "rlnImageName": images,
             "rlnOriginXAngst": origin[:, 0], "rlnOriginYAngst": origin[:, 1], "rlnOriginZAngst": origin[:, 2],
-            "rlnTomoVisibleFrames": [_vec(v) for v in visible],
+            "rlnTomoVisibleFrames": [format_vector(v) for v in visible],
         }
     )  # fmt: skip
     optics = pd.DataFrame(
@@ -206,8 +202,8 @@ def write_geometry(
         dz = defocus[k] + rng.normal(scale=200.0, size=t)  # per-tilt CTF-fit scatter
         tblocks[tname] = pd.DataFrame(
             {
-                "rlnTomoProjX": [_vec([*m[0], 0]) for m in p], "rlnTomoProjY": [_vec([*m[1], 0]) for m in p],
-                "rlnTomoProjZ": [_vec([*m[2], 0]) for m in p], "rlnTomoProjW": [_vec([0, 0, 0, 1])] * t,
+                **{f"rlnTomoProj{a}": [format_vector([*m[i], 0]) for m in p] for i, a in enumerate("XYZ")},
+                "rlnTomoProjW": [format_vector([0, 0, 0, 1])] * t,
                 "rlnDefocusU": dz + half_astig, "rlnDefocusV": dz - half_astig,
                 "rlnDefocusAngle": rng.uniform(-90, 90, size=t),
                 "rlnCtfScalefactor": np.cos(np.deg2rad(tilts)), "rlnMicrographPreExposure": pre,
