@@ -32,6 +32,7 @@ import torch
 
 from tomohet.benchmark.metrics import adjusted_rand_index
 from tomohet.benchmark.oracle import oracle
+from tomohet.benchmark.peers.relion31 import relion_command
 from tomohet.data.mrc import read_volume, write_volume
 from tomohet.data.relion5 import read_relion5
 from tomohet.data.subtomo import read_subtomograms, write_relion31_subtomograms
@@ -48,20 +49,6 @@ PRESETS = {
     "discrete_default_snr0.005": ("discrete_default", 1000, 4, 0.005),  # where the oracle drops below 1
 }
 ROOT = Path(__file__).resolve().parent
-
-
-def relion_command(
-    star: Path, out: Path, ref: Path, k: int, diameter_A: float, iters: int, threads: int, align: list | None = None
-) -> list[str]:
-    """The ``relion_refine`` 3D classification command: given poses (``--skip_align``) unless ``align`` gives the
-    sampling options (e.g. local searches)."""
-    return [
-        "relion_refine", "--i", str(star), "--o", str(out / "run"), "--ref", str(ref), "--ini_high", "60",
-        "--K", str(k), *(align or ["--skip_align"]), "--tau2_fudge", "4", "--iter", str(iters), "--j", str(threads),
-        "--ctf", "--particle_diameter", f"{diameter_A:.0f}", "--zero_mask", "--flatten_solvent",
-        "--pad", "2", "--dont_combine_weights_via_disc", "--pool", "10", "--random_seed", "1", "--sym", "C1",
-        "--dont_check_norm",
-    ]  # fmt: skip
 
 
 def run_relion(

@@ -149,3 +149,24 @@ def test_layout_mirrors_warptools_columns(smoke, warptools_optset):
     first_sim = sim_t[sim_t["global"]["rlnTomoName"].iloc[0]]
     assert list(first_sim.columns) == list(first_real.columns)
     assert sim_p["general"] == real_p["general"]
+
+
+def test_simulate_unidirectional_scheme_from_the_command_line(tmp_path):
+    """``--scheme unidirectional``: one sweep from -max to +max, so the pre-exposure grows with the tilt angle;
+    a dose-symmetric series starts at 0 degrees and alternates sides."""
+    runner = CliRunner()
+    for scheme in ("unidirectional", "dose-symmetric"):
+        out = tmp_path / scheme
+        r = runner.invoke(app, ["simulate", "--preset", "smoke", "--n-particles", "4", "--scheme", scheme,
+                                "--out", str(out)])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        ds = read_relion5(next(out.glob("*_optimisation_set.star")))
+        vis = ds.visible[0]
+        tilt, dose = ds.tilt_angle[0][vis].numpy(), ds.dose[0][vis].numpy()
+        order = np.argsort(dose)
+        if scheme == "unidirectional":
+            assert np.all(np.diff(tilt[order]) > 0)
+        else:
+            assert abs(tilt[order[0]]) < 1e-6 and np.sign(tilt[order[1]]) != np.sign(tilt[order[3]])
+    r = runner.invoke(app, ["simulate", "--preset", "smoke", "--scheme", "spiral", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--scheme must be one of" in r.output

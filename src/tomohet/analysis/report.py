@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .analyze import RunAnalysis
 
-_STYLE = """
+STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1100px;
 padding:1.2em 2em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -25,7 +25,7 @@ code{background:#f5f5f5;padding:0 .25em}
 """
 
 
-def _esc(x) -> str:
+def html_escape(x) -> str:
     return html.escape(str(x))
 
 
@@ -35,18 +35,19 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table(rows: list[dict]) -> str:
+def html_table(rows: list[dict]) -> str:
     if not rows:
         return "<p>(none)</p>"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html_escape(c)}</th>" for c in cols)
+    cells = ("".join(f"<td>{html_escape(_fmt(r.get(c, '')))}</td>" for c in cols) for r in rows)
+    body = "".join(f"<tr>{c}</tr>" for c in cells)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _image(path: Path) -> str:
+def html_image(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{_esc(Path(path).name)}">'
+    return f'<img src="data:image/png;base64,{data}" alt="{html_escape(Path(path).name)}">'
 
 
 def _metric_rows(metrics: dict) -> list[dict]:
@@ -83,16 +84,16 @@ def write_report(path: Path, runs: list[RunAnalysis], title: str = "tomohet repo
     """Write the HTML report of ``runs`` to ``path`` (links to files are relative to it)."""
     path = Path(path)
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>",
-             f"<style>{_STYLE}</style></head><body>", f"<h1>{_esc(title)}</h1>",
-             f"<p class='meta'>written {now} on {_esc(platform.node())} ({_esc(platform.machine())}, "
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html_escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>{html_escape(title)}</h1>",
+             f"<p class='meta'>written {now} on {html_escape(platform.node())} ({html_escape(platform.machine())}, "
              f"{os.cpu_count()} CPUs)</p>"]  # fmt: skip
     if intro:
-        parts.append(f"<p>{_esc(intro)}</p>")
-    parts += ["<h2 id='comparison'>Runs side by side</h2>", _table([headline(a) for a in runs])]
+        parts.append(f"<p>{html_escape(intro)}</p>")
+    parts += ["<h2 id='comparison'>Runs side by side</h2>", html_table([headline(a) for a in runs])]
     for i, a in enumerate(runs):
-        parts.append(f"<h2 id='run-{i}'>{_esc(a.name)}: {_esc(a.summary.get('command'))} "
-                     f"({_esc(a.summary.get('method'))})</h2>")  # fmt: skip
+        parts.append(f"<h2 id='run-{i}'>{html_escape(a.name)}: {html_escape(a.summary.get('command'))} "
+                     f"({html_escape(a.summary.get('method'))})</h2>")  # fmt: skip
         s = a.summary
         facts = {"input": s.get("input"), "seed": s.get("seed"), "peak memory (MB)": s.get("peak_memory_mb"),
                  "images/s per iteration": s.get("images_per_s_per_iteration"),
@@ -100,24 +101,24 @@ def write_report(path: Path, runs: list[RunAnalysis], title: str = "tomohet repo
                  "classes supported by distinct maps": s.get("classes supported by distinct maps"),
                  **{f"time: {k} (s)": v for k, v in s.get("timings_s", {}).items()}}  # fmt: skip
         facts = [{"": k, "value": v} for k, v in facts.items() if v is not None]
-        parts += ["<h3>Run</h3>", _table(facts)]
+        parts += ["<h3>Run</h3>", html_table(facts)]
         rows = _metric_rows(a.metrics)
         if rows:
             parts += ["<h3>Against the ground truth</h3>",
                       "<p>The oracle assigns each particle with the true maps and noise: the best any method can "
-                      "do on these data.</p>", _table(rows)]  # fmt: skip
+                      "do on these data.</p>", html_table(rows)]  # fmt: skip
         for name, trows in a.tables.items():
-            parts += [f"<h3>{_esc(name)}</h3>", _table(trows)]
+            parts += [f"<h3>{html_escape(name)}</h3>", html_table(trows)]
         if a.figures:
             parts.append("<h3>Figures</h3>")
         for caption, fig in a.figures:
-            parts.append(f"<figure>{_image(fig)}<figcaption>{_esc(caption)}</figcaption></figure>")
+            parts.append(f"<figure>{html_image(fig)}<figcaption>{html_escape(caption)}</figcaption></figure>")
         if a.files:
-            items = "".join(f"<li>{_esc(label)}: <a href='{_esc(os.path.relpath(f, path.parent))}'>"
-                            f"{_esc(os.path.relpath(f, path.parent))}</a></li>" for label, f in a.files)  # fmt: skip
+            rel = [(label, html_escape(os.path.relpath(f, path.parent))) for label, f in a.files]
+            items = "".join(f"<li>{html_escape(label)}: <a href='{r}'>{r}</a></li>" for label, r in rel)
             parts += ["<h3>Files for the next step</h3>", f"<ul>{items}</ul>"]
         for note in a.notes:
-            parts.append(f"<p class='note'>{_esc(note)}</p>")
+            parts.append(f"<p class='note'>{html_escape(note)}</p>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

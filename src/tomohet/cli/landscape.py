@@ -39,8 +39,10 @@ ALONG_SPAN_SD = 2.0
 
 
 def _name_column(ds) -> str:
-    if ds.kind == "3d":
-        return "rlnImageName"
+    if ds.kind == "3d":  # the names come from rlnTomoParticleName where the star has it (data.subtomo)
+        blocks = ds.tables.get("blocks", {}).values()
+        named = any(hasattr(b, "columns") and {"rlnImageName", "rlnTomoParticleName"} <= set(b.columns) for b in blocks)
+        return "rlnTomoParticleName" if named else "rlnImageName"
     return "rlnGroupName" if ds.source_format == "warp_v1" else "rlnTomoParticleName"
 
 

@@ -96,11 +96,15 @@ def simulate(
     tilt_shift_error_px: float = typer.Option(
         0.0, help="each tilt image's alignment is off by N(0, this) pixels in x and y (tilt_shifts_truth.csv)"
     ),
+    scheme: str | None = typer.Option(
+        None, help="tilt order: dose-symmetric, bidirectional or unidirectional (default: the preset's)"
+    ),
     warp_v1: bool = typer.Option(False, "--warp-v1", help="also write a Warp v1 image-series star"),
     subtomograms: bool = typer.Option(False, "--subtomograms", help="also write RELION 3.1 subtomograms"),
     list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
 ) -> None:
     """Write a benchmark dataset with per-particle ground truth (RELION 5 / WarpTools layout)."""
+    from ..simulate.acquisition import SCHEMES
     from ..simulate.datasets import PRESETS
 
     if list_presets:
@@ -117,6 +121,10 @@ def simulate(
         extra = {"ctf_premultiplied": premultiplied, "structured_noise": structured_noise,
                  "missing_high_tilt_fraction": missing_tilts, "pose_error_deg": pose_error_deg,
                  "shift_error_px": shift_error_px, "tilt_shift_error_px": tilt_shift_error_px}  # fmt: skip
+        if scheme is not None:
+            if scheme not in SCHEMES:
+                _fail(f"--scheme must be one of {', '.join(SCHEMES)} (got {scheme!r})")
+            extra["scheme"] = scheme
         run_simulate(preset, out, seed, n_particles, snr, extra, warp_v1, subtomograms)
 
 
@@ -321,6 +329,36 @@ def analyze(
             _fail(f"--min-confidence must be between 0 and 1 (got {min_confidence})")
         report = run_analyze(runs, out, shuffles, seed, classes, select_latent, path, min_confidence)
         console.print(f"report: {report}")
+
+
+@app.command()
+def benchmark(
+    suite: str = typer.Option(
+        "quick", help="quick (minutes), full (an hour or two on 2 cores), perf (core operations)"
+    ),
+    out: Path = typer.Option(Path("benchmark_out"), "--out", "-o", help="output folder (a run resumes; runs merge)"),
+    methods: str | None = typer.Option(None, help="tomohet methods to run, e.g. em2d,ppca (default: the suite's)"),
+    peers: str | None = typer.Option(None, help="peers to run: relion31,cryodrgn_et,tomodrgn ('' for none)"),
+    peer_path: list[str] | None = typer.Option(
+        None, "--peer-path", help="where a peer is: NAME=PATH (relion_refine, or the peer's virtualenv; repeat)"
+    ),
+    dataset: list[Path] | None = typer.Option(
+        None, "--dataset", help="also a dataset of yours: a folder (or star) with ground_truth.csv beside it (repeat)"
+    ),
+    classes: int | None = typer.Option(None, help="K for --dataset (default: the number of states in its truth)"),
+    threads: int = typer.Option(2, help="threads of every method and peer"),
+    timeout: float | None = typer.Option(None, help="stop a cell after this many seconds (recorded as failed)"),
+    install_peers: bool = typer.Option(False, "--install-peers", help="install the peers that can be installed here"),
+) -> None:
+    """Methods and peers side by side on datasets with ground truth: leaderboard.json / .md and report.html."""
+    with _user_errors(out):
+        if threads < 1:
+            _fail(f"--threads must be >= 1 (got {threads})")
+        from .benchmark import run_benchmark
+
+        files = run_benchmark(suite, out, methods, peers, peer_path, dataset, classes, threads, timeout,
+                              install_peers)  # fmt: skip
+        console.print(f"report: {files['html']}")
 
 
 @app.command()

@@ -75,6 +75,9 @@ class Acquisition:
         return rank * self.dose_per_tilt
 
 
+SCHEMES = ("dose-symmetric", "bidirectional", "unidirectional")
+
+
 def acquisition_order(tilts: np.ndarray, scheme: str) -> np.ndarray:
     """Indices of ``tilts`` in the order recorded. Dose-symmetric (Hagen et al. 2017): 0, then pairs
     alternating sides (+1, -1, -2, +2, +3, ...); bidirectional: 0 up to +max, then -1 down to -max;

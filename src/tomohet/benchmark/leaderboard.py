@@ -1,0 +1,164 @@
+"""All the cells in ``OUT/cells`` merged into one leaderboard: ``leaderboard.json`` (every record),
+``leaderboard.md`` (one table per dataset, the oracle's row first) and ``report.html`` (the tables plus
+accuracy-vs-SNR and accuracy-vs-time plots, self-contained)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis.report import STYLE, html_escape, html_image, html_table
+
+
+def load_cells(out: Path) -> list[dict]:
+    """Every cell record under ``out/cells`` (sorted by dataset, then tomohet before peers, then name)."""
+    cells = [json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))]
+    return sorted(cells, key=lambda c: (c["dataset"]["name"], c["kind"] != "tomohet", c["method"]))
+
+
+def headline(cell: dict) -> tuple[str, float | None, float | None]:
+    """The figure a cell is ranked by: (metric name, value, oracle's value) - ARI on discrete datasets, best
+    top-3 |rho| on continuous ones."""
+    s = cell.get("scores") or {}
+    if cell["dataset"]["kind"] == "discrete":
+        return "ARI", s.get("ari"), s.get("oracle_ari")
+    return "|rho|", s.get("spearman_abs"), s.get("oracle_spearman_abs")
+
+
+def _f(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table_rows(cells: list[dict]) -> dict[str, list[dict]]:
+    """Per dataset: its rows (the oracle first), as display strings."""
+    out: dict[str, list[dict]] = {}
+    for c in cells:
+        ds = c["dataset"]
+        rows = out.setdefault(ds["name"], [])
+        metric, value, oracle = headline(c)
+        if not rows and oracle is not None:
+            rows.append({"method": "oracle (true maps)", metric: _f(oracle)})
+        s = c.get("scores") or {}
+        row = {"method": c["method"] + ("" if c["kind"] == "tomohet" else " (peer)"), metric: _f(value),
+               "gap to oracle": _f(oracle - value) if value is not None and oracle is not None else "-"}  # fmt: skip
+        if ds["kind"] == "discrete":
+            row.update({"rare-state F1": _f(s.get("rare_state_f1")), "pop. error": _f(s.get("population_error")),
+                        "class-map FSC AUC": _f(s.get("class_map_fsc_auc_mean"))})  # fmt: skip
+        status = c["status"] if c["status"] == "ok" else f"{c['status']}: {c.get('reason', '')}"[:160]
+        row.update({"wall s": _f(c.get("wall_s"), 0), "CPU s": _f(c.get("cpu_s"), 0),
+                    "peak MB": _f(c.get("peak_rss_mb"), 0), "images/s": _f(c.get("images_per_s"), 0),
+                    "status": status})  # fmt: skip
+        rows.append(row)
+    return out
+
+
+def markdown(cells: list[dict]) -> str:
+    lines = []
+    by_name = {c["dataset"]["name"]: c["dataset"] for c in cells}
+    for name, rows in table_rows(cells).items():
+        ds = by_name[name]
+        snr = ds.get("measured_snr")
+        lines.append(f"### {name}: {ds.get('preset') or ds.get('path')}, {ds['n_particles']} particles, "
+                     f"{ds['kind']}" + (f", K={ds['classes']}" if ds.get("classes") else "")
+                     + (f", SNR {snr:.3g}" if snr else ""))  # fmt: skip
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+        for r in rows:
+            lines.append("| " + " | ".join(str(r.get(k, "")).replace("|", "/") for k in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [c for c in cells if c["status"] == "ok" and headline(c)[1] is not None]
+    figures = []
+    # accuracy vs SNR: one line per method per preset, the oracle dashed
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    oracle: dict[str, list[tuple[float, float]]] = {}
+    for c in ok:
+        ds = c["dataset"]
+        snr, (_, value, orc) = ds.get("measured_snr"), headline(c)
+        if not snr or not ds.get("preset"):
+            continue
+        series.setdefault((ds["preset"], c["method"]), []).append((snr, value))
+        if orc is not None:
+            oracle.setdefault(ds["preset"], []).append((snr, orc))
+    presets = sorted({p for p, _ in series})
+    if presets:
+        fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
+        for ax, preset in zip(axes[0], presets, strict=True):
+            for (p, method), pts in sorted(series.items()):
+                if p == preset:
+                    pts = sorted(set(pts))
+                    ax.plot(*zip(*pts, strict=True), "o-", label=method)
+            if preset in oracle:
+                ax.plot(*zip(*sorted(set(oracle[preset])), strict=True), "k--", label="oracle")
+            ax.set_xscale("log")
+            ax.set_xlabel("per-image SNR")
+            ax.set_ylabel("ARI" if "ARI" in headline(next(c for c in ok if c["dataset"].get("preset") == preset))[0]
+                          else "|rho|")  # fmt: skip
+            ax.set_title(preset)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / "accuracy_vs_snr.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        figures.append((path, "Accuracy against per-image SNR (one point per dataset; the oracle dashed)"))
+    if ok:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        methods = sorted({c["method"] for c in ok})
+        for m in methods:
+            pts = [(c["wall_s"], headline(c)[1]) for c in ok if c["method"] == m]
+            ax.scatter(*zip(*pts, strict=True), label=m)
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time (s, log)")
+        ax.set_ylabel("ARI (discrete) or |rho| (continuous)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / "accuracy_vs_time.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        figures.append((path, "Accuracy against wall time, every cell (up and left is better)"))
+    return figures
+
+
+def write_leaderboard(out: Path) -> dict[str, Path]:
+    """Write ``leaderboard.json``, ``leaderboard.md`` and ``report.html`` from every cell in ``out``."""
+    out = Path(out)
+    cells = load_cells(out)
+    (out / "leaderboard.json").write_text(json.dumps({"written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                      "cells": cells}, indent=1, default=float))  # fmt: skip
+    md = markdown(cells)
+    machines = sorted({f"{c['machine']['cpu']}, {c['machine']['cpus']} CPUs, {c['threads']} threads" for c in cells})
+    header = f"# tomohet benchmark\n\nWritten {time.strftime('%Y-%m-%d')}; machine: {'; '.join(machines)}.\n\n"
+    (out / "leaderboard.md").write_text(header + md)
+    figures = _plots(cells, out)
+    by_name = {c["dataset"]["name"]: c["dataset"] for c in cells}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tomohet benchmark</title>"
+             f"<style>{STYLE}</style></head><body><h1>tomohet benchmark</h1>",
+             f"<p class='meta'>Written {html_escape(time.strftime('%Y-%m-%d %H:%M'))}; "
+             f"{html_escape('; '.join(machines))}. Every figure is next to the oracle (true maps, true noise); "
+             "wall time, CPU time and peak memory are of each method's own process, measured the same way for "
+             "tomohet and the peers.</p>"]  # fmt: skip
+    for path, caption in figures:
+        parts.append(f"<figure>{html_image(path)}<figcaption>{html_escape(caption)}</figcaption></figure>")
+    for name, rows in table_rows(cells).items():
+        ds = by_name[name]
+        parts.append(f"<h2>{html_escape(name)}</h2><p class='meta'>{html_escape(ds.get('preset') or ds.get('path'))}"
+                     f", {ds['n_particles']} particles, {html_escape(ds['kind'])}</p>{html_table(rows)}")  # fmt: skip
+    commands = [{"dataset": c["dataset"]["name"], "method": c["method"], "command": c.get("command", "-"),
+                 "version": c.get("version", c["machine"].get("tomohet"))} for c in cells]  # fmt: skip
+    parts.append(f"<h2>Commands</h2>{html_table(commands)}</body></html>")
+    (out / "report.html").write_text("\n".join(parts))
+    return {"json": out / "leaderboard.json", "markdown": out / "leaderboard.md", "html": out / "report.html"}
