@@ -118,6 +118,9 @@ def test_run_measured_reports_time_memory_and_enforces_the_limit(tmp_path):
     assert m.returncode == 0 and "done" in (tmp_path / "a.log").read_text()
     assert m.peak_rss_mb > 450  # 480 MB of ones
     assert m.wall_s >= 0.3 and m.cpu_s > 0
+    big = np.ones(80_000_000)  # 640 MB in this process: a child must not be charged for it
+    m = run_measured([sys.executable, "-c", "import time; time.sleep(0.5)"], tmp_path / "c.log")
+    assert big[0] == 1 and m.peak_rss_mb < 200
     m = run_measured([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log", timeout_s=1)
     assert m.timed_out and m.returncode != 0 and m.wall_s < 20
 
@@ -181,3 +184,17 @@ def test_benchmark_command_rejects_bad_options(tmp_path):
     assert r.exit_code == 2 and "NAME=PATH" in r.output
     r = CliRunner().invoke(app, ["benchmark", "--methods", "em9", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "unknown name 'em9'" in r.output
+
+
+def test_perf_suite_measures_operations_in_their_own_processes_and_resumes(tmp_path):
+    from tomohet.benchmark.perf import run_perf
+
+    run_perf(tmp_path, threads=1, log=lambda m: None, boxes=(32,), operations=("project", "insert"))
+    records = json.loads((tmp_path / "perf.json").read_text())["records"]
+    assert [(r["operation"], r["status"]) for r in records] == [("project", "ok"), ("insert", "ok")]
+    for r in records:
+        assert r["images"] == 256 and r["images_per_s"] > 10 and 50 < r["peak_rss_mb"] < 4000
+    assert "| project | 32 |" in (tmp_path / "perf.md").read_text()
+    before = (tmp_path / "perf.json").read_text()
+    run_perf(tmp_path, threads=1, log=lambda m: None, boxes=(32,), operations=("project", "insert"))
+    assert (tmp_path / "perf.json").read_text() == before  # nothing measured again

@@ -25,7 +25,7 @@ def headline(cell: dict) -> tuple[str, float | None, float | None]:
     s = cell.get("scores") or {}
     if cell["dataset"]["kind"] == "discrete":
         return "ARI", s.get("ari"), s.get("oracle_ari")
-    return "|rho|", s.get("spearman_abs"), s.get("oracle_spearman_abs")
+    return "abs(rho)", s.get("spearman_abs"), s.get("oracle_spearman_abs")
 
 
 def _f(v, digits: int = 3) -> str:

@@ -1,5 +1,9 @@
-"""A command run as one measured benchmark cell: wall time, CPU time and peak memory of the process (and of the
-children it waited for), its output in a log file, an optional time limit."""
+"""A command run as one measured benchmark cell: wall time, CPU time and peak memory of the process and its
+children, its output in a log file, an optional time limit.
+
+Peak memory is sampled (every 100 ms) as the summed resident set of the process tree, not read from
+``ru_maxrss``: a child forked from a large process (this runner holds torch and the datasets) starts with the
+parent's high-water mark, which survives ``exec``, so ``ru_maxrss`` would report the runner's memory."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 class Measured:
     """``returncode`` (-N: killed by signal N; ``timed_out`` when the limit killed it), ``wall_s`` seconds of
     wall-clock time, ``cpu_s`` user + system seconds of the process and its waited-for children, ``peak_rss_mb``
-    the largest resident set of any of them (Linux ``ru_maxrss``, MiB)."""
+    the largest summed resident set of the process tree (MiB, sampled every 100 ms)."""
 
     returncode: int
     wall_s: float
@@ -57,6 +61,8 @@ def run_measured(
                     return
                 time.sleep(5)
 
+        sampler = _PeakSampler(proc.pid)
+        sampler.start()
         timer = threading.Timer(timeout_s, stop) if timeout_s else None
         if timer:
             timer.daemon = True
@@ -69,10 +75,43 @@ def run_measured(
         finally:
             if timer:
                 timer.cancel()
+            sampler.stop()
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
-    return Measured(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-                    timed_out.is_set())  # fmt: skip
+    return Measured(proc.returncode, wall, usage.ru_utime + usage.ru_stime, sampler.peak / 2**20, timed_out.is_set())
+
+
+class _PeakSampler(threading.Thread):
+    """Largest summed RSS (bytes) of a process and its descendants, sampled until :meth:`stop`."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self._done.is_set():
+            total = 0
+            try:
+                for p in (root, *root.children(recursive=True)):
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, total)
+            self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=2)
 
 
 def log_tail(log: Path, lines: int = 15) -> str:
