@@ -1,6 +1,6 @@
 """All the cells in ``OUT/cells`` merged into one leaderboard: ``leaderboard.json`` (every record),
-``leaderboard.md`` (one table per dataset, the oracle's row first) and ``report.html`` (the tables plus
-accuracy-vs-SNR and accuracy-vs-time plots, self-contained)."""
+``leaderboard.md`` (one table per dataset, the oracle's row first; the perf suite's table when ``perf.json`` is
+there) and ``report.html`` (the tables plus accuracy-vs-SNR and accuracy-vs-time plots, self-contained)."""
 
 from __future__ import annotations
 
@@ -120,7 +120,8 @@ def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
         methods = sorted({c["method"] for c in ok})
         for m in methods:
             pts = [(c["wall_s"], headline(c)[1]) for c in ok if c["method"] == m]
-            ax.scatter(*zip(*pts, strict=True), label=m)
+            peer = any(c["kind"] == "peer" for c in ok if c["method"] == m)
+            ax.scatter(*zip(*pts, strict=True), label=m + (" (peer)" if peer else ""), marker="x" if peer else "o")
         ax.set_xscale("log")
         ax.set_xlabel("wall time (s, log)")
         ax.set_ylabel("ARI (discrete) or |rho| (continuous)")
@@ -129,7 +130,7 @@ def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
         path = folder / "accuracy_vs_time.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
-        figures.append((path, "Accuracy against wall time, every cell (up and left is better)"))
+        figures.append((path, "Accuracy against wall time, every cell (peers as crosses; up and left is better)"))
     return figures
 
 
@@ -142,6 +143,10 @@ def write_leaderboard(out: Path) -> dict[str, Path]:
     md = markdown(cells)
     machines = sorted({f"{c['machine']['cpu']}, {c['machine']['cpus']} CPUs, {c['threads']} threads" for c in cells})
     header = f"# tomohet benchmark\n\nWritten {time.strftime('%Y-%m-%d')}; machine: {'; '.join(machines)}.\n\n"
+    perf = out / "perf.json"
+    perf_rows = json.loads(perf.read_text())["records"] if perf.exists() else []
+    if perf_rows:  # the perf suite's table (written by tomohet.benchmark.perf) follows the datasets
+        md += "\n### Core operations (`--suite perf`)\n" + (out / "perf.md").read_text()
     (out / "leaderboard.md").write_text(header + md)
     figures = _plots(cells, out)
     by_name = {c["dataset"]["name"]: c["dataset"] for c in cells}
@@ -157,6 +162,10 @@ def write_leaderboard(out: Path) -> dict[str, Path]:
         ds = by_name[name]
         parts.append(f"<h2>{html_escape(name)}</h2><p class='meta'>{html_escape(ds.get('preset') or ds.get('path'))}"
                      f", {ds['n_particles']} particles, {html_escape(ds['kind'])}</p>{html_table(rows)}")  # fmt: skip
+    if perf_rows:
+        keys = ("operation", "box", "images_per_s", "seconds", "images", "peak_rss_mb", "status")
+        parts.append("<h2>Core operations (--suite perf)</h2>" + html_table([{k: r.get(k, "-") for k in keys}
+                                                                             for r in perf_rows]))  # fmt: skip
     commands = [{"dataset": c["dataset"]["name"], "method": c["method"], "command": c.get("command", "-"),
                  "version": c.get("version", c["machine"].get("tomohet"))} for c in cells]  # fmt: skip
     parts.append(f"<h2>Commands</h2>{html_table(commands)}</body></html>")

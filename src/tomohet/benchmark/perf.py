@@ -4,12 +4,13 @@ in a process of its own (so its peak memory is its own), beside a well-kept libr
 Operations: ``project`` (Fourier slice extraction, :class:`~tomohet.physics.projector.VolumeProjector`,
 oversampling 2) and ``insert`` (:class:`~tomohet.physics.projector.FourierAccumulator`), each also with
 torch-fourier-slice 0.6.0 (``extract_central_slices_rfft_3d`` / ``insert_central_slices_rfft_3d``) when it is
-installed (``pip install torch-fourier-slice==0.6.0``; reported as skipped otherwise); ``em_iteration`` (one
-iteration of the 2D EM, K = 2), ``ppca_pass`` (one tilt-space PPCA iteration) and ``vae_epoch`` (one epoch of the
-VAE that trains the networks) on a simulated ``discrete_easy`` dataset at that box (200 / 100 / 40 particles x
-41 tilts). Throughput: the best of 3 timed calls after a warm-up (projection, insertion), or the method's own
-per-iteration time from its log (mean of the iterations after the first); peak memory: the whole process
-(``ru_maxrss``), data preparation included.
+installed (``pip install -e '.[bench]'``; reported as skipped otherwise); ``em_iteration`` (one iteration of the
+2D EM, K = 2), ``ppca_pass`` (one tilt-space PPCA iteration) and ``vae_epoch`` (one VAE epoch that passes over
+the images and trains the networks; the cheaper network-only epochs are not counted) on a simulated
+``discrete_easy`` dataset at that box (200 / 100 / 40 particles x 41 tilts). Throughput: the best of 3 timed
+calls after a warm-up (projection, insertion), or the method's own per-iteration time from its log (mean of the
+iterations after the first); peak memory: the process tree (:mod:`tomohet.benchmark.measure`), data preparation
+included.
 
 Run one operation by hand: ``python -m tomohet.benchmark.perf OP BOX [DATA_FOLDER]`` prints one JSON line.
 """
@@ -104,14 +105,15 @@ def _method(op: str, box: int, data: Path) -> dict:
         from ..methods.em2d import EMOptions, classify_em2d
 
         log = classify_em2d(ds, EMOptions(n_classes=2, n_iter=3)).log
-    elif op == "ppca_pass":
-        from ..methods.ppca import PPCAOptions, fit_ppca
+    else:  # through the registry (importing a method module first would be circular)
+        from ..methods.landscape import get_method
 
-        log = fit_ppca(ds, PPCAOptions(n_iter=3)).log
-    else:
-        from ..methods.vae import VAEOptions, fit_vae
-
-        log = fit_vae(ds, VAEOptions(n_iter=4, basis_epochs=2, ppca_start=1)).log[-2:]  # network epochs
+        m = get_method("ppca" if op == "ppca_pass" else "vae")
+        if op == "ppca_pass":
+            log = m.fit(ds, m.options_cls(n_iter=3)).log
+        else:  # the epochs that pass over the images (stage "vae"), not the PPCA start or network-only epochs
+            log = [e for e in m.fit(ds, m.options_cls(n_iter=4, basis_epochs=4, ppca_start=1)).log
+                   if e.get("stage") == "vae"]  # fmt: skip
     seconds = [float(e["seconds"]) for e in log if "seconds" in e]
     per = float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
     images = int(ds.visible.sum())
