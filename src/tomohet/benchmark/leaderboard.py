@@ -75,6 +75,15 @@ def markdown(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
     import matplotlib
 
@@ -110,11 +119,8 @@ def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
                           else "|rho|")  # fmt: skip
             ax.set_title(preset)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "accuracy_vs_snr.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        figures.append((path, "Accuracy against per-image SNR (one point per dataset; the oracle dashed)"))
+        figures.append((_save(fig, folder / "accuracy_vs_snr.png"),
+                        "Accuracy against per-image SNR (one point per dataset; the oracle dashed)"))  # fmt: skip
     if ok:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         methods = sorted({c["method"] for c in ok})
@@ -126,11 +132,8 @@ def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
         ax.set_xlabel("wall time (s, log)")
         ax.set_ylabel("ARI (discrete) or |rho| (continuous)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "accuracy_vs_time.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        figures.append((path, "Accuracy against wall time, every cell (peers as crosses; up and left is better)"))
+        caption = "Accuracy against wall time, every cell (peers as crosses; up and left is better)"
+        figures.append((_save(fig, folder / "accuracy_vs_time.png"), caption))
     return figures
 
 

@@ -5,6 +5,7 @@ and the reader of its output (:meth:`Peer.read`)."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
+from ...errors import InputError
 from ..scoring import CellOutput
 from ..suites import DISCRETE
 
@@ -81,6 +85,30 @@ class Peer:
 
     def read(self, work: Path, prep) -> CellOutput:
         raise NotImplementedError
+
+
+class VirtualenvPeer(Peer):
+    """A peer living in a virtualenv of its own (``path``), run as ``path/bin/<command>``, that writes its latent
+    means as a pickle ``work/train_vae/<latents_file>`` (the cryoDRGN family); the adapter writes the particle
+    names in the peer's star order to ``work/kept.txt`` when it exports the data."""
+
+    command: ClassVar[str] = ""
+    latents_file: ClassVar[str] = ""
+
+    def executable(self) -> Path | None:
+        exe = Path(self.path) / "bin" / self.command
+        return exe if exe.exists() else None
+
+    def read(self, work: Path, prep=None) -> CellOutput:
+        z_path = Path(work) / "train_vae" / self.latents_file
+        if not z_path.exists():
+            raise InputError(z_path, f"{self.title} wrote no latents")
+        with open(z_path, "rb") as fh:
+            z = np.asarray(pickle.load(fh), dtype=np.float64)
+        kept = (Path(work) / "kept.txt").read_text().split()
+        if z.ndim != 2 or z.shape[0] != len(kept):
+            raise InputError(z_path, f"latents of shape {z.shape}, expected ({len(kept)}, zdim)")
+        return CellOutput(kept, latents=z)
 
 
 def version_from(cmd: list[str]) -> str:

@@ -16,7 +16,6 @@ defaults otherwise (batch 16, beta 1/zdim), ``--no-analysis``. Read: ``z.pkl`` (
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import time
 from pathlib import Path
@@ -29,9 +28,8 @@ from ...data.io import read_any
 from ...data.star import read_star, write_star
 from ...data.warp_v1 import SIGNED_TILT_COLUMNS, write_warp_v1
 from ...errors import InputError
-from ..scoring import CellOutput
 from ..suites import BOTH
-from .base import Peer, PeerRun, thread_env, version_from
+from .base import PeerRun, VirtualenvPeer, thread_env, version_from
 
 
 def _step(values: list[np.ndarray]) -> float:
@@ -105,16 +103,14 @@ def export_cryodrgn_input(input_star: Path, work: Path, exe: Path, min_tilts: in
     return {**inp, "pose": pose, "ctf": ctf}
 
 
-class CryoDrgnEt(Peer):
+class CryoDrgnEt(VirtualenvPeer):
     name = "cryodrgn_et"
     title = "cryoDRGN-ET train_vae --encode-mode tilt"
     kinds = BOTH
     env_var = "TOMOHET_CRYODRGN_VENV"
     default = "/work/cryodrgn_venv"
-
-    def executable(self) -> Path | None:
-        exe = Path(self.path) / "bin" / "cryodrgn"
-        return exe if exe.exists() else None
+    command = "cryodrgn"
+    latents_file = "z.pkl"
 
     def install_command(self) -> str:
         v = self.path
@@ -142,14 +138,3 @@ class CryoDrgnEt(Peer):
         return PeerRun(cmd, env=thread_env(threads), prepare_s=time.perf_counter() - t0,
                        settings={"epochs": epochs, "zdim": zdim, "ntilts": ntilts,
                                  "particles_used": len(inp["kept"])})  # fmt: skip
-
-    def read(self, work: Path, prep=None) -> CellOutput:
-        z_path = Path(work) / "train_vae" / "z.pkl"
-        if not z_path.exists():
-            raise InputError(z_path, "cryoDRGN-ET wrote no latents")
-        with open(z_path, "rb") as fh:
-            z = np.asarray(pickle.load(fh), dtype=np.float64)
-        kept = (Path(work) / "kept.txt").read_text().split()
-        if z.ndim != 2 or z.shape[0] != len(kept):
-            raise InputError(z_path, f"latents of shape {z.shape}, expected ({len(kept)}, zdim)")
-        return CellOutput(kept, latents=z)

@@ -16,29 +16,22 @@ authors recommend for tilt series (``--recon-tilt-weight --recon-dose-weight --l
 
 from __future__ import annotations
 
-import pickle
 import time
 from pathlib import Path
 
-import numpy as np
-
-from ...errors import InputError
-from ..scoring import CellOutput
 from ..suites import BOTH
-from .base import Peer, PeerRun, thread_env, version_from
+from .base import PeerRun, VirtualenvPeer, thread_env, version_from
 from .cryodrgn_et import export_warp_star
 
 
-class TomoDrgn(Peer):
+class TomoDrgn(VirtualenvPeer):
     name = "tomodrgn"
     title = "tomoDRGN train_vae"
     kinds = BOTH
     env_var = "TOMOHET_TOMODRGN_VENV"
     default = "/work/tomodrgn_venv"
-
-    def executable(self) -> Path | None:
-        exe = Path(self.path) / "bin" / "tomodrgn"
-        return exe if exe.exists() else None
+    command = "tomodrgn"
+    latents_file = "z.train.pkl"
 
     def install_command(self) -> str:
         v = self.path
@@ -62,14 +55,3 @@ class TomoDrgn(Peer):
         ]  # fmt: skip
         return PeerRun(cmd, env=thread_env(threads), prepare_s=time.perf_counter() - t0,
                        settings={"epochs": epochs, "zdim": zdim, "weights": "tilt, dose, dose mask"})  # fmt: skip
-
-    def read(self, work: Path, prep=None) -> CellOutput:
-        z_path = Path(work) / "train_vae" / "z.train.pkl"
-        if not z_path.exists():
-            raise InputError(z_path, "tomoDRGN wrote no latents")
-        with open(z_path, "rb") as fh:
-            z = np.asarray(pickle.load(fh), dtype=np.float64)
-        kept = (Path(work) / "kept.txt").read_text().split()
-        if z.ndim != 2 or z.shape[0] != len(kept):
-            raise InputError(z_path, f"latents of shape {z.shape}, expected ({len(kept)}, zdim)")
-        return CellOutput(kept, latents=z)
