@@ -198,3 +198,25 @@ def test_perf_suite_measures_operations_in_their_own_processes_and_resumes(tmp_p
     before = (tmp_path / "perf.json").read_text()
     run_perf(tmp_path, threads=1, log=lambda m: None, boxes=(32,), operations=("project", "insert"))
     assert (tmp_path / "perf.json").read_text() == before  # nothing measured again
+
+
+def test_a_users_dataset_joins_blind_with_its_truth_and_oracle(tmp_path):
+    """``--dataset FOLDER``: K from its ground truth, a blind copy of its files (the truth left out, the user's
+    folder untouched), the oracle from its dataset.json."""
+    from tomohet.benchmark.datasets import prepare_dataset
+    from tomohet.benchmark.suites import user_dataset
+    from tomohet.simulate.datasets import simulate_preset
+
+    folder = tmp_path / "mine"
+    simulate_preset("smoke", folder, n_particles=30)
+    before = sorted(p.name for p in folder.iterdir())
+    spec = user_dataset(folder)
+    assert spec.classes == 2 and spec.kind == "discrete"
+    prep = prepare_dataset(spec, tmp_path / "b" / spec.name, log=lambda m: None)
+    blind = {p.name for p in (tmp_path / "b" / spec.name / "input").iterdir()}
+    assert "ground_truth.csv" not in blind and "dataset.json" not in blind and prep.input.name in blind
+    assert prep.oracle["discrete"]["ari"] == pytest.approx(1.0) and len(prep.names) == 30
+    assert sorted(p.name for p in folder.iterdir()) == before
+    (folder / "ground_truth.csv").unlink()
+    with pytest.raises(Exception, match="ground_truth.csv"):
+        user_dataset(folder)

@@ -147,33 +147,34 @@ def run_suite(
     out = Path(out)
     datasets = list(datasets if datasets is not None else suite.datasets)
     methods = list(methods if methods is not None else suite.methods)
-    peer_names = list(peers if peers is not None else suite.peers)
+    peer_list = [get_peer(n, (peer_paths or {}).get(n), suite.peer_options.get(n))
+                 for n in (peers if peers is not None else suite.peers)]  # fmt: skip
+    plan = [(spec, [METHODS[n] for n in methods if spec.kind in METHODS[n].kinds and spec.runs(n)],
+             [p for p in peer_list if spec.kind in p.kinds and spec.runs(p.name)]) for spec in datasets]  # fmt: skip
+    total, done = sum(len(m) + len(p) for _, m, p in plan), 0
     records = []
-    for spec in datasets:
+    for spec, spec_methods, spec_peers in plan:
         prep = prepare_dataset(spec, out / "datasets" / spec.name, log)
         _write_json(out / "datasets" / spec.name / "dataset_summary.json", {**prep.summary(), "oracle": prep.oracle})
-        cells: list[tuple[str, Callable[[], dict]]] = []
-        for name in methods:
-            m = METHODS[name]
-            if spec.kind in m.kinds and spec.runs(name):
-                cells.append((name, lambda m=m, d=prep: run_method_cell(m, d, out, suite.name, threads, timeout_s)))
-        for name in peer_names:
-            peer = get_peer(name, (peer_paths or {}).get(name), suite.peer_options.get(name))
-            if spec.kind in peer.kinds and spec.runs(name):
-                cells.append((name, lambda p=peer, d=prep: run_peer_cell(p, d, out, suite.name, threads, timeout_s)))
+        cells = [(m.name, lambda m=m, d=prep: run_method_cell(m, d, out, suite.name, threads, timeout_s))
+                 for m in spec_methods]  # fmt: skip
+        cells += [(p.name, lambda p=p, d=prep: run_peer_cell(p, d, out, suite.name, threads, timeout_s))
+                  for p in spec_peers]  # fmt: skip
         for name, run in cells:
+            done += 1
+            tag = f"[{done}/{total}] {spec.name} / {name}"
             path = cell_path(out, spec.name, name)
             if path.exists():
                 record = json.loads(path.read_text())
                 if record.get("status") in ("ok", "failed"):
                     records.append(record)
-                    log(f"{spec.name} / {name}: done before ({record['status']})")
+                    log(f"{tag}: done before ({record['status']})")
                     continue
-            log(f"{spec.name} / {name}: running")
+            log(f"{tag}: running")
             record = run()
             _write_json(path, record)
             records.append(record)
-            log(f"{spec.name} / {name}: {_one_line(record)}")
+            log(f"{tag}: {_one_line(record)}")
     return records
 
 

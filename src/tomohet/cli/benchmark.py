@@ -51,39 +51,38 @@ def run_benchmark(
     from ..benchmark.suites import METHODS, SUITES, user_dataset
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "benchmark.log", "a")
-
-    def log(msg: str) -> None:
-        console.print(msg, highlight=False, soft_wrap=True)
-        log_file.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
-        log_file.flush()
-
     paths = parse_peer_paths(peer_paths)
     peer_list = _names(peers, list(PEERS), "--peers")
-    if suite == "perf":
-        from ..benchmark.perf import run_perf
-
-        return run_perf(out, threads, log)
-    if suite not in SUITES:
+    method_list = _names(methods, list(METHODS), "--methods")
+    if suite not in (*SUITES, "perf"):
         raise InputError(None, f"unknown suite {suite!r} (quick, full, perf)", "--suite")
-    spec = SUITES[suite]
-    if install_peers:
-        for name in peer_list if peer_list is not None else spec.peers:
-            peer = get_peer(name, paths.get(name))
-            if peer.unavailable():
-                log(f"installing {peer.title}: {peer.install_command()}")
-                try:
-                    peer.install()
-                except RuntimeError as exc:
-                    log(f"[red]{exc}[/]")
     user = [user_dataset(p, classes) for p in datasets or []]
-    from ..benchmark.runner import run_suite
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "benchmark.log", "a") as log_file:
 
-    run_suite(spec, out, datasets=(list(spec.datasets) + user) if user else None,
-              methods=_names(methods, list(METHODS), "--methods"), peers=peer_list, peer_paths=paths,
-              threads=threads, timeout_s=timeout_s, log=log)  # fmt: skip
-    files = write_leaderboard(out)
-    log(files["markdown"].read_text())
-    log_file.close()
+        def log(msg: str) -> None:
+            console.print(msg, highlight=False, soft_wrap=True, markup=False)
+            log_file.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+            log_file.flush()
+
+        if suite == "perf":
+            from ..benchmark.perf import run_perf
+
+            return run_perf(out, threads, log)
+        spec = SUITES[suite]
+        if install_peers:
+            for name in peer_list if peer_list is not None else spec.peers:
+                peer = get_peer(name, paths.get(name))
+                if peer.unavailable():
+                    log(f"installing {peer.title}: {peer.install_command()}")
+                    try:
+                        peer.install()
+                    except RuntimeError as exc:
+                        log(str(exc))
+        from ..benchmark.runner import run_suite
+
+        run_suite(spec, out, datasets=(list(spec.datasets) + user) if user else None, methods=method_list,
+                  peers=peer_list, peer_paths=paths, threads=threads, timeout_s=timeout_s, log=log)  # fmt: skip
+        files = write_leaderboard(out)
+        log(files["markdown"].read_text())
     return files
