@@ -124,7 +124,8 @@ def prepare_dataset(spec: DatasetSpec, folder: Path, log=print) -> PreparedDatas
             from ..simulate.datasets import simulate_preset
 
             t0 = time.perf_counter()
-            simulate_preset(spec.preset, truth_folder, seed=spec.seed, n_particles=spec.n_particles, snr=spec.snr)
+            simulate_preset(spec.preset, truth_folder, seed=spec.seed, n_particles=spec.n_particles, snr=spec.snr,
+                            acquisition=dict(spec.acquisition) or None)  # fmt: skip
             log(f"simulated {spec.name} in {time.perf_counter() - t0:.0f} s")
         star = _input_star(truth_folder)
     _blind_copy(truth_folder, folder / "input")

@@ -28,6 +28,13 @@ def headline(cell: dict) -> tuple[str, float | None, float | None]:
     return "abs(rho)", s.get("spearman_abs"), s.get("oracle_spearman_abs")
 
 
+def family(ds: dict) -> str:
+    """The preset and its acquisition changes, e.g. ``ladder (tilt_max 40.0)``: datasets of one family differ only
+    in SNR (one line of the accuracy-vs-SNR plot)."""
+    changes = ", ".join(f"{k} {v}" for k, v in (ds.get("acquisition") or {}).items())
+    return (ds.get("preset") or str(ds.get("path"))) + (f" ({changes})" if changes else "")
+
+
 def _f(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
@@ -63,7 +70,7 @@ def markdown(cells: list[dict]) -> str:
     for name, rows in table_rows(cells).items():
         ds = by_name[name]
         snr = ds.get("measured_snr")
-        lines.append(f"### {name}: {ds.get('preset') or ds.get('path')}, {ds['n_particles']} particles, "
+        lines.append(f"### {name}: {family(ds)}, {ds['n_particles']} particles, "
                      f"{ds['kind']}" + (f", K={ds['classes']}" if ds.get("classes") else "")
                      + (f", SNR {snr:.3g}" if snr else ""))  # fmt: skip
         cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -100,9 +107,9 @@ def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
         snr, (_, value, orc) = ds.get("measured_snr"), headline(c)
         if not snr or not ds.get("preset"):
             continue
-        series.setdefault((ds["preset"], c["method"]), []).append((snr, value))
+        series.setdefault((family(ds), c["method"]), []).append((snr, value))
         if orc is not None:
-            oracle.setdefault(ds["preset"], []).append((snr, orc))
+            oracle.setdefault(family(ds), []).append((snr, orc))
     presets = sorted({p for p, _ in series})
     if presets:
         fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
@@ -115,8 +122,8 @@ def _plots(cells: list[dict], folder: Path) -> list[tuple[Path, str]]:
                 ax.plot(*zip(*sorted(set(oracle[preset])), strict=True), "k--", label="oracle")
             ax.set_xscale("log")
             ax.set_xlabel("per-image SNR")
-            ax.set_ylabel("ARI" if "ARI" in headline(next(c for c in ok if c["dataset"].get("preset") == preset))[0]
-                          else "|rho|")  # fmt: skip
+            first = next(c for c in ok if family(c["dataset"]) == preset)
+            ax.set_ylabel("ARI" if first["dataset"]["kind"] == "discrete" else "|rho|")
             ax.set_title(preset)
             ax.legend(fontsize=7)
         figures.append((_save(fig, folder / "accuracy_vs_snr.png"),
@@ -163,7 +170,7 @@ def write_leaderboard(out: Path) -> dict[str, Path]:
         parts.append(f"<figure>{html_image(path)}<figcaption>{html_escape(caption)}</figcaption></figure>")
     for name, rows in table_rows(cells).items():
         ds = by_name[name]
-        parts.append(f"<h2>{html_escape(name)}</h2><p class='meta'>{html_escape(ds.get('preset') or ds.get('path'))}"
+        parts.append(f"<h2>{html_escape(name)}</h2><p class='meta'>{html_escape(family(ds))}"
                      f", {ds['n_particles']} particles, {html_escape(ds['kind'])}</p>{html_table(rows)}")  # fmt: skip
     if perf_rows:
         keys = ("operation", "box", "images_per_s", "seconds", "images", "peak_rss_mb", "status")

@@ -29,6 +29,7 @@ class DatasetSpec:
     classes: int | None = None
     path: Path | None = None
     only: tuple[str, ...] | None = None  # the methods and peers run on it (None: all of the suite's)
+    acquisition: tuple[tuple[str, object], ...] = ()  # Acquisition fields changed from the preset's, e.g. tilt_max
 
     def runs(self, name: str) -> bool:
         return self.only is None or name in self.only
@@ -40,7 +41,7 @@ class DatasetSpec:
     def describe(self) -> dict:
         return {"name": self.name, "preset": self.preset, "n_particles": self.n_particles, "snr": self.snr,
                 "seed": self.seed, "classes": self.classes, "kind": self.kind,
-                "path": str(self.path) if self.path else None}  # fmt: skip
+                "acquisition": dict(self.acquisition), "path": str(self.path) if self.path else None}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,15 @@ SUITES: dict[str, Suite] = {
                 DatasetSpec("rare_spread_n1000", "rare_spread", 1000, classes=2, only=("em2d", "em3d", "relion31")),
                 DatasetSpec("ladder_snr0.008_n1000", "ladder", 1000, snr=0.008, classes=4, only=("em2d",)),
                 DatasetSpec("hinge_n600", "hinge", 600, only=("ppca", "vae", "wmd-pca", "msvd")),
+                DatasetSpec(
+                    "ladder_snr0.008_tilt40_n1000",
+                    "ladder",
+                    1000,
+                    snr=0.008,
+                    classes=4,
+                    only=("em2d",),
+                    acquisition=(("tilt_max", 40.0),),
+                ),  # a narrower tilt range: a larger missing wedge
                 DatasetSpec("easy_2states_n600", "discrete_easy", 600, classes=2),  # last: the slow peers
             ),
             tuple(METHODS),
