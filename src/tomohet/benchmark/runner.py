@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -69,6 +70,14 @@ def _finish(record: dict, measured, prep: PreparedDataset, scores: dict | None, 
     return record
 
 
+def _fresh(work: Path) -> None:
+    """An empty run folder: what an interrupted attempt left is removed, so no run resumes from it (a resumed
+    run would be timed as faster than it is)."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+
+
 def run_method_cell(m: MethodSpec, prep: PreparedDataset, out: Path, suite: str, threads: int,
                     timeout_s: float | None) -> dict:  # fmt: skip
     """One tomohet method on one dataset: ``python -m tomohet ...`` on the blind input, scored from its run
@@ -83,6 +92,7 @@ def run_method_cell(m: MethodSpec, prep: PreparedDataset, out: Path, suite: str,
         names_from = dict(zip(sub["rlnImageName"].astype(str), sub["rlnTomoParticleName"].astype(str), strict=True))
     else:
         star = prep.input
+    _fresh(work)
     cmd = m.command(star, work, prep.spec.classes, suite)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     record = _base_record(prep, m.name, "tomohet", suite, threads)
@@ -94,7 +104,10 @@ def run_method_cell(m: MethodSpec, prep: PreparedDataset, out: Path, suite: str,
     elif measured.returncode != 0:
         error = f"exit {measured.returncode}: {log_tail(work.parent / f'{m.name}.log', 5)}"
     else:
-        scores = score_output(read_run_folder(work, names_from), prep)
+        try:
+            scores = score_output(read_run_folder(work, names_from), prep)
+        except Exception as exc:  # a run that wrote no readable result is a failed cell, not a crash
+            error = f"reading its output: {type(exc).__name__}: {exc}"
     return _finish(record, measured, prep, scores, error)
 
 
@@ -108,6 +121,7 @@ def run_peer_cell(peer, prep: PreparedDataset, out: Path, suite: str, threads: i
         record.update({"status": "skipped", "reason": reason, "install": peer.install_command()})
         return record
     work = Path(out) / "runs" / prep.spec.name / peer.name
+    _fresh(work)
     record["version"] = peer.version()
     try:
         run = peer.prepare(prep, work, threads)
