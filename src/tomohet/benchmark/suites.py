@@ -122,6 +122,7 @@ SUITES: dict[str, Suite] = {
                     classes=4,
                     only=("em2d", "em3d", "hillclimb", "ppca", "relion31"),
                 ),
+                DatasetSpec("easy_2states_n600", "discrete_easy", 600, classes=2),  # every method and peer
                 DatasetSpec("rare_spread_n1000", "rare_spread", 1000, classes=2, only=("em2d", "em3d", "relion31")),
                 DatasetSpec("ladder_snr0.008_n1000", "ladder", 1000, snr=0.008, classes=4, only=("em2d",)),
                 DatasetSpec("hinge_n600", "hinge", 600, only=("ppca", "vae", "wmd-pca", "msvd")),
@@ -134,7 +135,6 @@ SUITES: dict[str, Suite] = {
                     only=("em2d",),
                     acquisition=(("tilt_max", 40.0),),
                 ),  # a narrower tilt range: a larger missing wedge
-                DatasetSpec("easy_2states_n600", "discrete_easy", 600, classes=2),  # last: the slow peers
             ),
             tuple(METHODS),
             ALL_PEERS,
