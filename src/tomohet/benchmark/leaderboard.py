@@ -48,9 +48,11 @@ def table_rows(cells: list[dict]) -> dict[str, list[dict]]:
         ds = c["dataset"]
         rows = out.setdefault(ds["name"], [])
         metric, value, oracle = headline(c)
+        s = c.get("scores") or {}
         if not rows and oracle is not None:
             rows.append({"method": "oracle (true maps)", metric: _f(oracle)})
-        s = c.get("scores") or {}
+            if "oracle_rare_state_f1" in s:
+                rows[0].update({"gap to oracle": "", "rare-state F1": _f(s["oracle_rare_state_f1"])})
         row = {"method": c["method"] + ("" if c["kind"] == "tomohet" else " (peer)"), metric: _f(value),
                "gap to oracle": _f(oracle - value) if value is not None and oracle is not None else "-"}  # fmt: skip
         if ds["kind"] == "discrete":
