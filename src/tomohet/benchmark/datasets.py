@@ -101,10 +101,15 @@ def _blind_copy(source: Path, target: Path) -> None:
 
 
 def _input_star(folder: Path) -> Path:
+    """The one optimisation set in ``folder`` (else its one star file); an error naming the candidates when
+    there are several (then give the star itself)."""
     for pattern in ("*_optimisation_set.star", "*.star"):
         found = sorted(folder.glob(pattern))
-        if len(found) == 1 or (found and pattern != "*.star"):
+        if len(found) == 1:
             return found[0]
+        if len(found) > 1:
+            names = ", ".join(f.name for f in found[:4])
+            raise InputError(folder, f"{len(found)} candidate inputs ({names}); give the star itself to --dataset")
     raise InputError(folder, "no input: expected one *_optimisation_set.star (or one .star file) in the folder")
 
 
