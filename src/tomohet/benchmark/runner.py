@@ -70,6 +70,24 @@ def _finish(record: dict, measured, prep: PreparedDataset, scores: dict | None, 
     return record
 
 
+def _run_and_score(record: dict, cmd: list[str], log: Path, env: dict | None, cwd: Path | None,
+                   timeout_s: float | None, read: Callable, prep: PreparedDataset) -> dict:  # fmt: skip
+    """Run a cell's command measured, then score what ``read()`` returns; a time-out, a non-zero exit or an
+    output that cannot be read is a failed cell (with the reason), not a crash of the benchmark."""
+    measured = run_measured(cmd, log, env=env, cwd=cwd, timeout_s=timeout_s)
+    error = scores = None
+    if measured.timed_out:
+        error = f"stopped after {timeout_s:.0f} s (--timeout)"
+    elif measured.returncode != 0:
+        error = f"exit {measured.returncode}: {log_tail(log, 5)}"
+    else:
+        try:
+            scores = score_output(read(), prep)
+        except Exception as exc:
+            error = f"reading its output: {type(exc).__name__}: {exc}"
+    return _finish(record, measured, prep, scores, error)
+
+
 def _fresh(work: Path) -> None:
     """An empty run folder: what an interrupted attempt left is removed, so no run resumes from it (a resumed
     run would be timed as faster than it is)."""
@@ -97,18 +115,8 @@ def run_method_cell(m: MethodSpec, prep: PreparedDataset, out: Path, suite: str,
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     record = _base_record(prep, m.name, "tomohet", suite, threads)
     record["command"] = shlex.join(cmd)
-    measured = run_measured(cmd, work.parent / f"{m.name}.log", env=env, timeout_s=timeout_s)
-    error = scores = None
-    if measured.timed_out:
-        error = f"stopped after {timeout_s:.0f} s (--timeout)"
-    elif measured.returncode != 0:
-        error = f"exit {measured.returncode}: {log_tail(work.parent / f'{m.name}.log', 5)}"
-    else:
-        try:
-            scores = score_output(read_run_folder(work, names_from), prep)
-        except Exception as exc:  # a run that wrote no readable result is a failed cell, not a crash
-            error = f"reading its output: {type(exc).__name__}: {exc}"
-    return _finish(record, measured, prep, scores, error)
+    log = work.parent / f"{m.name}.log"
+    return _run_and_score(record, cmd, log, env, None, timeout_s, lambda: read_run_folder(work, names_from), prep)
 
 
 def run_peer_cell(peer, prep: PreparedDataset, out: Path, suite: str, threads: int, timeout_s: float | None) -> dict:
@@ -131,18 +139,7 @@ def run_peer_cell(peer, prep: PreparedDataset, out: Path, suite: str, threads: i
     record.update({"command": shlex.join(run.command), "settings": run.settings,
                    "prepare_s": round(run.prepare_s, 1)})  # fmt: skip
     log = work.parent / f"{peer.name}.log"
-    measured = run_measured(run.command, log, env=run.env, cwd=run.cwd, timeout_s=timeout_s)
-    error = scores = None
-    if measured.timed_out:
-        error = f"stopped after {timeout_s:.0f} s (--timeout)"
-    elif measured.returncode != 0:
-        error = f"exit {measured.returncode}: {log_tail(log, 5)}"
-    else:
-        try:
-            scores = score_output(peer.read(work, prep), prep)
-        except Exception as exc:
-            error = f"reading its output: {type(exc).__name__}: {exc}"
-    return _finish(record, measured, prep, scores, error)
+    return _run_and_score(record, run.command, log, run.env, run.cwd, timeout_s, lambda: peer.read(work, prep), prep)
 
 
 def run_suite(
