@@ -39,7 +39,7 @@ from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
 from .difference_pca import difference_pca_labels, feature_resolution
-from .em2d import EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
+from .em2d import TAU2_FUDGE, EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
 from .engine import run_iterations
 from .result import Result
 
@@ -61,7 +61,7 @@ class HillClimbOptions:
     init_lowpass_A: float = 40.0
     init_resolution_A: float | None = None  # band of the PCA features (init="pca"; default: feature_resolution)
     n_components: int | None = None  # PCA components for the k-means (default 2 x n_classes)
-    tau2_fudge: float = 4.0
+    tau2_fudge: float = TAU2_FUDGE
     max_dose: float | None = None  # images with more pre-exposure are ignored
     resolution_limit_A: float | None = None  # likelihood band limit (default: auto_band, else Nyquist)
     auto_band: bool = True  # no limit given: the consensus map's resolution sets it (em2d.auto_resolution_limit)
