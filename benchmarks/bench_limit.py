@@ -6,8 +6,10 @@ Each case (preset, dataset seed, EM variant) runs in a fresh subprocess, one tor
 time, CPU time and peak RSS (VmHWM); two cases run at a time on the 2-core machine. Variants:
 
 - ``default``: today's defaults (``EMOptions()``);
+- ``pooled``: the defaults of session 8 (class maps shrunk toward the pooled map, ``tau2_fudge`` 4);
 - ``before``: the defaults before issue 16: PCA features at a fixed band (2.5 x Nyquist = 60 A at 12 A/px)
-  instead of the consensus resolution, and class maps regularised toward zero instead of the pooled map.
+  instead of the consensus resolution, class maps regularised toward zero with ``tau2_fudge`` 4, no variability
+  mask.
 
 Simulated data go under ``--data`` (default ``/tmp/tomohet_bench_limit``), never into the repository.
 Writes ``benchmarks/results/classify_limit.json``.
@@ -28,7 +30,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PRESETS = {"ladder": 4, "rare_spread": 2}
-VARIANTS = {"default": {}, "before": {"init_resolution_A": 60.0, "shrink_to_mean": False}}
+VARIANTS = {
+    "default": {},
+    # the defaults of session 8: class maps shrunk toward the pooled map, tau2_fudge 4, variability mask
+    "pooled": {"shrink_to_mean": True, "tau2_fudge": 4.0},
+    # the defaults before issue 16: 60 A features, maps regularised toward zero with tau2_fudge 4, no mask
+    "before": {"init_resolution_A": 60.0, "shrink_to_mean": False, "tau2_fudge": 4.0, "confine_differences": False},
+}
 
 
 def run_case(preset: str, seed: int, variant: str, data: str) -> dict:

@@ -227,3 +227,58 @@ def test_ppca_start_separates_two_states(tmp_path):
     res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=3, init="ppca"))
     assert discrete_report(t, res.labels)["ari"] >= 0.9
     assert res.extra["init_class_sizes"] == np.bincount(start, minlength=2).tolist()
+
+
+def test_heldout_log_likelihood_prefers_the_true_classes_and_ignores_the_cache(assembly):
+    """The cross-fitted log-likelihood ranks the true classes above a random partition and above one class; it
+    is the same whether the prepared spectra come from the run's cache or are read again, and leaves the
+    classifier's maps and priors as they were."""
+    import torch
+
+    from tomohet.methods.em2d import EMClassifier, initial_sigma2
+    from tomohet.physics.reconstruct import reconstruct
+
+    out, layout, truth = assembly
+    ds = read_relion5(layout.optimisation_set)
+    states = truth["state"].to_numpy()
+    cons = reconstruct(ds, oversampling=1).full
+    em = EMClassifier(ds, EMOptions(n_classes=4, batch_size=16))
+    em.initialise(cons, labels=states)
+    em.sigma2 = initial_sigma2(em, cons)
+    assert em._cache  # the run's spectra are cached by chunk
+    vols, priors = em.volumes.clone(), em.priors.copy()
+    true_post = np.eye(4)[states]
+    random_post = np.eye(4)[np.random.default_rng(0).permutation(states)]
+    one_class = np.full((len(states), 4), 0.25)
+    h_true = em.heldout_log_likelihood(true_post)
+    h_random = em.heldout_log_likelihood(random_post)
+    h_one = em.heldout_log_likelihood(one_class)
+    assert h_true > h_random + 50 and h_true > h_one + 50, (h_true, h_random, h_one)
+    assert torch.equal(em.volumes, vols) and np.array_equal(em.priors, priors)
+    em._cache = None
+    assert em.heldout_log_likelihood(true_post) == pytest.approx(h_true, rel=1e-9, abs=1e-3)
+
+
+def test_classify_scan_classes_chooses_the_supported_number(tmp_path):
+    """``--scan-classes 1-3`` on two states: EM for K = 1, 2, 3, each scored by its cross-fitted log-likelihood;
+    K = 2 scores best and its classes are the result; a bad range is refused before any work."""
+    layout, truth = simulate_preset("smoke", tmp_path / "d", seed=4, n_particles=160)
+    runner = CliRunner()
+    r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "c"),
+                            "--scan-classes", "1-3", "--iterations", "4", "--no-class-maps"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "c" / "result.json").read_text())
+    scan = result["class_scan"]
+    assert [row["classes"] for row in scan["rows"]] == [1, 2, 3]
+    assert scan["best_classes"] == 2, scan["rows"]
+    held = {row["classes"]: row["heldout_log_likelihood"] for row in scan["rows"]}
+    fit = {row["classes"]: row["fit_log_likelihood"] for row in scan["rows"]}
+    assert held[2] > held[1] and held[2] > held[3]
+    assert fit[3] > fit[1]  # the fit's own likelihood rises with K; the held-out one does not
+    assert len(result["classes"]) == 2 and result["metrics"]["method"]["ari"] >= 0.9
+    table = pd.read_csv(tmp_path / "c" / "class_scan.csv")
+    assert list(table["classes"]) == [1, 2, 3] and (tmp_path / "c" / "class_scan.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "c" / "class_scan").glob("K*.pt")) == ["K1.pt", "K2.pt", "K3.pt"]
+    r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "bad"),
+                            "--scan-classes", "3"])  # fmt: skip
+    assert r.exit_code == 2 and "--scan-classes" in r.output

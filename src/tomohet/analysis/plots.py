@@ -91,6 +91,27 @@ def plot_convergence(path: Path, iterations: list[dict]) -> Path:
     return path
 
 
+def plot_class_scan(path: Path, rows: list[dict], best: int) -> Path:
+    """Held-out (cross-fitted) and fit log-likelihood per number of classes, each relative to its value at the
+    smallest K; the best K marked."""
+    ks = np.array([r["classes"] for r in rows])
+    held = np.array([r["heldout_log_likelihood"] for r in rows], dtype=float)
+    fit = np.array([r["fit_log_likelihood"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    ax.plot(ks, held - held[0], "o-", label="held-out (cross-fitted)", lw=1.8)
+    ax.plot(ks, fit - fit[0], "s--", label="fit (flatters every added class)", lw=1.2, color="grey")
+    ax.axvline(best, color="C3", ls=":", lw=1.2, label=f"best K = {best}")
+    ax.set_xlabel("number of classes K")
+    ax.set_ylabel(f"log-likelihood − value at K = {ks[0]}")
+    ax.set_xticks(ks)
+    ax.set_title("how many classes the data support", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_embedding(path: Path, xy: np.ndarray, colourings: dict[str, tuple[np.ndarray, bool]], title: str) -> Path:
     """A 2D embedding drawn once per colouring: ``{name: (values, categorical)}``."""
     n = len(colourings)

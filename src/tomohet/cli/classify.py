@@ -9,18 +9,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.plots import plot_central_slices, plot_fsc
+from ..analysis.plots import plot_central_slices, plot_class_scan, plot_fsc
 from ..benchmark.metrics import discrete_report, pose_error_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
 from ..data.poses import with_refined_poses, write_pose_corrections
 from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_geometry, true_pose_corrections
 from ..errors import InputError
+from ..methods.class_scan import parse_class_range
+from ..methods.class_scan import scan_classes as scan_class_counts
 from ..methods.em3d import subtomogram_class_maps
 from ..methods.registry import build_options, fit, get_method
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z, rotation_angle
 from .options import (
+    check_class_scan,
     check_classes_fit,
     check_classify,
     check_local_search,
@@ -56,8 +59,11 @@ def run_classify(
     local_shifts: float = 0.0,
     sigma_angles: float | None = None,
     sigma_shifts: float | None = None,
+    scan_classes: str | None = None,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content.
+    ``scan_classes`` (``"1-6"``, ``"2,4"``) runs EM for each number of classes and keeps the one with the highest
+    cross-fitted log-likelihood (``class_scan.csv`` / ``.png``).
 
     ``executor`` is a Dask executor or a function that makes one (called only once the data are read and
     checked); it is closed at the end, also on error."""
@@ -65,6 +71,7 @@ def run_classify(
     check_classify(n_classes, n_iter, init, method, runs, max_dose, resolution_limit, anneal_start, pixel_size,
                    has_maps=bool(initial_maps))  # fmt: skip
     check_local_search(local_angles, local_shifts, sigma_angles, sigma_shifts, method)
+    check_class_scan(scan_classes, method, bool(initial_maps), local_angles > 0 or local_shifts > 0)
     executors = _ExecutorSlot(executor)
     try:
         with Run(out, "classify", {k: v for k, v in args.items() if k != "executor"}) as run:
@@ -96,11 +103,12 @@ class _ExecutorSlot:
 def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n_classes: int, n_iter: int, init: str,
               initial_maps, seed, max_dose, resolution_limit, anneal_start, tomograms, flip_hand, truth, class_maps,
               executor, focus_mask, method, runs, pixel_size, overwrite, local_angles, local_shifts, sigma_angles,
-              sigma_shifts) -> dict:  # fmt: skip
+              sigma_shifts, scan_classes) -> dict:  # fmt: skip
     with run.timed("read"):
         ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
-    check_classes_fit(len(initial_maps) if initial_maps else n_classes, ds.n_particles, input_path)
+    scan_ks = parse_class_range(scan_classes) if scan_classes else None
+    check_classes_fit(len(initial_maps) if initial_maps else max(scan_ks or [n_classes]), ds.n_particles, input_path)
     truth_table, truth_problem = None, None
     if truth is not None:  # given: it must fit the particles, checked before the work starts
         truth = Path(truth)
@@ -147,10 +155,21 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
 
         with run.timed("classify"):
             try:
-                result = fit(spec, ds, opts, initial_maps=maps, progress=progress, checkpoint=checkpoint,
-                             executor=executor if "executor" in spec.takes else None, focus_mask=mask)  # fmt: skip
+                if scan_ks:  # one EM per K (resumable: class_scan/K<k>.pt); the best K's run is the result
+                    if overwrite:
+                        for old_ck in (out / "class_scan").glob("K*.pt"):
+                            old_ck.unlink()
+                    scan, by_k = scan_class_counts(ds, scan_ks, opts, progress, out / "class_scan", focus_mask=mask)
+                    result = by_k[scan.best]
+                else:
+                    result = fit(spec, ds, opts, initial_maps=maps, progress=progress, checkpoint=checkpoint,
+                                 executor=executor if "executor" in spec.takes else None, focus_mask=mask)  # fmt: skip
             finally:
                 executors.close()
+    if scan_ks:
+        scan_fields = write_class_scan(out, scan)
+        run.log.info("class scan: held-out log-likelihood highest at K = %d (%s)", scan.best, ", ".join(
+            f"K={r['classes']}: {r['heldout_vs_best']:+.0f}" for r in scan.table()))  # fmt: skip
     if "e_step_limit_A" in result.extra:
         run.log.info("E-step band to %.1f A (consensus %s A), images cropped to box %d", result.extra["e_step_limit_A"],
                      result.extra.get("consensus_resolution_A", "?"), result.extra["working_box"])  # fmt: skip
@@ -192,6 +211,8 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         if key in diagnostics:
             fields[key] = diagnostics[key]
     fields["diagnostics"] = diagnostics
+    if scan_ks:
+        fields["class_scan"] = scan_fields
     if "pose_rotation" in result.extra:
         fields["poses"] = pose_summary(result)
     if truth_table is not None:
@@ -281,3 +302,13 @@ def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np
         msg += f" (with the written poses {metrics['oracle_written_poses']['ari']:.3f})"
     run.log.info("against ground truth: %s", msg)
     return metrics
+
+
+def write_class_scan(out: Path, scan) -> dict:
+    """``class_scan.csv`` (one row per K) and ``class_scan.png``; returns the fields for result.json."""
+    table = scan.table()
+    pd.DataFrame([{**r, "class_sizes": " ".join(map(str, r["class_sizes"]))} for r in table]).to_csv(
+        out / "class_scan.csv", index=False
+    )
+    plot_class_scan(out / "class_scan.png", table, scan.best)
+    return {"best_classes": scan.best, "rows": table, "table": "class_scan.csv", "plot": "class_scan.png"}

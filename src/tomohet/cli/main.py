@@ -152,6 +152,11 @@ def classify(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
     classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
+    scan_classes: str | None = typer.Option(
+        None,
+        help="choose the number of classes: EM for each K of a range (e.g. 1-6) scored by its cross-fitted "
+        "log-likelihood; the best K's classes are the result (em; replaces -K)",
+    ),
     method: str = typer.Option(
         "em",
         help="em or em2d (EM on 2D stacks), em3d (EM on subtomograms: given, or made from the stacks), hillclimb "
@@ -204,7 +209,8 @@ def classify(
                      tomograms, flip_hand, truth, class_maps=class_maps,
                      executor=lambda: _executor(workers, scheduler, slurm), focus_mask=focus_mask, method=method,
                      runs=runs, pixel_size=pixel_size, overwrite=overwrite, local_angles=local_angles,
-                     local_shifts=local_shifts, sigma_angles=sigma_angles, sigma_shifts=sigma_shifts)  # fmt: skip
+                     local_shifts=local_shifts, sigma_angles=sigma_angles, sigma_shifts=sigma_shifts,
+                     scan_classes=scan_classes)  # fmt: skip
 
 
 @app.command()

@@ -114,6 +114,24 @@ def check_classify(
         raise OptionError("--workers", f"must be 0 (run in this process) or a number of Dask workers (got {workers})")
 
 
+def check_class_scan(scan: str | None, method: str, has_maps: bool, local_search: bool) -> None:
+    """``--scan-classes``: a range or list of class counts, with the 2D EM, without initial maps or a local search."""
+    if scan is None:
+        return
+    from ..methods.class_scan import parse_class_range
+
+    try:
+        parse_class_range(scan)
+    except ValueError as exc:
+        raise OptionError("--scan-classes", str(exc)) from None
+    if method not in ("em", "em2d"):
+        raise OptionError("--scan-classes", f"scans the EM on 2D stacks (--method em), not {method}")
+    if has_maps:
+        raise OptionError("--scan-classes", "initial maps (--map) fix the number of classes; give one or the other")
+    if local_search:
+        raise OptionError("--scan-classes", "scores classes with the poses as given: not with --local-angles/-shifts")
+
+
 def check_local_search(
     local_angles: float, local_shifts: float, sigma_angles: float | None, sigma_shifts: float | None, method: str
 ) -> None:

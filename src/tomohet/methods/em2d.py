@@ -51,7 +51,6 @@ from .iteration import stage_ticker
 from .result import Result
 from .variability import confine_differences, variability_map, variability_mask
 
-
 # M-step Wiener prior: signal power = TAU2_FUDGE x the consensus map's power per shell, each class map shrunk toward
 # zero. Chosen by honest (cross-fitted) evaluation on ``ladder`` (seeds 0 and 1, 1000 particles, SNR 0.005): class
 # maps from the true labels of half the particles classify the other half at ARI 0.77 / 0.83 with 16, 0.76 / 0.82
@@ -89,6 +88,7 @@ class EMOptions:
     sigma_angles_deg: float | None = None  # prior width of the pose deviation per axis (None: from the data)
     sigma_shifts_px: float | None = None  # prior width of the centre deviation per axis (None: from the data)
     pose_search_iterations: int = 4  # iterations that search poses; later ones keep them (the EM's cost)
+    heldout: bool = False  # score the final classes by their cross-fitted log-likelihood (about two E-steps more)
 
 
 def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> PreparedImages:
@@ -134,6 +134,16 @@ class PartialSums:
             self.data + other.data, self.weight + other.weight,
             self.sig_sum + other.sig_sum, self.sig_cnt + other.sig_cnt,
         )  # fmt: skip
+
+
+@dataclass
+class FixedPosteriors:
+    """Posteriors given in advance (``[N, K]``, by particle index), whatever the likelihoods."""
+
+    posteriors: np.ndarray
+
+    def __call__(self, particles: np.ndarray, ll: np.ndarray) -> np.ndarray:
+        return self.posteriors[particles]
 
 
 @dataclass
@@ -305,6 +315,45 @@ class EMClassifier:
                 "resolution_limit_A": self.opt.resolution_limit_A, "init_info": self.init_info,
                 "variability": self.variability, "finished": finished}  # fmt: skip
 
+    def heldout_log_likelihood(self, posteriors: np.ndarray | None = None) -> float:
+        """Two-fold cross-fitted log-likelihood of a classification (default: the current posteriors), higher is
+        better: class maps and priors from the posteriors of one half of the particles (alternate chunks of
+        ``batch_size``) score the other half, and vice versa; ``sum_i log sum_k pi_k p(X_i | V_k)``.
+
+        No particle is scored against a map that holds its own noise, so unlike the fit's own likelihood it does
+        not grow with classes or priors that fit noise: it compares class counts, priors and partitions honestly
+        (``benchmarks/CLASSIFY.md`` section 7). Costs about two E-steps; the poses are used as given."""
+        post = self.posteriors if posteriors is None else np.asarray(posteriors)
+        chunks = [c for part in self.ds.chunks(self.opt.partition_size)
+                  for c in self.ds.chunks(self.opt.batch_size, part)]  # fmt: skip
+        halves = [chunks[0::2], chunks[1::2]]
+        if not halves[1]:
+            raise ValueError("the held-out log-likelihood needs more than one batch of particles")
+        saved = (self.volumes.clone(), self.priors.copy())
+        fixed = FixedPosteriors(post)
+        try:
+            sums = [self._chunk_sums(half, fixed) for half in halves]
+            total = 0.0
+            for fit, held in ((0, 1), (1, 0)):
+                self.priors = sums[fit].posteriors.mean(0)
+                self._m_step(sums[fit].data, sums[fit].weight)
+                scored = self._chunk_sums(halves[held], SoftmaxAssign(self.priors))
+                lp = scored.log_likelihood + np.log(np.maximum(self.priors, 1e-12))
+                top = lp.max(1, keepdims=True)
+                total += float((top[:, 0] + np.log(np.exp(lp - top).sum(1))).sum())
+        finally:
+            self.volumes, self.priors = saved
+        return total
+
+    def _chunk_sums(self, chunks: list[np.ndarray], assign: Callable) -> PartialSums:
+        """E-step sums over whole chunks as the run cut them (so the spectra cache serves them)."""
+        state = EStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract)
+        total = None
+        for c in chunks:
+            part = e_step(self.ds, c, state, self._cache)
+            total = part if total is None else total.merge(part)
+        return total
+
     def _m_step(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
         d = self.d
         k_cls = self.opt.n_classes
@@ -412,6 +461,8 @@ def classify_em2d(
     the poses as written, the class start sees the pose blur instead of the states (on ``ladder`` with 6 degree /
     1 px errors, searching within the class EM from there ended at ARI 0.13, refining first at 0.91)."""
     searching = options.local_angles_deg > 0 or options.local_shifts_px > 0
+    if searching and options.heldout:
+        raise ValueError("the held-out log-likelihood scores classes with the poses as given: not with a local search")
     if not searching or options.n_classes == 1 or initial_maps is not None or options.init == "maps":
         return _classify_em2d(dataset, options, initial_maps, progress, checkpoint, executor, focus_mask)
     from .local_pose import compose_corrections  # lazy: local_pose builds on this module
@@ -523,6 +574,10 @@ def _classify_em2d(
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n,
                    n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip
+    if opt.heldout:
+        ts = time.perf_counter()
+        init_info["heldout_log_likelihood"] = em.heldout_log_likelihood()
+        init_info["heldout_seconds"] = round(time.perf_counter() - ts, 2)
     labels = em.posteriors.argmax(1)
     return Result(
         method="em2d", options=asdict(opt), labels=labels, posteriors=em.posteriors, volumes=em.volumes,
