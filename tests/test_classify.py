@@ -262,10 +262,10 @@ def test_heldout_log_likelihood_prefers_the_true_classes_and_ignores_the_cache(a
 def test_classify_scan_classes_chooses_the_supported_number(tmp_path):
     """``--scan-classes 1-3`` on two states: EM for K = 1, 2, 3, each scored by its cross-fitted log-likelihood;
     K = 2 scores best and its classes are the result; a bad range is refused before any work."""
-    layout, truth = simulate_preset("smoke", tmp_path / "d", seed=4, n_particles=160)
+    layout, truth = simulate_preset("smoke", tmp_path / "d", seed=4, n_particles=120)
     runner = CliRunner()
     r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "c"),
-                            "--scan-classes", "1-3", "--iterations", "4", "--no-class-maps"])  # fmt: skip
+                            "--scan-classes", "1-3", "--iterations", "3", "--no-class-maps"])  # fmt: skip
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "c" / "result.json").read_text())
     scan = result["class_scan"]

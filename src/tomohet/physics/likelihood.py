@@ -76,7 +76,8 @@ def prepare_images(
         x = torch.where(valid > 0, x / torch.where(valid > 0, ctf, torch.ones_like(ctf)), torch.zeros_like(x))
     m = d if size is None else size
     lo = d // 2 - m // 2
-    x, ctf, expo, valid = (a[:, lo : lo + m, : m // 2 + 1] for a in (x, ctf, expo, valid))
+    # copies, not views: a cached batch must not keep the full-grid spectra alive
+    x, ctf, expo, valid = (a[:, lo : lo + m, : m // 2 + 1].contiguous() for a in (x, ctf, expo, valid))
     h = ctf * expo
     valid = valid * vis.reshape(-1, 1, 1)
     rot = batch.rotations.reshape(-1, 3, 3)
