@@ -92,8 +92,9 @@ class EMOptions:
 
 
 def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> PreparedImages:
-    """Prepared spectra of a chunk, from ``cache`` (keyed by first index and length) when it holds them."""
-    key = (int(chunk[0]), len(chunk))
+    """Prepared spectra of a chunk, from ``cache`` (keyed by the chunk's particle indices: a chunk of a particle
+    subset must not be served another chunk's images) when it holds them."""
+    key = np.asarray(chunk, dtype=np.int64).tobytes()
     p = cache.get(key) if cache is not None else None
     if p is None:
         p = prepare_images(ds, chunk, size=size, max_dose=max_dose, subtract=subtract)
