@@ -46,7 +46,7 @@ from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volu
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
-from .engine import initial_labels, is_finished, map_partitions, run_iterations
+from .engine import initial_labels, is_finished, map_partitions, mixture_log_likelihood, run_iterations
 from .iteration import stage_ticker
 from .result import Result
 from .variability import confine_differences, variability_map, variability_mask
@@ -281,8 +281,7 @@ class EMClassifier:
         self.sigma2 = torch.where(sums.sig_cnt > 0, new_sigma, self.sigma2).clamp_min(1e-12)
         self.priors = self.posteriors.mean(0)
         self._m_step(sums.data, sums.weight)
-        lp = self.log_likelihood + np.log(np.maximum(self.priors, 1e-12))
-        total_ll = float((lp.max(1) + np.log(np.exp(lp - lp.max(1, keepdims=True)).sum(1))).sum())
+        total_ll = mixture_log_likelihood(self.log_likelihood, self.priors)
         if not np.isfinite(total_ll):
             raise FloatingPointError("EM log-likelihood is not finite: a class map or the noise power went NaN")
         changes = float((self.posteriors.argmax(1) != old).mean())
@@ -339,9 +338,7 @@ class EMClassifier:
                 self.priors = sums[fit].posteriors.mean(0)
                 self._m_step(sums[fit].data, sums[fit].weight)
                 scored = self._chunk_sums(halves[held], SoftmaxAssign(self.priors))
-                lp = scored.log_likelihood + np.log(np.maximum(self.priors, 1e-12))
-                top = lp.max(1, keepdims=True)
-                total += float((top[:, 0] + np.log(np.exp(lp - top).sum(1))).sum())
+                total += mixture_log_likelihood(scored.log_likelihood, self.priors)
         finally:
             self.volumes, self.priors = saved
         return total

@@ -74,7 +74,7 @@ from ..physics.reconstruct import Reconstruction, fsc_regularised
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_pca import feature_box, pca_kmeans
 from .em2d import SoftmaxAssign
-from .engine import initial_labels, is_finished, run_iterations
+from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .result import Result
 from .subtomo_spectra import ClassReferences, PreparedSpectra, wedge_difference_volumes
 
@@ -322,8 +322,7 @@ class EM3DClassifier:
         self.priors = post.mean(0)
         num, den = self._m_step_terms(sums)
         self.volumes = self._solve(num, den, self.opt.tau2_fudge)
-        lp = ll + np.log(np.maximum(self.priors, 1e-12))
-        total = float((lp.max(1) + np.log(np.exp(lp - lp.max(1, keepdims=True)).sum(1))).sum())
+        total = mixture_log_likelihood(ll, self.priors)
         return {"log_likelihood": total, "changes": float((post.argmax(1) != old).mean()),
                 "class_sizes": np.bincount(post.argmax(1), minlength=self.opt.n_classes).tolist(),
                 "priors": self.priors.round(4).tolist(), "temperature": temperature}  # fmt: skip

@@ -99,6 +99,14 @@ def initial_labels(
     raise ValueError(f"unknown init {init!r} ({', '.join(INITS)})")
 
 
+def mixture_log_likelihood(log_likelihood: np.ndarray, priors: np.ndarray) -> float:
+    """``sum_i log sum_k pi_k p(X_i | k)`` of per-particle class log-likelihoods ``[N, K]`` and priors ``[K]``
+    (log-sum-exp; priors floored at 1e-12)."""
+    lp = log_likelihood + np.log(np.maximum(priors, 1e-12))
+    top = lp.max(1, keepdims=True)
+    return float((top[:, 0] + np.log(np.exp(lp - top).sum(1))).sum())
+
+
 def map_partitions(
     step: Callable, dataset, state: Any, partition_size: int, executor=None, cache: dict | None = None,
     progress: Callable[[int], None] | None = None,
