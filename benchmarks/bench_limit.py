@@ -6,6 +6,7 @@ Each case (preset, dataset seed, EM variant) runs in a fresh subprocess, one tor
 time, CPU time and peak RSS (VmHWM); two cases run at a time on the 2-core machine. Variants:
 
 - ``default``: today's defaults (``EMOptions()``);
+- ``unfiltered``: the defaults of session 9 (no half-set filter of the class differences);
 - ``pooled``: the defaults of session 8 (class maps shrunk toward the pooled map, ``tau2_fudge`` 4);
 - ``before``: the defaults before issue 16: PCA features at a fixed band (2.5 x Nyquist = 60 A at 12 A/px)
   instead of the consensus resolution, class maps regularised toward zero with ``tau2_fudge`` 4, no variability
@@ -14,7 +15,8 @@ time, CPU time and peak RSS (VmHWM); two cases run at a time on the 2-core machi
 Simulated data go under ``--data`` (default ``/tmp/tomohet_bench_limit``), never into the repository.
 Writes ``benchmarks/results/classify_limit.json``.
 
-Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before]``.
+Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before] [--snrs ...]``
+(``--snrs`` gives the SNR curve: every preset at each SNR).
 """
 
 from __future__ import annotations
@@ -32,14 +34,22 @@ RESULTS = HERE / "results"
 PRESETS = {"ladder": 4, "rare_spread": 2}
 VARIANTS = {
     "default": {},
+    # the defaults of session 9: as today without the half-set filter of class differences
+    "unfiltered": {"filter_differences": False},
     # the defaults of session 8: class maps shrunk toward the pooled map, tau2_fudge 4, variability mask
-    "pooled": {"shrink_to_mean": True, "tau2_fudge": 4.0},
+    "pooled": {"shrink_to_mean": True, "tau2_fudge": 4.0, "filter_differences": False},
     # the defaults before issue 16: 60 A features, maps regularised toward zero with tau2_fudge 4, no mask
-    "before": {"init_resolution_A": 60.0, "shrink_to_mean": False, "tau2_fudge": 4.0, "confine_differences": False},
+    "before": {
+        "init_resolution_A": 60.0,
+        "shrink_to_mean": False,
+        "tau2_fudge": 4.0,
+        "confine_differences": False,
+        "filter_differences": False,
+    },
 }
 
 
-def run_case(preset: str, seed: int, variant: str, data: str) -> dict:
+def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None = None) -> dict:
     """One case in this process (the worker): simulate if needed, oracle, EM; peak RSS from /proc."""
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "src"))
@@ -52,7 +62,7 @@ def run_case(preset: str, seed: int, variant: str, data: str) -> dict:
     from tomohet.methods.em2d import EMOptions, classify_em2d
 
     torch.set_num_threads(1)
-    folder, _ = ensure_preset(Path(data), preset, 1000, _preset_snr(preset), seed)
+    folder, _ = ensure_preset(Path(data), preset, 1000, snr or _preset_snr(preset), seed)
     ds, maps, states, meta = open_dataset(folder)
     o = oracle(ds, maps, meta["noise_sigma"], np.asarray(meta["abundances"]))
     k = PRESETS[preset]
@@ -87,28 +97,30 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--data", default="/tmp/tomohet_bench_limit")
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--worker", nargs=3, metavar=("PRESET", "SEED", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--snrs", type=float, nargs="+", help="SNRs (default: each preset's own)")
+    ap.add_argument("--worker", nargs=4, metavar=("PRESET", "SEED", "VARIANT", "SNR"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(RESULTS / "classify_limit.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(run_case(args.worker[0], int(args.worker[1]), args.worker[2], args.data)))
+        w = args.worker
+        print(json.dumps(run_case(w[0], int(w[1]), w[2], args.data, float(w[3]))))
         return
-    cases = [(p, s, v) for p in args.presets for s in args.seeds for v in args.variants]
+    snrs = {p: args.snrs or [_preset_snr(p)] for p in args.presets}
+    cases = [(p, s, v, q) for p in args.presets for s in args.seeds for v in args.variants for q in snrs[p]]
     # simulate first, serially (two workers simulating the same set would race)
-    for p in args.presets:
-        for s in args.seeds:
-            subprocess.run([sys.executable, "-c", (
-                f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent / 'src')!r}]; "
-                f"from bench_classify import ensure_preset; from bench_limit import _preset_snr; from pathlib import "
-                f"Path; ensure_preset(Path({args.data!r}), {p!r}, 1000, _preset_snr({p!r}), {s})")],
-                check=True)  # fmt: skip
+    for p, s, q in sorted({(p, s, q) for p, s, _, q in cases}):
+        subprocess.run([sys.executable, "-c", (
+            f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent / 'src')!r}]; "
+            f"from bench_classify import ensure_preset; from pathlib import "
+            f"Path; ensure_preset(Path({args.data!r}), {p!r}, 1000, {q}, {s})")],
+            check=True)  # fmt: skip
     out = Path(args.out)
     keep = json.loads(out.read_text())["cases"] if out.exists() else []  # other cases already measured stay
-    results: list[dict] = [c for c in keep if (c["preset"], c["seed"], c["variant"]) not in set(cases)]
+    results: list[dict] = [c for c in keep if (c["preset"], c["seed"], c["variant"], c["snr"]) not in set(cases)]
 
-    def launch(case: tuple[str, int, str]) -> dict:
-        p, s, v = case
-        r = subprocess.run([sys.executable, __file__, "--worker", p, str(s), v, "--data", args.data],
+    def launch(case: tuple[str, int, str, float]) -> dict:
+        p, s, v, q = case
+        r = subprocess.run([sys.executable, __file__, "--worker", p, str(s), v, str(q), "--data", args.data],
                            capture_output=True, text=True, check=True)  # fmt: skip
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -116,7 +128,8 @@ def main() -> None:
         for r in pool.map(launch, cases):
             results.append(r)
             extra = f" rare F1 oracle {r['oracle_rare_f1']:.3f} EM {r['em_rare_f1']:.3f}" if "em_rare_f1" in r else ""
-            print(f"{r['preset']:>12} seed {r['seed']} {r['variant']:>8}: oracle ARI {r['oracle_ari']:.3f} EM ARI "
+            print(f"{r['preset']:>12} SNR {r['snr']} seed {r['seed']} {r['variant']:>10}: oracle ARI "
+                  f"{r['oracle_ari']:.3f} EM ARI "
                   f"{r['em_ari']:.3f}{extra} ({r['wall_s']:.0f} s, {r['peak_rss_mib']} MiB)", flush=True)  # fmt: skip
             out.write_text(json.dumps({"cases": results}, indent=1))
 

@@ -156,7 +156,7 @@ def per_particle_backprojection(
     vis = torch.ones(b, t, dtype=torch.bool)
     dsum, wsum = insert_batched(
         data.reshape(b, t, size, size // 2 + 1), weight.reshape(b, t, size, size // 2 + 1),
-        rotations.reshape(b, t, 3, 3), vis, size,
+        rotations.reshape(b, t, 3, 3), vis, size, multiplicity=False,
     )[:2]  # fmt: skip
     lam = wsum.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     return ifft3_centered(dsum / (wsum + lam))

@@ -37,14 +37,17 @@ from ..physics.fourier import (
 from ..physics.likelihood import (
     ImageBand,
     PreparedImages,
+    SpectraCache,
+    cache_bytes_per_particle,
     gaussian_log_likelihood,
-    prepare_images,
+    prepare_images_cached,
     shell_power,
     squared_residuals,
 )
 from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
+from .difference_filter import filter_class_differences
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .engine import initial_labels, is_finished, map_partitions, mixture_log_likelihood, run_iterations
 from .iteration import stage_ticker
@@ -88,19 +91,14 @@ class EMOptions:
     sigma_angles_deg: float | None = None  # prior width of the pose deviation per axis (None: from the data)
     sigma_shifts_px: float | None = None  # prior width of the centre deviation per axis (None: from the data)
     pose_search_iterations: int = 4  # iterations that search poses; later ones keep them (the EM's cost)
+    filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
+    difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
     heldout: bool = False  # score the final classes by their cross-fitted log-likelihood (about two E-steps more)
 
 
-def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: dict | None, size: int) -> PreparedImages:
-    """Prepared spectra of a chunk, from ``cache`` (keyed by the chunk's particle indices: a chunk of a particle
-    subset must not be served another chunk's images) when it holds them."""
-    key = np.asarray(chunk, dtype=np.int64).tobytes()
-    p = cache.get(key) if cache is not None else None
-    if p is None:
-        p = prepare_images(ds, chunk, size=size, max_dose=max_dose, subtract=subtract)
-        if cache is not None:
-            cache[key] = p
-    return p
+def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: SpectraCache | None, size: int) -> PreparedImages:
+    """Prepared spectra of a chunk on the working grid, served from the run's ``cache`` when it holds them."""
+    return prepare_images_cached(ds, chunk, cache, size=size, max_dose=max_dose, subtract=subtract)
 
 
 @dataclass
@@ -126,15 +124,46 @@ class PartialSums:
     weight: torch.Tensor  # [K, D^3] inserted sum g H^2 / sigma2
     sig_sum: torch.Tensor  # [D//2+1]
     sig_cnt: torch.Tensor
+    half_data: torch.Tensor | None = None  # the part of ``data`` from half-set A (even particle indices)
+    half_weight: torch.Tensor | None = None  # the part of ``weight`` from half-set A
 
     def merge(self, other: PartialSums) -> PartialSums:
+        halves = self.half_data is not None and other.half_data is not None
         return PartialSums(
             np.concatenate([self.particles, other.particles]),
             np.concatenate([self.log_likelihood, other.log_likelihood]),
             np.concatenate([self.posteriors, other.posteriors]),
             self.data + other.data, self.weight + other.weight,
             self.sig_sum + other.sig_sum, self.sig_cnt + other.sig_cnt,
+            self.half_data + other.half_data if halves else None,
+            self.half_weight + other.half_weight if halves else None,
         )  # fmt: skip
+
+
+class HalfSetAccumulators:
+    """M-step insertion sums of each class, kept apart for the two half-sets of the particles (A: even particle
+    index, B: odd), so the M-step can compare two independent estimates of each map (:mod:`.difference_filter`)."""
+
+    def __init__(self, n_classes: int, size: int):
+        self.sets = [[FourierAccumulator(size) for _ in range(n_classes)] for _ in range(2)]
+
+    def insert(self, k: int, in_a: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor) -> None:
+        """Insert slices ``data``/``weight`` ``[n, M, M//2+1]`` at rotations ``[n, 3, 3]`` into class ``k``;
+        ``in_a`` ``[n]`` bool marks the slices of half-set A."""
+        for accs, sel in ((self.sets[0], in_a), (self.sets[1], ~in_a)):
+            if sel.any():
+                accs[k].insert(data[sel], weight[sel], rot[sel])
+
+    def sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(data, weight, half_data, half_weight)`` stacked over classes: all particles, then half-set A."""
+        a_data, b_data = (torch.stack([acc.data for acc in accs]) for accs in self.sets)
+        a_weight, b_weight = (torch.stack([acc.weight for acc in accs]) for accs in self.sets)
+        return a_data + b_data, a_weight + b_weight, a_data, a_weight
+
+
+def in_half_set_a(particles: np.ndarray, n_tilts: int) -> torch.Tensor:
+    """``[len(particles) * n_tilts]`` bool: the images (particle-major) of half-set A (even particle index)."""
+    return torch.from_numpy(np.asarray(particles) % 2 == 0).repeat_interleave(n_tilts)
 
 
 @dataclass
@@ -187,7 +216,7 @@ def e_step(
     ds,
     particles: np.ndarray,
     state: EStepState,
-    cache: dict | None = None,
+    cache: SpectraCache | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PartialSums:
     """E-step (posteriors) and M-step sums for one partition of particles: the map of the map/reduce
@@ -199,7 +228,7 @@ def e_step(
     band = ImageBand(d, ds.pixel_size, opt.resolution_limit_A, m)
     proj = VolumeProjector(state.volumes, oversampling=2, out_size=m)
     sub = VolumeProjector(state.subtract, oversampling=2, out_size=m) if state.subtract is not None else None
-    accs = [FourierAccumulator(m) for _ in range(k_cls)]  # M-step insertion on the (cropped) image grid
+    accs = HalfSetAccumulators(k_cls, m)  # M-step insertion on the (cropped) image grid
     sig_sum = torch.zeros(band.n_shells, dtype=torch.float64)
     sig_cnt = torch.zeros(band.n_shells, dtype=torch.float64)
     inv_s2 = band.per_pixel(1.0 / state.sigma2)
@@ -222,17 +251,17 @@ def e_step(
         hw = p.h * p.valid * inv_s2 * band.inside
         data = p.x * hw
         wts = p.h * hw
+        in_a = in_half_set_a(chunk, p.n_tilts)
         for k in range(k_cls):
             sel = gimg[k] > 1e-4
             if sel.any():
                 gk = gimg[k][sel][:, None, None]
-                accs[k].insert(data[sel] * gk, wts[sel] * gk, p.rotations[sel])
+                accs.insert(k, in_a[sel], data[sel] * gk, wts[sel] * gk, p.rotations[sel])
         if progress:
             progress(len(chunk))
-    return PartialSums(
-        np.asarray(particles), np.concatenate(lls), np.concatenate(posts),
-        torch.stack([a.data for a in accs]), torch.stack([a.weight for a in accs]), sig_sum, sig_cnt,
-    )  # fmt: skip
+    data, weight, half_data, half_weight = accs.sums()
+    return PartialSums(np.asarray(particles), np.concatenate(lls), np.concatenate(posts), data, weight,
+                       sig_sum, sig_cnt, half_data, half_weight)  # fmt: skip
 
 
 class EMClassifier:
@@ -261,10 +290,12 @@ class EMClassifier:
         self.log: list[dict] = []
         self.init_info: dict = {}  # timings and sizes of the start, kept in checkpoints
         self.variability: torch.Tensor | None = None  # [D, D, D] mask the class differences are confined to
-        # prepared spectra are cached across iterations when they fit (images x 2 complex + 2 real planes)
-        per_particle = dataset.n_tilts * self.m * (self.m // 2 + 1) * 4 * 6
+        self.difference_fsc: torch.Tensor | None = None  # [K, D//2+1] half-set FSC of each class's difference
+        # prepared spectra are cached across iterations when they fit (compactly)
+        per_particle = cache_bytes_per_particle(dataset.n_tilts, self.m)
         fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
-        self._cache: dict | None = {} if fits and executor is None else None
+        use = fits and executor is None
+        self._cache = SpectraCache(dataset.n_particles, dataset.n_tilts) if use else None
 
     def iterate(
         self, temperature: float, progress: Callable[[int], None] | None = None, assign: Callable | None = None
@@ -280,7 +311,7 @@ class EMClassifier:
         new_sigma = (sums.sig_sum / sums.sig_cnt.clamp_min(1)).float()
         self.sigma2 = torch.where(sums.sig_cnt > 0, new_sigma, self.sigma2).clamp_min(1e-12)
         self.priors = self.posteriors.mean(0)
-        self._m_step(sums.data, sums.weight)
+        self._m_step(sums)
         total_ll = mixture_log_likelihood(self.log_likelihood, self.priors)
         if not np.isfinite(total_ll):
             raise FloatingPointError("EM log-likelihood is not finite: a class map or the noise power went NaN")
@@ -336,7 +367,7 @@ class EMClassifier:
             total = 0.0
             for fit, held in ((0, 1), (1, 0)):
                 self.priors = sums[fit].posteriors.mean(0)
-                self._m_step(sums[fit].data, sums[fit].weight)
+                self._m_step(sums[fit])
                 scored = self._chunk_sums(halves[held], SoftmaxAssign(self.priors))
                 total += mixture_log_likelihood(scored.log_likelihood, self.priors)
         finally:
@@ -352,7 +383,20 @@ class EMClassifier:
             total = part if total is None else total.merge(part)
         return total
 
-    def _m_step(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
+    def _m_step(self, sums: PartialSums) -> None:
+        """Class maps from the M-step sums (:meth:`_maps`), their differences filtered by the agreement of the
+        two half-sets (:func:`~.difference_filter.filter_class_differences`) unless switched off."""
+        self.volumes = self._maps(sums.data, sums.weight)
+        if self.opt.filter_differences and self.opt.n_classes > 1 and sums.half_data is not None:
+            half_a = self._maps(sums.half_data, sums.half_weight)
+            half_b = self._maps(sums.data - sums.half_data, sums.weight - sums.half_weight)
+            length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+            sigma_px = self.opt.difference_smoothing * length_px
+            self.volumes, fsc = filter_class_differences(self.volumes, half_a, half_b, self.priors, sigma_px)
+            self.difference_fsc = fsc
+
+    def _maps(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> torch.Tensor:
+        """Regularised class maps ``[K, D, D, D]`` from inserted sums (Wiener prior, mask, variability mask)."""
         d = self.d
         k_cls = self.opt.n_classes
         sums = []
@@ -367,13 +411,13 @@ class EMClassifier:
             data = torch.stack([s[0] for s in sums])
             weight = torch.stack([s[1] for s in sums])
             shifted, reg_diff = shrink_to_pooled_map(data, weight, reg, shells)
-            for k in range(k_cls):
-                self.volumes[k] = wiener_volume(shifted[k], weight[k], d, reg_diff) * self.mask
+            volumes = torch.stack([wiener_volume(shifted[k], weight[k], d, reg_diff) for k in range(k_cls)])
         else:
-            for k, (dk, wk) in enumerate(sums):
-                self.volumes[k] = wiener_volume(dk, wk, d, reg) * self.mask
+            volumes = torch.stack([wiener_volume(dk, wk, d, reg) for dk, wk in sums])
+        volumes = volumes * self.mask
         if self.variability is not None:
-            self.volumes = confine_differences(self.volumes, self.priors, self.variability)
+            volumes = confine_differences(volumes, self.priors, self.variability)
+        return volumes
 
     # ------------------------------------------------------------------------------------ initialisation
     def initialise(

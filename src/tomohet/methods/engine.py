@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..physics.likelihood import SpectraCache
 from .checkpoint import save_checkpoint
 from .iteration import anneal_temperature, stage_ticker
 
@@ -108,7 +109,7 @@ def mixture_log_likelihood(log_likelihood: np.ndarray, priors: np.ndarray) -> fl
 
 
 def map_partitions(
-    step: Callable, dataset, state: Any, partition_size: int, executor=None, cache: dict | None = None,
+    step: Callable, dataset, state: Any, partition_size: int, executor=None, cache: SpectraCache | None = None,
     progress: Callable[[int], None] | None = None,
 ):  # fmt: skip
     """Map ``step(dataset, particles, state, cache, progress) -> sums`` over fixed partitions of the particles

@@ -31,10 +31,18 @@ import numpy as np
 import torch
 
 from ..physics.fourier import half_grid_2d
-from ..physics.likelihood import ImageBand
-from ..physics.projector import FourierAccumulator, VolumeProjector
+from ..physics.likelihood import ImageBand, SpectraCache
+from ..physics.projector import VolumeProjector
 from ..physics.rotations import rotation_angle, rotation_vector_to_matrix
-from .em2d import EMClassifier, EMOptions, PartialSums, _prepared_chunk, working_size
+from .em2d import (
+    EMClassifier,
+    EMOptions,
+    HalfSetAccumulators,
+    PartialSums,
+    _prepared_chunk,
+    in_half_set_a,
+    working_size,
+)
 from .engine import map_partitions
 
 IMAGES_PER_STEP = 20_000  # projections (images x rotations x classes) held at once: bounds the memory
@@ -110,7 +118,7 @@ def local_e_step(
     ds,
     particles: np.ndarray,
     state: LocalEStepState,
-    cache: dict | None = None,
+    cache: SpectraCache | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PosePartialSums:
     """E-step over a local pose grid and M-step sums for one partition of particles (see the module docstring)."""
@@ -121,7 +129,7 @@ def local_e_step(
     band = ImageBand(d, ds.pixel_size, opt.resolution_limit_A, m)
     proj = VolumeProjector(state.volumes, oversampling=2, out_size=m)
     sub = VolumeProjector(state.subtract, oversampling=2, out_size=m) if state.subtract is not None else None
-    accs = [FourierAccumulator(m) for _ in range(k_cls)]
+    accs = HalfSetAccumulators(k_cls, m)
     sig_sum = torch.zeros(band.n_shells, dtype=torch.float64)
     sig_cnt = torch.zeros(band.n_shells, dtype=torch.float64)
     inv_s2 = band.per_pixel(1.0 / state.sigma2)
@@ -201,15 +209,16 @@ def local_e_step(
                     gs = gk[sel][:, None, None]
                     hws = hw[:, None].expand(-1, n_top, -1, -1)[sel]
                     wts = (p.h[:, None] * hw[:, None]).expand(-1, n_top, -1, -1)[sel]
-                    accs[k].insert(xs[sel] * hws * gs, wts * gs, rot_table[img, li][sel])
+                    in_a = in_half_set_a(chunk, t)[:, None].expand(-1, n_top)[sel]
+                    accs.insert(k, in_a, xs[sel] * hws * gs, wts * gs, rot_table[img, li][sel])
             sig_cnt += band.shell_sums(p.valid, p.valid)[1]
             if progress:
                 progress(len(chunk))
+    data, weight, half_data, half_weight = accs.sums()
     return PosePartialSums(
-        np.asarray(particles), np.concatenate(out["ll"]), np.concatenate(out["post"]),
-        torch.stack([a.data for a in accs]), torch.stack([a.weight for a in accs]), sig_sum, sig_cnt,
-        rotation=torch.cat(out["rot"]), offset=torch.cat(out["off"]), angle2=np.concatenate(out["a2"]),
-        offset2=np.concatenate(out["o2"]),
+        np.asarray(particles), np.concatenate(out["ll"]), np.concatenate(out["post"]), data, weight,
+        sig_sum, sig_cnt, half_data, half_weight, rotation=torch.cat(out["rot"]), offset=torch.cat(out["off"]),
+        angle2=np.concatenate(out["a2"]), offset2=np.concatenate(out["o2"]),
     )  # fmt: skip
 
 

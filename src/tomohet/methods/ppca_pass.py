@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..physics.insertion import band_points, scatter_channels, slice_points, trilinear_corners
-from ..physics.likelihood import ImageBand, PreparedImages, prepare_images
+from ..physics.likelihood import ImageBand, PreparedImages, SpectraCache, prepare_images_cached
 from ..physics.projector import VolumeProjector
 
 
@@ -97,15 +97,9 @@ class PassSums:
         )  # fmt: skip
 
 
-def prepared_chunk(ds, chunk: np.ndarray, state: PassState, cache: dict | None, sub) -> PreparedImages:
-    """Prepared spectra of a chunk on the working grid, from ``cache`` (keyed by first index and length)."""
-    key = (int(chunk[0]), len(chunk))
-    p = cache.get(key) if cache is not None else None
-    if p is None:
-        p = prepare_images(ds, chunk, size=state.size, max_dose=state.max_dose, subtract=sub)
-        if cache is not None:
-            cache[key] = p
-    return p
+def prepared_chunk(ds, chunk: np.ndarray, state: PassState, cache: SpectraCache | None, sub) -> PreparedImages:
+    """Prepared spectra of a chunk on the working grid, served from the run's ``cache`` when it holds them."""
+    return prepare_images_cached(ds, chunk, cache, size=state.size, max_dose=state.max_dose, subtract=sub)
 
 
 def insert_per_particle(
@@ -133,7 +127,7 @@ def insert_per_particle(
 
 
 def ppca_pass(
-    ds, particles: np.ndarray, state: PassState, cache: dict | None = None, progress: Callable | None = None
+    ds, particles: np.ndarray, state: PassState, cache: SpectraCache | None = None, progress: Callable | None = None
 ) -> PassSums:
     """E-step, M-step sums and noise-power sums of one partition of particles (the map of the map/reduce)."""
     d, m = ds.box, state.size

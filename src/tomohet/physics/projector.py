@@ -130,19 +130,26 @@ class FourierAccumulator:
         self.weight = torch.zeros(grid**3, dtype=torch.float32, device=device)
         self.count = 0
 
-    def insert(self, spectra: torch.Tensor, weights: torch.Tensor | None, rotations: torch.Tensor) -> None:
+    def insert(
+        self, spectra: torch.Tensor, weights: torch.Tensor | None, rotations: torch.Tensor, chunk: int = 1 << 18
+    ) -> None:
         """``spectra`` ``[B, M, M//2+1]`` complex (already multiplied by their weight, e.g. CTF x dose),
-        ``weights`` ``[B, M, M//2+1]`` real (e.g. CTF^2 x dose^2) or None, ``rotations`` ``[B, 3, 3]``."""
+        ``weights`` ``[B, M, M//2+1]`` real (e.g. CTF^2 x dose^2) or None, ``rotations`` ``[B, 3, 3]``;
+        ``chunk`` bounds the number of pixels inserted at once (the corner indices take 64 bytes per pixel)."""
         b, m = spectra.shape[0], spectra.shape[-2]
         g = self.grid
         idx, _, half = band_points(m, g, spectra.device)
-        # coordinates of the in-band pixels only: scale * A^T @ (kx, ky, 0), shifted to voxel indices
-        flat, w = trilinear_corners(slice_points(rotations, m, g, centre=g // 2), g)
-        vals = (torch.view_as_real(spectra.reshape(b, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
-        scatter_complex(self.data, flat, w, vals)
-        if weights is not None:
-            wts = (weights.reshape(b, -1)[:, idx].to(torch.float32) * half).reshape(-1)
-            self.weight.index_add_(0, flat.reshape(-1), (w * wts).reshape(-1))
+        step = max(1, chunk // max(len(idx), 1))
+        for s0 in range(0, b, step):
+            sl = slice(s0, s0 + step)
+            n = len(rotations[sl])
+            # coordinates of the in-band pixels only: scale * A^T @ (kx, ky, 0), shifted to voxel indices
+            flat, w = trilinear_corners(slice_points(rotations[sl], m, g, centre=g // 2), g)
+            vals = (torch.view_as_real(spectra[sl].reshape(n, -1)[:, idx]) * half[:, None]).reshape(-1, 2)
+            scatter_complex(self.data, flat, w, vals)
+            if weights is not None:
+                wts = (weights[sl].reshape(n, -1)[:, idx].to(torch.float32) * half).reshape(-1)
+                self.weight.index_add_(0, flat.reshape(-1), (w * wts).reshape(-1))
         self.count += b
 
     def merge(self, other: FourierAccumulator) -> None:

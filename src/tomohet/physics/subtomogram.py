@@ -59,14 +59,15 @@ def insert_batched(
     visible: torch.Tensor,
     grid: int,
     stride: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    multiplicity: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Trilinear Fourier insertion of B particles x T images into B separate ``[G, G, G]`` grids at once.
 
     ``spectra [B, T, G, G//2+1]`` complex half centred (already weighted), ``weights`` the same shape real,
     ``rotations [B, T, 3, 3]``, ``visible [B, T]`` bool. One ``index_add_`` into a ``[B*G^3]`` buffer (the flat
     index is offset by ``particle * G^3``); same kernel, Friedel halving and Hermitian completion as
     :class:`~tomohet.physics.projector.FourierAccumulator`. Returns full centred ``(data complex, weight,
-    multiplicity)``, each ``[B, G, G, G]``."""
+    multiplicity)``, each ``[B, G, G, G]`` (multiplicity None when not asked for: its count is the costly part)."""
     b, t, m = spectra.shape[0], spectra.shape[1], spectra.shape[-2]
     g = grid
     dev = spectra.device
@@ -86,12 +87,16 @@ def insert_batched(
     wts = weights.reshape(-1, m, m // 2 + 1)[vis].reshape(-1)[sel].to(torch.float32) * keep
     data = torch.zeros(b * g**3, 2, dtype=torch.float32, device=dev)
     weight = torch.zeros(b * g**3, dtype=torch.float32, device=dev)
-    image = torch.arange(n, device=dev)[:, None].expand(n, pix).reshape(-1)[sel]
     flat, w = trilinear_corners(c, g)  # [8, N] corner-major (dz, dy, dx)
     flat = flat + base
     scatter_complex(data, flat, w, vals)
     weight.index_add_(0, flat.reshape(-1), (w * wts).reshape(-1))
+    data_c = torch.view_as_complex(data.reshape(b, g, g, g, 2).contiguous())
+    weight = weight.reshape(b, g, g, g)
+    if not multiplicity:
+        return data_c + _mirror(data_c).conj(), weight + _mirror(weight), None
     # (image, voxel) keys of every voxel an image reaches on the counted lattice, for the multiplicity count
+    image = torch.arange(n, device=dev)[:, None].expand(n, pix).reshape(-1)[sel]
     lat = (torch.floor(c).long() - g // 2) % stride  # on the counted lattice when (lat + offset) % stride == 0
     touched = []
     for corner in range(8):
@@ -100,8 +105,6 @@ def insert_batched(
         for axis, o in zip((2, 1, 0), offset, strict=True):
             on &= ((lat[:, axis] + o) % stride) == 0
         touched.append(image[on] * (b * g**3) + flat[corner][on])
-    data_c = torch.view_as_complex(data.reshape(b, g, g, g, 2).contiguous())
-    weight = weight.reshape(b, g, g, g)
     # multiplicity: number of distinct images reaching each voxel of the Hermitian-completed grid
     keys = torch.cat(touched)
     img, vox = keys // (b * g**3), keys % (b * g**3)
