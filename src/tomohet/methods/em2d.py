@@ -8,9 +8,10 @@ coefficient, unnormalised FFT). The E-step gives posteriors
 falls to 1); the M-step re-estimates the maps by weighted Fourier insertion with a regularised Wiener filter
 ``V_k = sum g H X / sigma2 / (sum g H^2 / sigma2 + 1 / (tau2_fudge * tau2))`` (``tau2`` the consensus map's signal
 power per shell, shared by all classes; ``tau2_fudge`` :data:`TAU2_FUDGE`; the classes' differences from their
-pooled map confined to a variability mask,
-:mod:`.variability`), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied images are divided by their CTF
-where ``|CTF| > 0.1`` (their noise is CTF-coloured; elsewhere they carry no information).
+pooled map confined to a variability mask, :mod:`.variability`, and filtered by the agreement of the two
+half-sets of particles, :mod:`.difference_filter`), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied
+images are divided by their CTF where ``|CTF| > 0.1`` (their noise is CTF-coloured; elsewhere they carry no
+information).
 
 Breaking the symmetry between classes decides whether EM finds the states at all (DESIGN.md): the default
 initialisation is a wedge-masked difference PCA of per-particle residuals against the consensus map, followed
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data.poses import apply_pose_corrections
-from ..physics.filters import lowpass, soft_sphere
+from ..physics.filters import lowpass, resolution_at, soft_sphere
 from ..physics.fourier import (
     fft3_centered,
     radial_index_3d,
@@ -318,6 +319,9 @@ class EMClassifier:
         changes = float((self.posteriors.argmax(1) != old).mean())
         extra = self.absorb(sums, order)
         changes = max(changes, extra.get("pose_changes", 0.0))  # a particle whose pose moved has changed too
+        if self.difference_fsc is not None:  # gold-standard resolution of each class's difference from the pool
+            extra["difference_resolution_A"] = [round(resolution_at(f, self.d, self.ds.pixel_size), 1)
+                                                for f in self.difference_fsc]  # fmt: skip
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
             self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),
             "temperature": temperature, **extra}  # fmt: skip

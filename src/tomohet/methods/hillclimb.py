@@ -41,6 +41,7 @@ from .consistency import consistency, label_permutation, match_runs, vote_fracti
 from .difference_pca import difference_pca_labels, feature_resolution
 from .em2d import TAU2_FUDGE, EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
 from .engine import run_iterations
+from .kmeans import kmeans
 from .result import Result
 
 
@@ -192,10 +193,7 @@ def _initial_labels(ds, opt: HillClimbOptions, run: int, pca_features: np.ndarra
     if opt.init == "random":
         return np.random.default_rng([opt.seed, run]).integers(0, k, ds.n_particles)
     if opt.init == "pca":
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters=k, n_init=20, random_state=opt.seed + run).fit(pca_features)
-        return km.labels_.astype(int)
+        return kmeans(pca_features, k, n_init=20, seed=opt.seed + run)[0]
     raise ValueError(f"unknown init {opt.init!r} (random, pca)")
 
 

@@ -45,6 +45,7 @@ from .difference_pca import difference_features, leading_scores
 from .em2d import auto_resolution_limit, working_size
 from .engine import map_partitions, run_iterations
 from .iteration import stage_ticker
+from .kmeans import kmeans
 from .landscape import LandscapeMethod, LandscapeOptions, orthonormalize_basis, register
 from .ppca_pass import PassState, PassSums, ppca_pass
 from .result import Result
@@ -350,12 +351,10 @@ def ppca_start_labels(dataset, n_classes: int, *, seed: int = 0, max_dose: float
     """Initial classes ``[N]`` for the EM (``classify --init ppca``): tilt-space PPCA with ``n_classes - 1``
     components (the dimension K class means span), :data:`PPCA_START_ITERATIONS` iterations, then k-means
     (20 starts) on the posterior-mean latents."""
-    from sklearn.cluster import KMeans
-
     opt = PPCAOptions(n_components=max(1, n_classes - 1), n_iter=PPCA_START_ITERATIONS, seed=seed,
                       max_dose=max_dose, resolution_limit_A=resolution_limit_A, batch_size=batch_size)  # fmt: skip
     z = fit_ppca(dataset, opt, progress=progress, focus_mask=focus_mask).latents
-    return KMeans(n_clusters=n_classes, n_init=20, random_state=seed).fit_predict(z).astype(np.int64)
+    return kmeans(z, n_classes, n_init=20, seed=seed)[0]
 
 
 _DESCRIPTION = "tilt-space probabilistic PCA: mean + low-rank basis fitted to the 2D tilt images by EM"
