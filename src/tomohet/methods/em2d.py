@@ -364,7 +364,7 @@ class EMClassifier:
         halves = [chunks[0::2], chunks[1::2]]
         if not halves[1]:
             raise ValueError("the held-out log-likelihood needs more than one batch of particles")
-        saved = (self.volumes.clone(), self.priors.copy())
+        saved = (self.volumes.clone(), self.priors.copy(), self.difference_fsc)
         fixed = FixedPosteriors(post)
         try:
             sums = [self._chunk_sums(half, fixed) for half in halves]
@@ -375,7 +375,7 @@ class EMClassifier:
                 scored = self._chunk_sums(halves[held], SoftmaxAssign(self.priors))
                 total += mixture_log_likelihood(scored.log_likelihood, self.priors)
         finally:
-            self.volumes, self.priors = saved
+            self.volumes, self.priors, self.difference_fsc = saved
         return total
 
     def _chunk_sums(self, chunks: list[np.ndarray], assign: Callable) -> PartialSums:
