@@ -39,7 +39,6 @@ from ..physics.likelihood import (
     ImageBand,
     PreparedImages,
     SpectraCache,
-    cache_bytes_per_particle,
     gaussian_log_likelihood,
     prepare_images_cached,
     shell_power,
@@ -125,19 +124,17 @@ class PartialSums:
     weight: torch.Tensor  # [K, D^3] inserted sum g H^2 / sigma2
     sig_sum: torch.Tensor  # [D//2+1]
     sig_cnt: torch.Tensor
-    half_data: torch.Tensor | None = None  # the part of ``data`` from half-set A (even particle indices)
-    half_weight: torch.Tensor | None = None  # the part of ``weight`` from half-set A
+    half_data: torch.Tensor  # the part of ``data`` from half-set A (even particle indices)
+    half_weight: torch.Tensor  # the part of ``weight`` from half-set A
 
     def merge(self, other: PartialSums) -> PartialSums:
-        halves = self.half_data is not None and other.half_data is not None
         return PartialSums(
             np.concatenate([self.particles, other.particles]),
             np.concatenate([self.log_likelihood, other.log_likelihood]),
             np.concatenate([self.posteriors, other.posteriors]),
             self.data + other.data, self.weight + other.weight,
             self.sig_sum + other.sig_sum, self.sig_cnt + other.sig_cnt,
-            self.half_data + other.half_data if halves else None,
-            self.half_weight + other.half_weight if halves else None,
+            self.half_data + other.half_data, self.half_weight + other.half_weight,
         )  # fmt: skip
 
 
@@ -291,12 +288,7 @@ class EMClassifier:
         self.log: list[dict] = []
         self.init_info: dict = {}  # timings and sizes of the start, kept in checkpoints
         self.variability: torch.Tensor | None = None  # [D, D, D] mask the class differences are confined to
-        self.difference_fsc: torch.Tensor | None = None  # [K, D//2+1] half-set FSC of each class's difference
-        # prepared spectra are cached across iterations when they fit (compactly)
-        per_particle = cache_bytes_per_particle(dataset.n_tilts, self.m)
-        fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
-        use = fits and executor is None
-        self._cache = SpectraCache(dataset.n_particles, dataset.n_tilts) if use else None
+        self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if executor is None else None
 
     def iterate(
         self, temperature: float, progress: Callable[[int], None] | None = None, assign: Callable | None = None
@@ -312,16 +304,16 @@ class EMClassifier:
         new_sigma = (sums.sig_sum / sums.sig_cnt.clamp_min(1)).float()
         self.sigma2 = torch.where(sums.sig_cnt > 0, new_sigma, self.sigma2).clamp_min(1e-12)
         self.priors = self.posteriors.mean(0)
-        self._m_step(sums)
+        difference_fsc = self._m_step(sums)
         total_ll = mixture_log_likelihood(self.log_likelihood, self.priors)
         if not np.isfinite(total_ll):
             raise FloatingPointError("EM log-likelihood is not finite: a class map or the noise power went NaN")
         changes = float((self.posteriors.argmax(1) != old).mean())
         extra = self.absorb(sums, order)
         changes = max(changes, extra.get("pose_changes", 0.0))  # a particle whose pose moved has changed too
-        if self.difference_fsc is not None:  # gold-standard resolution of each class's difference from the pool
+        if difference_fsc is not None:  # gold-standard resolution of each class's difference from the pool
             extra["difference_resolution_A"] = [round(resolution_at(f, self.d, self.ds.pixel_size), 1)
-                                                for f in self.difference_fsc]  # fmt: skip
+                                                for f in difference_fsc]  # fmt: skip
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
             self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),
             "temperature": temperature, **extra}  # fmt: skip
@@ -364,7 +356,7 @@ class EMClassifier:
         halves = [chunks[0::2], chunks[1::2]]
         if not halves[1]:
             raise ValueError("the held-out log-likelihood needs more than one batch of particles")
-        saved = (self.volumes.clone(), self.priors.copy(), self.difference_fsc)
+        saved = (self.volumes.clone(), self.priors.copy())
         fixed = FixedPosteriors(post)
         try:
             sums = [self._chunk_sums(half, fixed) for half in halves]
@@ -375,7 +367,7 @@ class EMClassifier:
                 scored = self._chunk_sums(halves[held], SoftmaxAssign(self.priors))
                 total += mixture_log_likelihood(scored.log_likelihood, self.priors)
         finally:
-            self.volumes, self.priors, self.difference_fsc = saved
+            self.volumes, self.priors = saved
         return total
 
     def _chunk_sums(self, chunks: list[np.ndarray], assign: Callable) -> PartialSums:
@@ -387,17 +379,19 @@ class EMClassifier:
             total = part if total is None else total.merge(part)
         return total
 
-    def _m_step(self, sums: PartialSums) -> None:
+    def _m_step(self, sums: PartialSums) -> torch.Tensor | None:
         """Class maps from the M-step sums (:meth:`_maps`), their differences filtered by the agreement of the
-        two half-sets (:func:`~.difference_filter.filter_class_differences`) unless switched off."""
+        two half-sets (:func:`~.difference_filter.filter_class_differences`) unless switched off. Returns the
+        half-set FSC of each class's difference ``[K, D//2+1]`` (None without the filter)."""
         self.volumes = self._maps(sums.data, sums.weight)
-        if self.opt.filter_differences and self.opt.n_classes > 1 and sums.half_data is not None:
-            half_a = self._maps(sums.half_data, sums.half_weight)
-            half_b = self._maps(sums.data - sums.half_data, sums.weight - sums.half_weight)
-            length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
-            sigma_px = self.opt.difference_smoothing * length_px
-            self.volumes, fsc = filter_class_differences(self.volumes, half_a, half_b, self.priors, sigma_px)
-            self.difference_fsc = fsc
+        if not self.opt.filter_differences or self.opt.n_classes == 1:
+            return None
+        half_a = self._maps(sums.half_data, sums.half_weight)
+        half_b = self._maps(sums.data - sums.half_data, sums.weight - sums.half_weight)
+        length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+        sigma_px = self.opt.difference_smoothing * length_px
+        self.volumes, fsc = filter_class_differences(self.volumes, half_a, half_b, self.priors, sigma_px)
+        return fsc
 
     def _maps(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> torch.Tensor:
         """Regularised class maps ``[K, D, D, D]`` from inserted sums (Wiener prior, mask, variability mask)."""

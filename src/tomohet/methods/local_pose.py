@@ -192,6 +192,7 @@ def local_e_step(
             g = post_t[:, :, None] * top.values / top.values.sum(-1, keepdim=True)  # [b, K, P]
             n_top = g.shape[-1]
             img = torch.arange(bt)[:, None]
+            in_a = in_half_set_a(chunk, t)  # [bt] images of half-set A
             hw = p.h * p.valid * inv_s2 * band.inside
             rot_table = rots.view(bt, n_rot, 3, 3)
             phase = phase.view(bt, n_off, m, m // 2 + 1)
@@ -209,8 +210,9 @@ def local_e_step(
                     gs = gk[sel][:, None, None]
                     hws = hw[:, None].expand(-1, n_top, -1, -1)[sel]
                     wts = (p.h[:, None] * hw[:, None]).expand(-1, n_top, -1, -1)[sel]
-                    in_a = in_half_set_a(chunk, t)[:, None].expand(-1, n_top)[sel]
-                    accs.insert(k, in_a, xs[sel] * hws * gs, wts * gs, rot_table[img, li][sel])
+                    accs.insert(
+                        k, in_a[:, None].expand(-1, n_top)[sel], xs[sel] * hws * gs, wts * gs, rot_table[img, li][sel]
+                    )
             sig_cnt += band.shell_sums(p.valid, p.valid)[1]
             if progress:
                 progress(len(chunk))

@@ -37,7 +37,7 @@ import torch
 
 from ..physics.filters import soft_sphere
 from ..physics.fourier import fft3_centered, radial_index_3d
-from ..physics.likelihood import SpectraCache, cache_bytes_per_particle, shell_power
+from ..physics.likelihood import SpectraCache, shell_power
 from ..physics.projector import gridding_correction, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
@@ -103,10 +103,7 @@ class PPCAModel:
         self.prev: tuple[torch.Tensor, np.ndarray] | None = None  # (basis, means) of the previous E-step
         self.held_out: np.ndarray | None = None  # [N, T] images kept out of every pass's sums (the VAE's held-out)
         self.log: list[dict] = []
-        per_particle = cache_bytes_per_particle(dataset.n_tilts, self.m)
-        fits = per_particle * dataset.n_particles < options.cache_gb * 1e9
-        use = fits and executor is None
-        self._cache = SpectraCache(dataset.n_particles, dataset.n_tilts) if use else None
+        self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if executor is None else None
 
     # ------------------------------------------------------------------------------------------------ passes
     def pass_state(self, **kw) -> PassState:

@@ -123,6 +123,13 @@ class SpectraCache:
         self.filled = np.zeros(n_particles, dtype=bool)
         self._arrays: CompactImages | None = None
 
+    @classmethod
+    def if_it_fits(cls, dataset, size: int, budget_gb: float) -> SpectraCache | None:
+        """A cache for ``dataset``'s images on a working grid ``size`` when they all fit in ``budget_gb``
+        (:func:`cache_bytes_per_particle`), else None (the images are prepared again at every pass)."""
+        fits = cache_bytes_per_particle(dataset.n_tilts, size) * dataset.n_particles < budget_gb * 1e9
+        return cls(dataset.n_particles, dataset.n_tilts) if fits else None
+
     def __len__(self) -> int:
         return int(self.filled.sum())
 
