@@ -113,6 +113,11 @@ def test_rare_state_found(tmp_path):
     res = classify_em2d(ds, EMOptions(n_classes=2, n_iter=8, seed=0))
     rep = discrete_report(truth["state"].to_numpy(), res.labels)
     assert rep["rarest_state"] == 1 and rep["rarest_state_f1"] >= 0.8
+    # the PCA start and three coherent groups ran two iterations each; the best one's iterations lead the log
+    scores = res.extra["start_log_likelihoods"]
+    assert list(scores) == ["pca", "group 1", "group 2", "group 3"]
+    assert res.extra["start"] == max(scores, key=scores.get)
+    assert res.log[1]["iteration"] == 2 and res.log[1]["log_likelihood"] == pytest.approx(max(scores.values()))
 
 
 def test_premultiplied_structured_noise(tmp_path):

@@ -50,7 +50,8 @@ from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .engine import initial_labels, is_finished, map_partitions, mixture_log_likelihood, run_iterations
-from .iteration import stage_ticker
+from .iteration import anneal_temperature, stage_ticker
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_variability, seeded_labels
 from .result import Result
 from .variability import confine_differences, variability_map, variability_mask
 
@@ -94,6 +95,8 @@ class EMOptions:
     filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
     difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
     heldout: bool = False  # score the final classes by their cross-fitted log-likelihood (about two E-steps more)
+    rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (rare_start)
+    start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
 
 
 def _prepared_chunk(ds, chunk: np.ndarray, max_dose, subtract, cache: SpectraCache | None, size: int) -> PreparedImages:
@@ -312,8 +315,9 @@ class EMClassifier:
         extra = self.absorb(sums, order)
         changes = max(changes, extra.get("pose_changes", 0.0))  # a particle whose pose moved has changed too
         if difference_fsc is not None:  # gold-standard resolution of each class's difference from the pool
-            extra["difference_resolution_A"] = [round(resolution_at(f, self.d, self.ds.pixel_size), 1)
-                                                for f in difference_fsc]  # fmt: skip
+            box_a = self.d * self.ds.pixel_size  # no shell above 0.143 at all: no resolution (None)
+            res = [resolution_at(f, self.d, self.ds.pixel_size) for f in difference_fsc]
+            extra["difference_resolution_A"] = [round(r, 1) if r <= box_a else None for r in res]
         return {"log_likelihood": total_ll, "changes": changes, "class_sizes": np.bincount(
             self.posteriors.argmax(1), minlength=self.opt.n_classes).tolist(), "priors": self.priors.round(4).tolist(),
             "temperature": temperature, **extra}  # fmt: skip
@@ -577,6 +581,7 @@ def _classify_em2d(
         em.restore(state)
         init_info.update(state["init_info"], resumed_from_iteration=start)
     else:
+        starts: dict[str, np.ndarray] = {}  # other starts tried beside the first (rare_start)
         if initial_maps is not None or opt.init == "maps":
             if initial_maps is None:
                 raise ValueError("init='maps' needs initial_maps")
@@ -589,26 +594,17 @@ def _classify_em2d(
                 labels = ppca_start_labels(dataset, opt.n_classes, seed=opt.seed, max_dose=opt.max_dose,
                                            focus_mask=focus_mask, batch_size=opt.batch_size,
                                            progress=progress)  # fmt: skip
+            elif opt.init == "pca":
+                labels, starts = _pca_starts(dataset, consensus, opt, em, focus_mask, progress, init_info)
             else:
-
-                def pca_start():
-                    feats = difference_features(
-                        dataset, consensus, resolution_A=opt.init_resolution_A, max_dose=opt.max_dose,
-                        focus_mask=focus_mask, batch_size=opt.batch_size,
-                        progress=stage_ticker(progress, "PCA start", n),
-                    )  # fmt: skip
-                    if opt.confine_differences and opt.n_classes > 1:
-                        var = variability_map(feats, opt.n_classes, dataset.box, opt.seed)
-                        em.variability = variability_mask(var, dataset.pixel_size, opt.init_resolution_A)
-                        init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
-                    return pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)
-
-                labels = initial_labels(opt.init, n, opt.n_classes, opt.seed, pca_start)
+                labels = initial_labels(opt.init, n, opt.n_classes, opt.seed)
             if opt.init in ("pca", "ppca"):
                 init_info["init_seconds"] = round(time.perf_counter() - ts, 2)
                 init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(consensus, labels=labels)
         em.sigma2 = initial_sigma2(em, consensus, stage_ticker(progress, "noise power", n))
+        if state is None and starts:
+            start = _best_start(em, consensus, {"pca": (labels, em.variability), **starts}, opt, progress, init_info)
     em.init_info = init_info
     run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n,
@@ -625,6 +621,77 @@ def _classify_em2d(
         extra={"sigma2": em.sigma2.numpy(), "seconds": time.perf_counter() - t0, **init_info,
                **em.pose_corrections()},
     )  # fmt: skip
+
+
+def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifier, focus_mask, progress,
+                init_info: dict) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, torch.Tensor | None]]]:  # fmt: skip
+    """The PCA start's labels (difference features, k-means; its variability mask set on ``em``) and the rare-state
+    starts tried beside it, as labels and variability mask: k-means into one class fewer plus each of
+    ``opt.rare_starts`` coherent groups of particles as the last class, the differences confined to where the
+    group differs and (K > 2) where the other classes do (:mod:`.rare_start`)."""
+    n, box, apix = dataset.n_particles, dataset.box, dataset.pixel_size
+    feats = difference_features(dataset, consensus, resolution_A=opt.init_resolution_A, max_dose=opt.max_dose,
+                                focus_mask=focus_mask, batch_size=opt.batch_size,
+                                progress=stage_ticker(progress, "PCA start", n))  # fmt: skip
+    confine = opt.confine_differences and opt.n_classes > 1
+    if confine:
+        var = variability_map(feats, opt.n_classes, box, opt.seed)
+        em.variability = variability_mask(var, apix, opt.init_resolution_A)
+        init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
+    labels = pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)[0]
+    if opt.rare_starts < 1 or opt.n_classes < 2:
+        return labels, {}
+    base, base_var = np.zeros(n, int), torch.zeros(box, box, box)
+    if opt.n_classes > 2:
+        base = pca_kmeans(feats, opt.n_classes - 1, None, opt.seed)[0]
+        base_var = variability_map(feats, opt.n_classes - 1, box, opt.seed)
+    del feats
+    coarse = difference_features(dataset, consensus, resolution_A=RARE_BAND_FACTOR * opt.init_resolution_A,
+                                 max_dose=opt.max_dose, focus_mask=focus_mask, batch_size=opt.batch_size,
+                                 progress=stage_ticker(progress, "rare-state groups", n))  # fmt: skip
+    starts = {}
+    for j, group in enumerate(coherent_groups(coarse, opt.rare_starts, seed=opt.seed)):
+        mask = None
+        if confine:  # each variance map scaled to its maximum: the mask is their union
+            var = torch.maximum(_unit_max(base_var), _unit_max(group_variability(coarse, group, box)))
+            mask = variability_mask(var, apix, opt.init_resolution_A)
+        starts[f"group {j + 1}"] = (seeded_labels(base, group, opt.n_classes), mask)
+    return labels, starts
+
+
+def _unit_max(volume: torch.Tensor) -> torch.Tensor:
+    return volume / volume.max().clamp_min(1e-30)
+
+
+def _best_start(em: EMClassifier, consensus: torch.Tensor, starts: dict[str, tuple[np.ndarray, torch.Tensor | None]],
+                opt: EMOptions, progress, init_info: dict) -> int:  # fmt: skip
+    """Run ``opt.start_iterations`` EM iterations from each start (labels ``[N]`` and variability mask) and leave
+    ``em`` in the state of the one with the highest log-likelihood (its iterations stay in the log); returns the
+    iterations done. ``init_info`` records each start's log-likelihood and the chosen one."""
+    n_short = max(1, min(opt.start_iterations, opt.n_iter))
+    fresh, sigma2 = em.state(0), em.sigma2  # the noise power does not depend on the labels
+    best: tuple[float, str, dict] | None = None
+    scores = {}
+    for name, (labels, mask) in starts.items():
+        em.restore(fresh)  # a subclass's own state (e.g. poses) back to where the run began
+        em.initialise(consensus, labels=labels)
+        em.sigma2, em.log, em.variability = sigma2, [], mask
+        run_iterations(em, n_iter=n_short, n_particles=em.ds.n_particles, n_images=em.ds.n_images,
+                       progress=progress, schedule=lambda it: anneal_temperature(it, opt.n_iter, opt.anneal_start),
+                       stage=f"start {name}: ")  # fmt: skip
+        scores[name] = round(em.log[-1]["log_likelihood"], 1)
+        if best is None or scores[name] > best[0]:
+            best = (scores[name], name, em.state(len(em.log)))
+    assert best is not None
+    chosen = best[2]
+    em.volumes, em.priors, em.sigma2, em.tau2 = chosen["volumes"], chosen["priors"], chosen["sigma2"], chosen["tau2"]
+    em.posteriors, em.log, em.variability = chosen["posteriors"], chosen["log"], chosen["variability"]
+    em.restore(chosen)
+    init_info["start_log_likelihoods"] = scores
+    init_info["start"] = best[1]
+    if em.variability is not None:
+        init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
+    return len(em.log)
 
 
 def initial_sigma2(
