@@ -76,8 +76,8 @@ def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None 
            "oracle_ari": discrete_report(states, o.labels)["ari"], "em_ari": discrete_report(states, res.labels)["ari"],
            "em_class_sizes": np.bincount(res.labels, minlength=k).tolist(), "em_iterations": len(res.log),
            "em_final_log_likelihood": res.log[-1]["log_likelihood"], "feature_band_A": res.options["init_resolution_A"],
-           "e_step_band_A": res.options["resolution_limit_A"], "wall_s": round(wall, 1),
-           "cpu_s": round(cpu, 1)}  # fmt: skip
+           "e_step_band_A": res.options["resolution_limit_A"], "start": res.extra.get("start"),
+           "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}  # fmt: skip
     if preset.startswith("rare"):
         out["oracle_rare_f1"] = rare_state_f1(states, o.labels, 1)["f1"]
         out["em_rare_f1"] = rare_state_f1(states, res.labels, 1)["f1"]

@@ -46,8 +46,8 @@ class Result:
         return cols
 
     def diagnostics(self) -> dict[str, Any]:
-        """JSON-ready scalars and short lists of ``extra`` (timings, band, sizes) for ``result.json``; arrays
-        longer than 64 values are left out."""
+        """JSON-ready scalars, short lists and short dicts of scalars of ``extra`` (timings, band, sizes, the
+        starts' log-likelihoods) for ``result.json``; arrays longer than 64 values are left out."""
         out: dict[str, Any] = {}
         for key, value in self.extra.items():
             if isinstance(value, (int, float, str, bool)) or value is None:
@@ -56,4 +56,10 @@ class Result:
                 out[key] = value.tolist()
             elif isinstance(value, (list, tuple, np.ndarray)) and np.size(value) <= 64:
                 out[key] = np.asarray(value).tolist()
+            elif (
+                isinstance(value, dict)
+                and len(value) <= 64
+                and all(isinstance(v, (int, float, str, bool)) for v in value.values())
+            ):  # e.g. each start's log-likelihood
+                out[key] = {str(k): v for k, v in value.items()}
         return out
