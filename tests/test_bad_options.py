@@ -83,6 +83,7 @@ def tiny_copy(tiny, tmp_path) -> Path:
         (["--pixel-size", "-12"], "--pixel-size", "got -12.0"),
         (["--method", "em3d", "-K", "0"], "--classes/-K", "got 0"),
         (["--method", "hillclimb", "--init", "ppca"], "--init", "not hillclimb"),
+        (["--rare-starts", "-1"], "--rare-starts", "got -1"),
     ],
 )
 def test_classify_bad_option_before_anything_runs(tiny, tmp_path, monkeypatch, args, option, shown):

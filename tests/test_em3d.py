@@ -41,7 +41,7 @@ def test_em3d_recovers_four_states_like_em2d(assembly):
     assert res.posteriors.shape == (240, 4) and np.allclose(res.posteriors.sum(1), 1)
     assert res.volumes.shape == (4, 32, 32, 32) and all(e["particles_per_s"] > 0 for e in res.log)
     # the 2D EM on the tilt stacks of the same particles: the 3D EM with CTF^2 weights is its equal
-    res2 = classify_em2d(ds, EMOptions(n_classes=4, n_iter=8, seed=0))
+    res2 = classify_em2d(ds, EMOptions(n_classes=4, n_iter=8, seed=0, rare_starts=0))
     ari2 = adjusted_rand_index(t, res2.labels)
     assert rep["ari"] >= ari2 - 0.05, (rep["ari"], ari2)
     assert adjusted_rand_index(res2.labels, res.labels) >= 0.9

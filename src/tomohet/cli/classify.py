@@ -23,6 +23,7 @@ from ..methods.registry import build_options, fit, get_method
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z, rotation_angle
 from .options import (
+    OptionError,
     check_class_scan,
     check_classes_fit,
     check_classify,
@@ -60,6 +61,7 @@ def run_classify(
     sigma_angles: float | None = None,
     sigma_shifts: float | None = None,
     scan_classes: str | None = None,
+    rare_starts: int = 3,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content.
     ``scan_classes`` (``"1-6"``, ``"2,4"``) runs EM for each number of classes and keeps the one with the highest
@@ -72,6 +74,8 @@ def run_classify(
                    has_maps=bool(initial_maps))  # fmt: skip
     check_local_search(local_angles, local_shifts, sigma_angles, sigma_shifts, method)
     check_class_scan(scan_classes, method, bool(initial_maps), local_angles > 0 or local_shifts > 0)
+    if rare_starts < 0:
+        raise OptionError("--rare-starts", f"must be >= 0, got {rare_starts}")
     executors = _ExecutorSlot(executor)
     try:
         with Run(out, "classify", {k: v for k, v in args.items() if k != "executor"}) as run:
@@ -103,7 +107,7 @@ class _ExecutorSlot:
 def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n_classes: int, n_iter: int, init: str,
               initial_maps, seed, max_dose, resolution_limit, anneal_start, tomograms, flip_hand, truth, class_maps,
               executor, focus_mask, method, runs, pixel_size, overwrite, local_angles, local_shifts, sigma_angles,
-              sigma_shifts, scan_classes) -> dict:  # fmt: skip
+              sigma_shifts, scan_classes, rare_starts) -> dict:  # fmt: skip
     with run.timed("read"):
         ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
@@ -142,6 +146,7 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         spec, n_classes=n_classes, n_iter=n_iter, init=init, seed=seed, max_dose=max_dose,
         resolution_limit_A=resolution_limit, anneal_start=anneal_start, n_runs=runs, local_angles_deg=local_angles,
         local_shifts_px=local_shifts, sigma_angles_deg=sigma_angles, sigma_shifts_px=sigma_shifts,
+        rare_starts=rare_starts,
     )  # fmt: skip
     checkpoint = out / "checkpoint.pt"
     if overwrite:

@@ -191,6 +191,11 @@ def classify(
     sigma_shifts: float | None = typer.Option(
         None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
     ),
+    rare_starts: int = typer.Option(
+        3,
+        help="em: coherent groups of 5% of the particles tried as a class of their own beside the PCA start "
+        "(finds rare states; costs 2 iterations each; 0: off)",
+    ),
     workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
     scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
     slurm: str | None = typer.Option(
@@ -210,7 +215,7 @@ def classify(
                      executor=lambda: _executor(workers, scheduler, slurm), focus_mask=focus_mask, method=method,
                      runs=runs, pixel_size=pixel_size, overwrite=overwrite, local_angles=local_angles,
                      local_shifts=local_shifts, sigma_angles=sigma_angles, sigma_shifts=sigma_shifts,
-                     scan_classes=scan_classes)  # fmt: skip
+                     scan_classes=scan_classes, rare_starts=rare_starts)  # fmt: skip
 
 
 @app.command()

@@ -95,7 +95,8 @@ class EMOptions:
     filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
     difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
     heldout: bool = False  # score the final classes by their cross-fitted log-likelihood (about two E-steps more)
-    rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (rare_start)
+    rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (rare_start;
+    # not with a local pose search, nor when n_iter <= start_iterations + 1)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
 
 
@@ -639,7 +640,7 @@ def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifi
         em.variability = variability_mask(var, apix, opt.init_resolution_A)
         init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
     labels = pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)[0]
-    if opt.rare_starts < 1 or opt.n_classes < 2:
+    if not _tries_rare_starts(opt):
         return labels, {}
     base, base_var = np.zeros(n, int), torch.zeros(box, box, box)
     if opt.n_classes > 2:
@@ -657,6 +658,14 @@ def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifi
             mask = variability_mask(var, apix, opt.init_resolution_A)
         starts[f"group {j + 1}"] = (seeded_labels(base, group, opt.n_classes), mask)
     return labels, starts
+
+
+def _tries_rare_starts(opt: EMOptions) -> bool:
+    """Whether the rare-state starts are tried: K >= 2, ``rare_starts`` >= 1, a run long enough to go on after
+    them (more than ``start_iterations + 1`` iterations), and poses taken as given (with a local pose search each
+    start would search poses too: ~8 pose-search iterations more)."""
+    local_pose = opt.local_angles_deg > 0 or opt.local_shifts_px > 0
+    return opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1 and not local_pose
 
 
 def _unit_max(volume: torch.Tensor) -> torch.Tensor:
