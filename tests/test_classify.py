@@ -28,7 +28,7 @@ def assembly(tmp_path_factory):
 def test_em2d_recovers_four_states(assembly):
     out, layout, truth = assembly
     ds = read_relion5(layout.optimisation_set)
-    res = classify_em2d(ds, EMOptions(n_classes=4, n_iter=8, seed=0))
+    res = classify_em2d(ds, EMOptions(n_classes=4, n_iter=8, seed=0, rare_starts=0))  # the search: below
     rep = discrete_report(truth["state"].to_numpy(), res.labels)
     assert rep["ari"] >= 0.9
     assert rep["population_error"]["max_abs"] < 0.05
@@ -69,6 +69,8 @@ def test_classify_cli_outputs_and_hierarchy(assembly, tmp_path):
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "c" / "result.json").read_text())
     assert result["metrics"]["method"]["ari"] >= 0.9
+    starts = result["diagnostics"]["start_log_likelihoods"]  # the PCA start and 3 rare-state starts, the best kept
+    assert len(starts) == 4 and result["diagnostics"]["start"] == max(starts, key=starts.get)
     assert result["metrics"]["method"]["ari"] >= result["metrics"]["oracle"]["ari"] - 0.05
     # particles.star: the input rows, same names, plus the class and its posterior
     src = starfile.read(layout.particles_star)["particles"]

@@ -582,7 +582,7 @@ def _classify_em2d(
         em.restore(state)
         init_info.update(state["init_info"], resumed_from_iteration=start)
     else:
-        starts: dict[str, np.ndarray] = {}  # other starts tried beside the first (rare_start)
+        starts: dict[str, tuple[np.ndarray, torch.Tensor | None]] = {}  # labels + mask tried beside the PCA start
         if initial_maps is not None or opt.init == "maps":
             if initial_maps is None:
                 raise ValueError("init='maps' needs initial_maps")
@@ -669,6 +669,7 @@ def _tries_rare_starts(opt: EMOptions) -> bool:
 
 
 def _unit_max(volume: torch.Tensor) -> torch.Tensor:
+    """``volume`` divided by its maximum (an empty one stays zero)."""
     return volume / volume.max().clamp_min(1e-30)
 
 
