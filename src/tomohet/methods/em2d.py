@@ -333,6 +333,20 @@ class EMClassifier:
         """Take what else ``sums`` carries (particles in ``sums.particles[order]`` order); returns log entries."""
         return {}
 
+    def load_state(self, state: dict) -> int:
+        """Take back a :meth:`state` (a checkpoint, or the start the start search kept); returns the iterations it
+        had done."""
+        self.volumes, self.priors, self.sigma2, self.tau2 = (
+            state["volumes"],
+            state["priors"],
+            state["sigma2"],
+            state["tau2"],
+        )
+        self.posteriors, self.log = state["posteriors"], state["log"]
+        self.subtract, self.variability = state["subtract"], state.get("variability")
+        self.restore(state)
+        return int(state["iteration"])
+
     def restore(self, state: dict) -> None:
         """Take what else a checkpoint written by :meth:`state` carries (nothing here)."""
 
@@ -576,10 +590,7 @@ def _classify_em2d(
     init_info["e_step_limit_A"] = round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2)
     init_info["working_box"] = em.m
     if state is not None:
-        em.volumes, em.priors, em.sigma2, em.tau2 = state["volumes"], state["priors"], state["sigma2"], state["tau2"]
-        em.posteriors, em.log, start = state["posteriors"], state["log"], state["iteration"]
-        em.subtract, em.variability = state["subtract"], state.get("variability")
-        em.restore(state)
+        start = em.load_state(state)
         init_info.update(state["init_info"], resumed_from_iteration=start)
     else:
         starts: dict[str, tuple[np.ndarray, torch.Tensor | None]] = {}  # labels + mask tried beside the PCA start
@@ -604,7 +615,7 @@ def _classify_em2d(
                 init_info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(consensus, labels=labels)
         em.sigma2 = initial_sigma2(em, consensus, stage_ticker(progress, "noise power", n))
-        if state is None and starts:
+        if starts:
             start = _best_start(em, consensus, {"pca": (labels, em.variability), **starts}, opt, progress, init_info)
     em.init_info = init_info
     run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
@@ -693,15 +704,12 @@ def _best_start(em: EMClassifier, consensus: torch.Tensor, starts: dict[str, tup
         if best is None or scores[name] > best[0]:
             best = (scores[name], name, em.state(len(em.log)))
     assert best is not None
-    chosen = best[2]
-    em.volumes, em.priors, em.sigma2, em.tau2 = chosen["volumes"], chosen["priors"], chosen["sigma2"], chosen["tau2"]
-    em.posteriors, em.log, em.variability = chosen["posteriors"], chosen["log"], chosen["variability"]
-    em.restore(chosen)
+    done = em.load_state(best[2])
     init_info["start_log_likelihoods"] = scores
     init_info["start"] = best[1]
     if em.variability is not None:
         init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
-    return len(em.log)
+    return done
 
 
 def initial_sigma2(
