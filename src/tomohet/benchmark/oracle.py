@@ -54,7 +54,7 @@ def oracle(
     for chunk in dataset.chunks(batch_size):
         # premultiplied images: divided by the CTF, masked where |CTF| <= 0.01 (physics.likelihood)
         p = prepare_images(dataset, chunk, min_ctf=0.01)
-        resid2 = squared_residuals(p, proj.project_ft(p.rotations))  # [K, BT, D, Dh]
+        resid2 = squared_residuals(p, proj.project_ft(p.rotations), overwrite=True)  # [K, BT, D, Dh]
         ll[chunk] = gaussian_log_likelihood(p, resid2, wmult, inv_sigma2).numpy()
         if progress:
             progress(len(chunk))

@@ -9,8 +9,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.plots import plot_central_slices, plot_class_scan, plot_fsc
-from ..benchmark.metrics import discrete_report, pose_error_report
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
 from ..data.poses import with_refined_poses, write_pose_corrections
@@ -251,6 +249,8 @@ def pose_summary(result) -> dict:
 
 def pose_metrics(read_ds, truth_table: pd.DataFrame, result, run: Run) -> dict:
     """Pose errors of the written and of the refined poses against the true ones."""
+    from ..benchmark.metrics import pose_error_report  # lazy: scikit-learn (~80 MB) only where truth is scored
+
     true_rot, true_off = true_pose_corrections(read_ds, truth_table)
     report = {"written": pose_error_report(true_rot, true_off),
               "refined": pose_error_report(true_rot, true_off, result.extra["pose_rotation"],
@@ -265,6 +265,8 @@ def write_class_map(out: Path, k: int, rec, title: str) -> None:
     """Gold-standard outputs of class ``k`` (0-based) from its :class:`~tomohet.physics.reconstruct.Reconstruction`:
     ``class_NNN_half1/half2/map.mrc``, ``class_NNN_fsc.csv/png`` and ``class_NNN_slices.png`` (central sections of
     the FSC-filtered map)."""
+    from ..analysis.plots import plot_central_slices, plot_fsc  # lazy: matplotlib only once the classes are done
+
     stem = out / f"class_{k + 1:03d}"
     for name, vol in (("half1", rec.half1), ("half2", rec.half2), ("map", rec.full)):
         write_volume(f"{stem}_{name}.mrc", vol, rec.pixel_size)
@@ -277,6 +279,7 @@ def write_class_map(out: Path, k: int, rec, title: str) -> None:
 def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np.ndarray, run: Run) -> dict:
     """ARI & co. against ``ground_truth.csv`` (``truth``: :func:`load_truth`) and, where the simulation's maps
     and noise are known (its ``dataset.json``), the oracle."""
+    from ..benchmark.metrics import discrete_report  # lazy: scikit-learn (~80 MB) only where truth is scored
     from ..benchmark.oracle import oracle
 
     states = np.array(truth["state"].tolist())
@@ -311,6 +314,8 @@ def _metrics_against_truth(ds, truth_path: Path, truth: pd.DataFrame, labels: np
 
 def write_class_scan(out: Path, scan) -> dict:
     """``class_scan.csv`` (one row per K) and ``class_scan.png``; returns the fields for result.json."""
+    from ..analysis.plots import plot_class_scan
+
     table = scan.table()
     pd.DataFrame([{**r, "class_sizes": " ".join(map(str, r["class_sizes"]))} for r in table]).to_csv(
         out / "class_scan.csv", index=False

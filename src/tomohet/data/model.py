@@ -9,7 +9,7 @@ across the tilted specimen), angles in degrees, doses in e/A^2 (cumulative befor
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -144,6 +144,19 @@ class TiltSeriesParticles:
         """Yield particle index arrays of at most ``size`` particles (all particles by default)."""
         return particle_chunks(self.n_particles, size, particles)
 
+    def take(self, particles: np.ndarray) -> TiltSeriesParticles:
+        """The dataset of the given particles only (0-based indices, in that order), for computations on a subset
+        (e.g. cross-validation): images are read through this dataset's source, nothing is copied or modified.
+        The source file's tables are not carried over, so a subset is not written back as particles."""
+        idx = np.asarray(particles, dtype=np.int64)
+        t = torch.from_numpy(idx)
+        per_particle = {f: getattr(self, f)[t] for f in ("rotations", "shifts", "defocus_u", "defocus_v",
+                        "defocus_angle", "phase_shift", "dose", "ctf_scale", "tilt_angle", "visible", "voltage",
+                        "spherical_aberration", "amplitude_contrast")}  # fmt: skip
+        return replace(self, **per_particle, names=[self.names[i] for i in idx],
+                       tomogram=[self.tomogram[i] for i in idx], half_set=np.asarray(self.half_set)[idx],
+                       images=SubsetImages(self.images, idx), tables={})  # fmt: skip
+
     def summary(self) -> str:
         return (
             f"{self.n_particles} particles, {self.n_images} images (up to {self.n_tilts} tilts), box {self.box}, "
@@ -161,3 +174,14 @@ class ArrayImageSource:
 
     def read(self, particles: np.ndarray | list[int]) -> torch.Tensor:
         return self.images[torch.as_tensor(np.asarray(particles), dtype=torch.long)]
+
+
+class SubsetImages:
+    """The images of some particles of another source (``particles``: their indices there); same interface."""
+
+    def __init__(self, source, particles: np.ndarray):
+        self.source, self.particles = source, np.asarray(particles, dtype=np.int64)
+        self.box = source.box
+
+    def read(self, particles: np.ndarray | list[int]) -> torch.Tensor:
+        return self.source.read(self.particles[np.asarray(particles, dtype=np.int64)])

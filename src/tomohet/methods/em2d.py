@@ -238,14 +238,15 @@ def e_step(
     lls, posts = [], []
     for chunk in ds.chunks(opt.batch_size, particles):
         p = _prepared_chunk(ds, chunk, opt.max_dose, sub, cache, m)
-        resid2 = squared_residuals(p, proj.project_ft(p.rotations))  # [K, BT, M, Mh]
+        resid2 = squared_residuals(p, proj.project_ft(p.rotations), overwrite=True)  # [K, BT, M, Mh]
         ll = gaussian_log_likelihood(p, resid2, band.weight, inv_s2, log_s2).numpy()  # [B, K]
         post = state.assign(chunk, ll)
         lls.append(ll)
         posts.append(post)
         gimg = torch.from_numpy(post).T.float().repeat_interleave(p.n_tilts, dim=1)  # [K, BT]
         # noise power per shell from the posterior-weighted residuals
-        s, c = band.shell_sums((resid2 * gimg[:, :, None, None]).sum(0), p.valid)
+        s, c = band.shell_sums(torch.einsum("kb,kbyx->byx", gimg, resid2), p.valid)
+        del resid2
         sig_sum += s
         sig_cnt += c
         # M-step sums: insertion weighted by posterior, H and 1/sigma2, inside the E-step band only (sigma2 is
@@ -725,7 +726,7 @@ def initial_sigma2(
     sub = VolumeProjector(em.subtract, oversampling=2, out_size=em.m) if em.subtract is not None else None
     for chunk in em.ds.chunks(em.opt.batch_size):
         p = _prepared_chunk(em.ds, chunk, em.opt.max_dose, sub, em._cache, em.m)
-        ds_, dc_ = band.shell_sums(squared_residuals(p, proj.project_ft(p.rotations)[None])[0], p.valid)
+        ds_, dc_ = band.shell_sums(squared_residuals(p, proj.project_ft(p.rotations)[None], overwrite=True)[0], p.valid)
         s += ds_
         c += dc_
         if progress:

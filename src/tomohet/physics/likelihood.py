@@ -178,10 +178,13 @@ def cache_bytes_per_particle(n_tilts: int, size: int) -> int:
     return n_tilts * (size * (size // 2 + 1) * CompactImages.bytes_per_pixel() + 36)
 
 
-def squared_residuals(prepared: PreparedImages, model_ft: torch.Tensor) -> torch.Tensor:
+def squared_residuals(prepared: PreparedImages, model_ft: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """``|X - H P|^2 x valid`` ``[K, B*T, M, M//2+1]`` for projections ``model_ft`` ``[K, B*T, M, M//2+1]``
-    (not yet multiplied by H)."""
-    return (prepared.x[None] - model_ft * prepared.h).abs() ** 2 * prepared.valid
+    (not yet multiplied by H). ``overwrite``: ``model_ft`` is a temporary the residuals may be computed in (one
+    complex copy fewer; the E-step's largest arrays)."""
+    resid = model_ft.mul_(prepared.h) if overwrite else model_ft * prepared.h
+    resid = resid.sub_(prepared.x).abs()  # real; the complex workspace is released here
+    return resid.square_().mul_(prepared.valid)
 
 
 def gaussian_log_likelihood(

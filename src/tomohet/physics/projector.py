@@ -75,7 +75,7 @@ class VolumeProjector:
         tab = torch.view_as_real(ft).permute(1, 2, 3, 0, 4).reshape(gc, gc, gc, 2 * self.n_volumes)
         self._table = torch.nn.functional.pad(tab, (0, 0, 0, 1, 0, 1, 0, 1)).reshape(-1, 2 * self.n_volumes)
 
-    def project_ft(self, rotations: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+    def project_ft(self, rotations: torch.Tensor, chunk: int = 1 << 17) -> torch.Tensor:
         """Half centred spectra on the M grid (``out_size``, default D): ``[B, M, M//2+1]`` (or
         ``[K, B, M, M//2+1]`` for a stack).
 
@@ -105,7 +105,9 @@ class VolumeProjector:
                         acc.addcmul_(self._table.index_select(0, flat + offsets[corner]), wzy * wx[ox])
                         corner += 1
         out = torch.zeros(k, b, d * (d // 2 + 1), dtype=torch.complex64, device=c.device)
-        out[:, :, idx] = torch.view_as_complex(vals.reshape(b, -1, k, 2).permute(2, 0, 1, 3).contiguous())
+        per_volume = vals.view(b, -1, k, 2)
+        for j in range(k):  # volume by volume: no transposed copy of all values at once
+            out[j][:, idx] = torch.view_as_complex(per_volume[:, :, j])
         ft = out.reshape(k, b, d, d // 2 + 1)
         return ft if self.stacked else ft[0]
 
