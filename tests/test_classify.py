@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+import torch
 from typer.testing import CliRunner
 
 from tomohet.benchmark.metrics import discrete_report
@@ -251,39 +252,35 @@ def test_ppca_start_separates_two_states(tmp_path):
     assert res.extra["init_class_sizes"] == np.bincount(start, minlength=2).tolist()
 
 
-def test_heldout_log_likelihood_prefers_the_true_classes_and_ignores_the_cache(assembly):
-    """The cross-fitted log-likelihood ranks the true classes above a random partition and above one class; it
-    is the same whether the prepared spectra come from the run's cache or are read again, and leaves the
-    classifier's maps and priors as they were."""
-    import torch
-
-    from tomohet.methods.em2d import EMClassifier, initial_sigma2
+def test_heldout_log_likelihood_rewards_true_classes_and_not_a_split_by_noise(assembly):
+    """Classifications fitted to one half of the particles score the other half: four classes from the true
+    labels beat one class; on particles of a single state, two classes (a split by noise, whose maps hold the
+    fitted half's noise) gain nothing over one class (the difference filter shrinks them together)."""
+    from tomohet.methods.class_scan import split_halves
+    from tomohet.methods.em2d import heldout_log_likelihood
     from tomohet.physics.reconstruct import reconstruct
 
     out, layout, truth = assembly
     ds = read_relion5(layout.optimisation_set)
     states = truth["state"].to_numpy()
-    cons = reconstruct(ds, oversampling=1).full
-    em = EMClassifier(ds, EMOptions(n_classes=4, batch_size=16))
-    em.initialise(cons, labels=states)
-    em.sigma2 = initial_sigma2(em, cons)
-    assert em._cache  # the run's spectra are cached by chunk
-    vols, priors = em.volumes.clone(), em.priors.copy()
-    true_post = np.eye(4)[states]
-    random_post = np.eye(4)[np.random.default_rng(0).permutation(states)]
-    one_class = np.full((len(states), 4), 0.25)
-    h_true = em.heldout_log_likelihood(true_post)
-    h_random = em.heldout_log_likelihood(random_post)
-    h_one = em.heldout_log_likelihood(one_class)
-    assert h_true > h_random + 50 and h_true > h_one + 50, (h_true, h_random, h_one)
-    assert torch.equal(em.volumes, vols) and np.array_equal(em.priors, priors)
-    em._cache = None
-    assert em.heldout_log_likelihood(true_post) == pytest.approx(h_true, rel=1e-9, abs=1e-3)
+    fit_idx, held_idx = split_halves(ds.n_particles, seed=0)
+    assert len(np.intersect1d(fit_idx, held_idx)) == 0 and len(fit_idx) + len(held_idx) == ds.n_particles
+    fit, held = ds.take(fit_idx), ds.take(held_idx)
+    true_maps = torch.stack([reconstruct(fit, np.flatnonzero(states[fit_idx] == k)).full for k in range(4)])
+    four = classify_em2d(fit, EMOptions(n_classes=4, n_iter=1), initial_maps=true_maps)
+    one = classify_em2d(fit, EMOptions(n_classes=1, n_iter=1))
+    assert heldout_log_likelihood(held, four) > heldout_log_likelihood(held, one) + 50
+    # one state only: any split is noise
+    fit0, held0 = fit.take(np.flatnonzero(states[fit_idx] == 0)), held.take(np.flatnonzero(states[held_idx] == 0))
+    one0 = classify_em2d(fit0, EMOptions(n_classes=1, n_iter=2))
+    two0 = classify_em2d(fit0, EMOptions(n_classes=2, n_iter=4, init="random", rare_starts=0))
+    assert heldout_log_likelihood(held0, two0) < heldout_log_likelihood(held0, one0) + 10  # true classes: > 50
 
 
 def test_classify_scan_classes_chooses_the_supported_number(tmp_path):
-    """``--scan-classes 1-3`` on two states: EM for K = 1, 2, 3, each scored by its cross-fitted log-likelihood;
-    K = 2 scores best and its classes are the result; a bad range is refused before any work."""
+    """``--scan-classes 1-3`` on two states: for K = 1, 2, 3, EM on each half of the particles scores the other
+    half; K = 2 scores best and is run on all particles (its classes are the result); a bad range, or more classes
+    than half the particles, is refused before any work."""
     layout, truth = simulate_preset("smoke", tmp_path / "d", seed=4, n_particles=120)
     runner = CliRunner()
     r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "c"),
@@ -300,7 +297,11 @@ def test_classify_scan_classes_chooses_the_supported_number(tmp_path):
     assert len(result["classes"]) == 2 and result["metrics"]["method"]["ari"] >= 0.9
     table = pd.read_csv(tmp_path / "c" / "class_scan.csv")
     assert list(table["classes"]) == [1, 2, 3] and (tmp_path / "c" / "class_scan.png").stat().st_size > 0
-    assert sorted(p.name for p in (tmp_path / "c" / "class_scan").glob("K*.pt")) == ["K1.pt", "K2.pt", "K3.pt"]
+    runs = [f"K{k}_half{j}.pt" for k in (1, 2, 3) for j in (1, 2)]
+    assert sorted(p.name for p in (tmp_path / "c" / "class_scan").glob("K*.pt")) == sorted([*runs, "K2.pt"])
     r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "bad"),
                             "--scan-classes", "3"])  # fmt: skip
     assert r.exit_code == 2 and "--scan-classes" in r.output
+    r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "bad2"),
+                            "--scan-classes", "1-61"])  # fmt: skip
+    assert r.exit_code == 2 and "--scan-classes" in r.output and "at most 60" in r.output, r.output

@@ -63,7 +63,7 @@ def run_classify(
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content.
     ``scan_classes`` (``"1-6"``, ``"2,4"``) runs EM for each number of classes and keeps the one with the highest
-    cross-fitted log-likelihood (``class_scan.csv`` / ``.png``).
+    two-fold cross-validated log-likelihood (``class_scan.csv`` / ``.png``).
 
     ``executor`` is a Dask executor or a function that makes one (called only once the data are read and
     checked); it is closed at the end, also on error."""
@@ -110,7 +110,10 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         ds = read_input(input_path, tomograms, pixel_size)
     run.log.info("%s", ds.summary())
     scan_ks = parse_class_range(scan_classes) if scan_classes else None
-    check_classes_fit(len(initial_maps) if initial_maps else max(scan_ks or [n_classes]), ds.n_particles, input_path)
+    if scan_ks:  # cross-validated: each half of the particles needs a particle per class
+        check_classes_fit(max(scan_ks), ds.n_particles // 2, input_path, "--scan-classes")
+    else:
+        check_classes_fit(len(initial_maps) if initial_maps else n_classes, ds.n_particles, input_path)
     truth_table, truth_problem = None, None
     if truth is not None:  # given: it must fit the particles, checked before the work starts
         truth = Path(truth)
@@ -158,7 +161,7 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
 
         with run.timed("classify"):
             try:
-                if scan_ks:  # one EM per K (resumable: class_scan/K<k>.pt); the best K's run is the result
+                if scan_ks:  # EM on each half per K, then the best K on all (resumable: class_scan/K*.pt)
                     if overwrite:
                         for old_ck in (out / "class_scan").glob("K*.pt"):
                             old_ck.unlink()
@@ -171,7 +174,7 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
                 executors.close()
     if scan_ks:
         scan_fields = write_class_scan(out, scan)
-        run.log.info("class scan: held-out log-likelihood highest at K = %d (%s)", scan.best, ", ".join(
+        run.log.info("class scan: cross-validated log-likelihood highest at K = %d (%s)", scan.best, ", ".join(
             f"K={r['classes']}: {r['heldout_vs_best']:+.0f}" for r in scan.table()))  # fmt: skip
     if "e_step_limit_A" in result.extra:
         run.log.info("E-step band to %.1f A (consensus %s A), images cropped to box %d", result.extra["e_step_limit_A"],
@@ -317,7 +320,8 @@ def write_class_scan(out: Path, scan) -> dict:
     from ..analysis.plots import plot_class_scan
 
     table = scan.table()
-    pd.DataFrame([{**r, "class_sizes": " ".join(map(str, r["class_sizes"]))} for r in table]).to_csv(
+    sizes = ("class_sizes", "class_sizes_half2")
+    pd.DataFrame([{**r, **{c: " ".join(map(str, r[c])) for c in sizes}} for r in table]).to_csv(
         out / "class_scan.csv", index=False
     )
     plot_class_scan(out / "class_scan.png", table, scan.best)

@@ -154,8 +154,9 @@ def classify(
     classes: int = typer.Option(4, "--classes", "-K", help="number of classes"),
     scan_classes: str | None = typer.Option(
         None,
-        help="choose the number of classes: EM for each K of a range (e.g. 1-6) scored by its cross-fitted "
-        "log-likelihood; the best K's classes are the result (em; replaces -K)",
+        help="choose the number of classes: for each K of a range (e.g. 1-6), EM on each half of the particles "
+        "scores the other half (two-fold cross-validation); the best K is then run on all particles and is the "
+        "result (em; replaces -K)",
     ),
     method: str = typer.Option(
         "em",

@@ -150,10 +150,10 @@ def check_local_search(
         raise OptionError(flag, "is the prior of a local search: give --local-angles or --local-shifts too")
 
 
-def check_classes_fit(n_classes: int, n_particles: int, input_path: Path) -> None:
-    """Each class needs at least one particle."""
+def check_classes_fit(n_classes: int, n_particles: int, input_path: Path, option: str = "--classes/-K") -> None:
+    """Each class needs at least one particle (``n_particles``: those one run sees)."""
     if n_classes > n_particles:
-        raise OptionError("--classes/-K", f"{n_classes} classes for {n_particles} particles in {input_path}; "
+        raise OptionError(option, f"{n_classes} classes for {n_particles} particles in {input_path}; "
                           f"at most {n_particles}")  # fmt: skip
 
 

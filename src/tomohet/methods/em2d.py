@@ -94,7 +94,6 @@ class EMOptions:
     pose_search_iterations: int = 4  # iterations that search poses; later ones keep them (the EM's cost)
     filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
     difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
-    heldout: bool = False  # score the final classes by their cross-fitted log-likelihood (about two E-steps more)
     rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (rare_start;
     # not with a local pose search, nor when n_iter <= start_iterations + 1)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
@@ -166,16 +165,6 @@ class HalfSetAccumulators:
 def in_half_set_a(particles: np.ndarray, n_tilts: int) -> torch.Tensor:
     """``[len(particles) * n_tilts]`` bool: the images (particle-major) of half-set A (even particle index)."""
     return torch.from_numpy(np.asarray(particles) % 2 == 0).repeat_interleave(n_tilts)
-
-
-@dataclass
-class FixedPosteriors:
-    """Posteriors given in advance (``[N, K]``, by particle index), whatever the likelihoods."""
-
-    posteriors: np.ndarray
-
-    def __call__(self, particles: np.ndarray, ll: np.ndarray) -> np.ndarray:
-        return self.posteriors[particles]
 
 
 @dataclass
@@ -362,43 +351,6 @@ class EMClassifier:
                 "resolution_limit_A": self.opt.resolution_limit_A, "init_info": self.init_info,
                 "variability": self.variability, "finished": finished}  # fmt: skip
 
-    def heldout_log_likelihood(self, posteriors: np.ndarray | None = None) -> float:
-        """Two-fold cross-fitted log-likelihood of a classification (default: the current posteriors), higher is
-        better: class maps and priors from the posteriors of one half of the particles (alternate chunks of
-        ``batch_size``) score the other half, and vice versa; ``sum_i log sum_k pi_k p(X_i | V_k)``.
-
-        No particle is scored against a map that holds its own noise, so unlike the fit's own likelihood it does
-        not grow with classes or priors that fit noise: it compares class counts, priors and partitions honestly
-        (``benchmarks/CLASSIFY.md`` section 7). Costs about two E-steps; the poses are used as given."""
-        post = self.posteriors if posteriors is None else np.asarray(posteriors)
-        chunks = [c for part in self.ds.chunks(self.opt.partition_size)
-                  for c in self.ds.chunks(self.opt.batch_size, part)]  # fmt: skip
-        halves = [chunks[0::2], chunks[1::2]]
-        if not halves[1]:
-            raise ValueError("the held-out log-likelihood needs more than one batch of particles")
-        saved = (self.volumes.clone(), self.priors.copy())
-        fixed = FixedPosteriors(post)
-        try:
-            sums = [self._chunk_sums(half, fixed) for half in halves]
-            total = 0.0
-            for fit, held in ((0, 1), (1, 0)):
-                self.priors = sums[fit].posteriors.mean(0)
-                self._m_step(sums[fit])
-                scored = self._chunk_sums(halves[held], SoftmaxAssign(self.priors))
-                total += mixture_log_likelihood(scored.log_likelihood, self.priors)
-        finally:
-            self.volumes, self.priors = saved
-        return total
-
-    def _chunk_sums(self, chunks: list[np.ndarray], assign: Callable) -> PartialSums:
-        """E-step sums over whole chunks as the run cut them (so the spectra cache serves them)."""
-        state = EStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract)
-        total = None
-        for c in chunks:
-            part = e_step(self.ds, c, state, self._cache)
-            total = part if total is None else total.merge(part)
-        return total
-
     def _m_step(self, sums: PartialSums) -> torch.Tensor | None:
         """Class maps from the M-step sums (:meth:`_maps`), their differences filtered by the agreement of the
         two half-sets (:func:`~.difference_filter.filter_class_differences`) unless switched off. Returns the
@@ -521,8 +473,6 @@ def classify_em2d(
     the poses as written, the class start sees the pose blur instead of the states (on ``ladder`` with 6 degree /
     1 px errors, searching within the class EM from there ended at ARI 0.13, refining first at 0.91)."""
     searching = options.local_angles_deg > 0 or options.local_shifts_px > 0
-    if searching and options.heldout:
-        raise ValueError("the held-out log-likelihood scores classes with the poses as given: not with a local search")
     if not searching or options.n_classes == 1 or initial_maps is not None or options.init == "maps":
         return _classify_em2d(dataset, options, initial_maps, progress, checkpoint, executor, focus_mask)
     from .local_pose import compose_corrections  # lazy: local_pose builds on this module
@@ -623,17 +573,27 @@ def _classify_em2d(
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n,
                    n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip
-    if opt.heldout:
-        ts = time.perf_counter()
-        init_info["heldout_log_likelihood"] = em.heldout_log_likelihood()
-        init_info["heldout_seconds"] = round(time.perf_counter() - ts, 2)
     labels = em.posteriors.argmax(1)
     return Result(
         method="em2d", options=asdict(opt), labels=labels, posteriors=em.posteriors, volumes=em.volumes,
         pixel_size=dataset.pixel_size, log=em.log,
         extra={"sigma2": em.sigma2.numpy(), "seconds": time.perf_counter() - t0, **init_info,
-               **em.pose_corrections()},
+               **em.pose_corrections(), **({} if em.subtract is None else {"focus_subtract": em.subtract})},
     )  # fmt: skip
+
+
+def heldout_log_likelihood(dataset, result: Result, progress: Callable[[int], None] | None = None) -> float:
+    """Mixture log-likelihood ``sum_i log sum_k pi_k p(X_i | V_k)`` of ``dataset``'s particles under a classification
+    fitted to *other* particles (``result`` of :func:`classify_em2d` without a pose search: its class maps, priors
+    = mean posteriors, noise power, E-step band and, with a focus mask, its signal subtraction); each particle is
+    scored against every class, so neither its class nor any map holds its own noise (two-fold cross-validation,
+    :mod:`.class_scan`). Higher is better; comparable between results fitted to the same particles."""
+    opt = EMOptions(**{k: v for k, v in result.options.items() if k in EMOptions.__dataclass_fields__})
+    priors = np.asarray(result.posteriors).mean(0)
+    state = EStepState(result.volumes, torch.as_tensor(result.extra["sigma2"]), opt, SoftmaxAssign(priors),
+                       result.extra.get("focus_subtract"))  # fmt: skip
+    ll = [e_step(dataset, chunk, state, None, progress).log_likelihood for chunk in dataset.chunks(opt.batch_size)]
+    return mixture_log_likelihood(np.concatenate(ll), priors)
 
 
 def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifier, focus_mask, progress,
