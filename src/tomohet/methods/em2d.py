@@ -592,8 +592,8 @@ def heldout_log_likelihood(dataset, result: Result, progress: Callable[[int], No
     priors = np.asarray(result.posteriors).mean(0)
     state = EStepState(result.volumes, torch.as_tensor(result.extra["sigma2"]), opt, SoftmaxAssign(priors),
                        result.extra.get("focus_subtract"))  # fmt: skip
-    ll = [e_step(dataset, chunk, state, None, progress).log_likelihood for chunk in dataset.chunks(opt.batch_size)]
-    return mixture_log_likelihood(np.concatenate(ll), priors)
+    scored = e_step(dataset, np.arange(dataset.n_particles), state, None, progress)  # batches of opt.batch_size
+    return mixture_log_likelihood(scored.log_likelihood, priors)
 
 
 def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifier, focus_mask, progress,
