@@ -146,3 +146,15 @@ def test_focus_mask_excluding_the_moving_domain(tmp_path):
     assert float((masked.volumes.abs() * moving).sum()) < 1e-6 * float(masked.volumes.abs().sum()) + 1e-6
     rhos = [abs(spearmanr(angle, masked.latents[:, k]).statistic) for k in range(3)]
     assert max(rhos) < 0.3, rhos
+
+
+@pytest.mark.parametrize("module", ["ppca", "vae", "wmd_pca", "msvd"])
+def test_a_landscape_method_module_imports_first(module):
+    """Importing a built-in method module before anything else works (the registry loads the built-ins on
+    first use, not while one of them is half-way through its own import)."""
+    import subprocess
+    import sys
+
+    code = f"import tomohet.methods.{module}; from tomohet.methods.landscape import get_method; get_method('vae')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

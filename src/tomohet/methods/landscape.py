@@ -24,9 +24,11 @@ that takes (at least) the fields of :class:`LandscapeOptions` as keywords. The r
   deviations of the latents;
 - ``log``: one dict per iteration/pass with ``iteration``, ``seconds``, ``images_per_s`` plus method keys.
 
-**Registration.** A method module ends with ``register(LandscapeMethod("name", fit, Options, "2d"))``; this
-module imports the built-in method modules (:data:`BUILTIN_MODULES`) at the end, so importing it fills the
-registry (a built-in module that does not exist yet is skipped).
+**Registration.** A method module ends with ``register(LandscapeMethod("name", fit, Options, "2d"))``;
+:func:`load_builtin` (called by :func:`get_method` and by :mod:`.registry`) imports the built-in method modules
+(:data:`BUILTIN_MODULES`) once, on first use rather than when this module is imported, so that a built-in module
+can be imported first (``from tomohet.methods.ppca import ...`` imports this module half-way through its own
+import).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def register(method: LandscapeMethod) -> LandscapeMethod:
 
 def get_method(name: str, field_name: str = "--method") -> LandscapeMethod:
     """The registered method ``name``, or a one-line :class:`InputError` listing the known ones."""
+    load_builtin()
     if name not in LANDSCAPE_METHODS:
         known = ", ".join(sorted(LANDSCAPE_METHODS)) or "none registered"
         raise InputError(None, f"unknown landscape method {name!r} (expected one of: {known})", field_name)
@@ -203,7 +206,8 @@ def cluster_latents(latents: np.ndarray, k: int, method: str = "kmeans", seed: i
     raise InputError(None, f"unknown clustering {method!r} (kmeans, gmm)", "method")
 
 
-def _load_builtin() -> None:
+def load_builtin() -> dict[str, LandscapeMethod]:
+    """Import the built-in method modules (each registers itself) and return :data:`LANDSCAPE_METHODS`."""
     for mod in BUILTIN_MODULES:
         name = f"{__package__}.{mod}"
         try:
@@ -211,6 +215,4 @@ def _load_builtin() -> None:
         except ModuleNotFoundError as exc:  # a built-in method not written yet; any other missing module is an error
             if exc.name != name:
                 raise
-
-
-_load_builtin()
+    return LANDSCAPE_METHODS

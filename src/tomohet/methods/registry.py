@@ -109,3 +109,5 @@ def _load_builtin() -> None:
         return
     _LOADED[0] = True
     from . import builtin, landscape  # noqa: F401  (discrete, then continuous methods)
+
+    landscape.load_builtin()
