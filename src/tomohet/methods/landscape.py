@@ -26,7 +26,8 @@ that takes (at least) the fields of :class:`LandscapeOptions` as keywords. The r
 
 **Registration.** A method module ends with ``register(LandscapeMethod("name", fit, Options, "2d"))``;
 :func:`load_builtin` (called by :func:`get_method` and by :mod:`.registry`) imports the built-in method modules
-(:data:`BUILTIN_MODULES`) once, on first use rather than when this module is imported, so that a built-in module
+(:data:`BUILTIN_MODULES`) on use rather than when this module is imported (a repeat is a ``sys.modules``
+look-up), so that a built-in module
 can be imported first (``from tomohet.methods.ppca import ...`` imports this module half-way through its own
 import).
 """
@@ -206,8 +207,8 @@ def cluster_latents(latents: np.ndarray, k: int, method: str = "kmeans", seed: i
     raise InputError(None, f"unknown clustering {method!r} (kmeans, gmm)", "method")
 
 
-def load_builtin() -> dict[str, LandscapeMethod]:
-    """Import the built-in method modules (each registers itself) and return :data:`LANDSCAPE_METHODS`."""
+def load_builtin() -> None:
+    """Import the built-in method modules (each registers itself into :data:`LANDSCAPE_METHODS`)."""
     for mod in BUILTIN_MODULES:
         name = f"{__package__}.{mod}"
         try:
@@ -215,4 +216,3 @@ def load_builtin() -> dict[str, LandscapeMethod]:
         except ModuleNotFoundError as exc:  # a built-in method not written yet; any other missing module is an error
             if exc.name != name:
                 raise
-    return LANDSCAPE_METHODS
