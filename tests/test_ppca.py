@@ -95,6 +95,28 @@ def test_ppca_recovers_planted_basis(planted):
     assert ll[-1] > ll[0] and all(e["images_per_s"] > 0 for e in res.log)
 
 
+def test_basis_confined_to_where_the_particles_vary(planted):
+    """The PCA start's variability mask holds the planted differences: the basis outside it is zero, inside it
+    still spans the planted one; the result carries each particle's latent likelihood for xd clusters."""
+    ds, w, z, _ = planted
+    opts = PPCAOptions(n_components=2, n_iter=3, init="pca", resolution_limit_A=40.0, seed=0)
+    res = fit_ppca(ds, opts)
+    frac = res.extra["variability_mask_fraction"]
+    assert 0.02 < frac < 0.5, frac  # a region around the two changing densities, not the whole particle
+    angles = principal_angles_deg(res.volumes, torch.stack([lowpass(x, 40.0, APIX) for x in w]))
+    assert angles.max() < 15.0, angles
+    free = fit_ppca(ds, dataclasses.replace(opts, confine_basis=False))
+    assert "variability_mask_fraction" not in free.extra
+    outside = res.extra["variability_mask"] == 0
+    assert float(outside.float().mean()) > 0.3  # the mask has a soft edge; beyond it, exactly 0
+    assert float(res.volumes[:, outside].abs().max()) == 0.0  # confined: zero wherever the mask is
+    assert float(free.volumes[:, outside].abs().mean()) > 0.01 * float(free.volumes.abs().mean())
+    info = res.extra["latent_information"]
+    assert info["b"].shape == (ds.n_particles, 2) and info["G"].shape == (ds.n_particles, 2, 2)
+    labels = cluster_latents(res.latents, 2, "xd", 0, info)
+    assert labels.shape == (ds.n_particles,) and set(labels) == {0, 1}
+
+
 def test_latent_does_not_depend_on_missing_tilts(planted):
     ds, _, _, res = planted
     particles = np.arange(0, 80, 10)

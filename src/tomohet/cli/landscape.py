@@ -168,6 +168,8 @@ def write_landscape(ds, result: Result, out: Path, run: Run | None = None) -> di
         sdf.to_csv(out / "latent_sd.csv", index=False, float_format="%.6g")
     apix = result.pixel_size
     write_volume(out / "mean.mrc", result.extra["mean_map"], apix)
+    if result.extra.get("variability_mask") is not None:  # where the basis may differ from the mean (ppca)
+        write_volume(out / "variability_mask.mrc", result.extra["variability_mask"], apix)
     decoder = result.extra.get("decoder")
     if decoder is not None:  # a non-linear landscape: its decoder, no component maps to add up
         torch.save(decoder, out / "decoder.pt")
@@ -192,13 +194,20 @@ def write_landscape(ds, result: Result, out: Path, run: Run | None = None) -> di
 
 
 def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps: bool, run: Run) -> dict:
-    """k-means and GMM clusters of the latents; particles.star, subsets and per-cluster maps as classify."""
+    """Clusters of the latents (k-means, GMM and, where the result carries each particle's latent likelihood,
+    the deconvolved mixture ``xd``, which then gives ``rlnClassNumber``); particles.star, subsets and per-cluster
+    maps as classify."""
     z = np.asarray(result.latents, dtype=np.float64)
-    km = cluster_latents(z, k, "kmeans", seed)
-    gm = cluster_latents(z, k, "gmm", seed)
-    columns = {"rlnClassNumber": km + 1, "tomohetGmmClassNumber": gm + 1}
+    labels = {"kmeans": cluster_latents(z, k, "kmeans", seed), "gmm": cluster_latents(z, k, "gmm", seed)}
+    information = result.extra.get("latent_information")
+    if information is not None:
+        labels["xd"] = cluster_latents(z, k, "xd", seed, information)
+    chosen = "xd" if "xd" in labels else "kmeans"
+    km = labels[chosen]
+    column = {"kmeans": "tomohetKmeansClassNumber", "gmm": "tomohetGmmClassNumber", "xd": "tomohetXdClassNumber"}
+    columns = {"rlnClassNumber": km + 1, **{column[m]: v + 1 for m, v in labels.items() if m != chosen}}
     next_input = write_annotated(ds, out, columns)
-    pd.DataFrame({_name_column(ds): list(ds.names), "kmeans": km + 1, "gmm": gm + 1}).to_csv(
+    pd.DataFrame({_name_column(ds): list(ds.names), **{m: v + 1 for m, v in labels.items()}}).to_csv(
         out / "clusters.csv", index=False
     )
     _plot_scatter(out / "latent_scatter.png", z, km, result.method)
@@ -224,10 +233,12 @@ def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps
                 write_class_map(out, c, rec, f"cluster {c + 1}")
                 entry["resolution_A"] = rec.resolution
         entries.append(entry)
-    run.log.info("clusters (k-means) sizes %s; k-means vs GMM ARI %.3f", [e["n"] for e in entries],
-                 adjusted_rand_index(km, gm))  # fmt: skip
-    return {"k": k, "classes": entries, "next_input": str(Path(next_input).name),
-            "kmeans_vs_gmm_ari": adjusted_rand_index(km, gm), "labels_kmeans": km, "labels_gmm": gm}  # fmt: skip
+    gm = labels["gmm"]
+    run.log.info("clusters (%s) sizes %s; k-means vs GMM ARI %.3f", chosen, [e["n"] for e in entries],
+                 adjusted_rand_index(labels["kmeans"], gm))  # fmt: skip
+    return {"k": k, "classes": entries, "next_input": str(Path(next_input).name), "class_number_from": chosen,
+            "kmeans_vs_gmm_ari": adjusted_rand_index(labels["kmeans"], gm),
+            **{f"labels_{m}": v for m, v in labels.items()}}  # fmt: skip
 
 
 def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict | None, with_oracle: bool, run: Run):
@@ -268,8 +279,9 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
                 metrics["oracle"] = continuous_report(coord, o.coordinate[:, None])
     states = rows["state"].to_numpy() if "state" in rows else None
     if states is not None and clusters is not None and len(np.unique(states)) > 1:
-        metrics["clusters_kmeans"] = discrete_report(states, clusters["labels_kmeans"])
-        metrics["clusters_gmm"] = discrete_report(states, clusters["labels_gmm"])
+        for m in ("kmeans", "gmm", "xd"):
+            if f"labels_{m}" in clusters:
+                metrics[f"clusters_{m}"] = discrete_report(states, clusters[f"labels_{m}"])
         if (with_oracle and meta is not None and meta.get("map_coordinates") is None
                 and ds.kind == "2d"):  # fmt: skip
             maps = torch.stack([read_volume(truth_path.parent / f)[0] for f in meta["maps"]])
@@ -280,8 +292,9 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
         msg.append(f"best top-3 |rho| {metrics['method']['spearman_abs']:.3f}")
     if "oracle" in metrics:
         msg.append(f"oracle |rho| {metrics['oracle']['spearman_abs']:.3f}")
-    if "clusters_kmeans" in metrics:
-        msg.append(f"k-means ARI {metrics['clusters_kmeans']['ari']:.3f}")
+    for m, name in (("xd", "xd"), ("kmeans", "k-means")):
+        if f"clusters_{m}" in metrics:
+            msg.append(f"{name} ARI {metrics[f'clusters_{m}']['ari']:.3f}")
     if "oracle_discrete" in metrics:
         msg.append(f"oracle ARI {metrics['oracle_discrete']['ari']:.3f}")
     run.log.info("against ground truth: %s", ", ".join(msg) or "no continuous coordinate or clusters to score")

@@ -189,12 +189,22 @@ def maps_along_component(
     return values, landscape_maps(result, points)
 
 
-def cluster_latents(latents: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
-    """Cluster labels ``[N]`` (0-based) of latents ``[N, L]``: ``"kmeans"`` (20 starts) or ``"gmm"`` (Gaussian
-    mixture, full covariances, 5 starts, initialised by k-means); deterministic with ``seed``."""
+def cluster_latents(
+    latents: np.ndarray, k: int, method: str = "kmeans", seed: int = 0, information: dict | None = None
+) -> np.ndarray:
+    """Cluster labels ``[N]`` (0-based) of latents ``[N, L]``: ``"kmeans"`` (20 starts), ``"gmm"`` (Gaussian
+    mixture, full covariances, 5 starts, initialised by k-means) or ``"xd"`` (a Gaussian mixture fitted through
+    each particle's own likelihood, :mod:`.latent_mixture`; needs ``information``, the ``{"b", "G"}`` a PPCA
+    result carries as ``extra["latent_information"]``); deterministic with ``seed``."""
     z = np.asarray(latents, dtype=np.float64)
     if k < 1 or k > len(z):
         raise InputError(None, f"cannot make {k} clusters of {len(z)} particles", "--clusters")
+    if method == "xd":
+        if information is None:
+            raise InputError(None, "xd clustering needs the latents' likelihood (a ppca result)", "method")
+        from .latent_mixture import fit_latent_mixture
+
+        return fit_latent_mixture(information["b"], information["G"], k, seed=seed).labels.astype(int)
     if method == "kmeans":
         from sklearn.cluster import KMeans
 
@@ -204,7 +214,7 @@ def cluster_latents(latents: np.ndarray, k: int, method: str = "kmeans", seed: i
 
         gm = GaussianMixture(n_components=k, covariance_type="full", n_init=5, random_state=seed, reg_covar=1e-6)
         return gm.fit(z).predict(z).astype(int)
-    raise InputError(None, f"unknown clustering {method!r} (kmeans, gmm)", "method")
+    raise InputError(None, f"unknown clustering {method!r} (kmeans, gmm, xd)", "method")
 
 
 def load_builtin() -> None:

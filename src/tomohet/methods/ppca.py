@@ -13,7 +13,8 @@ exposure``, per-shell Gaussian noise power ``sigma2`` as in EM classification). 
 - M-step: mean and basis maps jointly by solving, per Fourier voxel, the ``(L+1) x (L+1)`` normal equations
   built from the particles' posterior moments and their own CTF^2-weighted insertions, with a Wiener-type
   prior (signal power per shell ``tau2`` from the consensus map, as :mod:`.em2d`; for the basis a fraction
-  ``kappa`` of it, ``kappa`` re-estimated as the basis' power relative to the mean's), then masked;
+  ``kappa`` of it, ``kappa`` re-estimated by EM from the basis' expected power, its posterior variance included),
+  then masked, the basis also confined to where the particles vary (below);
 - the noise power per shell from the expected residuals.
 
 As in cryoSPARC 3DVA (Punjani & Fleet 2021, J. Struct. Biol. 213:107702) the basis is solved from the
@@ -22,6 +23,13 @@ is limited (automatic band from the consensus resolution, Fourier-cropped workin
 as in RECOVAR (Gilles & Singer 2024, PNAS 121:e2419140121) the latents carry their posterior covariance.
 The start is the wedge-masked difference PCA (:mod:`.difference_pca`) or random latents. At the end the basis
 is orthonormalised and ordered by the variance of the latents (:func:`~.landscape.orthonormalize_basis`).
+
+Low SNR (``benchmarks/LANDSCAPE.md``, ``ladder`` at SNR 0.005, oracle ARI 0.945): a basis free over the whole box
+fits noise (~10^4 voxels per component against 1000 particles), and the update ``kappa = |W_MAP|^2 / |mu|^2``
+shrinks the prior every iteration (the posterior variance of the basis, ~30x |W_MAP|^2 there, was left out):
+clusters of the latents fell from ARI 0.49 to 0.33 over the iterations. Confining the basis to the variability
+mask of the start's difference features (:mod:`.variability`, as the EM confines its class differences) and
+the EM update of ``kappa`` take the same data to 0.76 (xd clusters, :mod:`.latent_mixture`).
 """
 
 from __future__ import annotations
@@ -41,14 +49,16 @@ from ..physics.likelihood import SpectraCache, shell_power
 from ..physics.projector import gridding_correction, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
-from .difference_pca import difference_features, leading_scores
+from .difference_pca import difference_features, feature_resolution, leading_scores
 from .em2d import auto_resolution_limit, working_size
 from .engine import map_partitions, run_iterations
 from .iteration import stage_ticker
 from .kmeans import kmeans
 from .landscape import LandscapeMethod, LandscapeOptions, orthonormalize_basis, register
+from .latent_mixture import information_form
 from .ppca_pass import PassState, PassSums, ppca_pass
 from .result import Result
+from .variability import variability_map, variability_mask
 
 
 @dataclass
@@ -64,6 +74,7 @@ class PPCAOptions(LandscapeOptions):
     update_noise: bool = True  # re-estimate the noise power per shell each iteration
     cache_gb: float = 3.0  # keep prepared spectra in memory across iterations when they fit
     tol_changes: float = 0.001  # stop when fewer particles' maps move by more than 0.1 posterior sd
+    confine_basis: bool = True  # basis only inside the variability mask of the start's difference features
 
 
 def pass_batch(batch_size: int, working_box: int) -> int:
@@ -98,6 +109,7 @@ class PPCAModel:
         self.sigma2 = torch.ones(d // 2 + 1)
         self.tau2 = torch.ones(d // 2 + 1)
         self.kappa = options.kappa_init
+        self.variability: torch.Tensor | None = None  # [D, D, D] mask the basis maps are confined to
         self.mean = np.zeros((dataset.n_particles, self.L))
         self.cov = np.zeros((dataset.n_particles, self.L, self.L))
         self.prev: tuple[torch.Tensor, np.ndarray] | None = None  # (basis, means) of the previous E-step
@@ -160,15 +172,18 @@ class PPCAModel:
             lo = self.d // 2 - g // 2
             ftm = fft3_centered(self.maps * gridding_correction(self.d))[:, lo : lo + g, lo : lo + g, lo : lo + g]
             cur = torch.view_as_real(ftm.reshape(l1, -1).T[inside]).double()
-        sol = cur + torch.linalg.solve(ai, c[inside] - prior[..., None] * cur)  # [V_in, L+1, 2]
+        inv = torch.linalg.inv(ai)  # the posterior covariance of each voxel's L+1 map values (per re / im)
+        sol = cur + torch.einsum("vkl,vlc->vkc", inv, c[inside] - prior[..., None] * cur)  # [V_in, L+1, 2]
         ft = torch.zeros(g**3, l1, dtype=torch.complex128)
         ft[inside] = torch.view_as_complex(sol.contiguous())
         ft = ft.T.reshape(l1, g, g, g).to(torch.complex64)
         one = torch.ones(())
         self.maps = torch.stack([wiener_volume(ft[k], one, self.d, 0.0) * self.mask for k in range(l1)])
-        mu2 = float((self.maps[0] ** 2).sum())
-        if self.L > 0 and mu2 > 0:
-            self.kappa = max(float((self.maps[1:] ** 2).sum(dim=(1, 2, 3)).mean()) / mu2, 1e-6)
+        if self.variability is not None:
+            self.maps[1:] *= self.variability
+        if self.L > 0:  # EM update of the prior's scale: E|W|^2 = |W_MAP|^2 + posterior variance, over kappa tau
+            e2 = (sol[:, 1:] ** 2).sum(-1) + 2 * torch.diagonal(inv, dim1=1, dim2=2)[:, 1:]
+            self.kappa = max(float((e2 / (2 * tau[:, None])).mean()), 1e-6)
 
     def expand(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Parameter expansion (PX-EM; Liu, Rubin & Wu 1998, Biometrika 85:755): the latents' mean ``eta`` and
@@ -218,12 +233,14 @@ class PPCAModel:
 
     def state(self, iteration: int, finished: bool = False) -> dict:
         return {"maps": self.maps, "sigma2": self.sigma2, "tau2": self.tau2, "kappa": self.kappa,
+                "variability": self.variability,
                 "subtract": self.subtract, "mean": self.mean, "cov": self.cov, "prev": self.prev, "log": self.log,
                 "iteration": iteration, "finished": finished,
                 "resolution_limit_A": self.opt.resolution_limit_A}  # fmt: skip
 
     def restore(self, s: dict) -> None:
         self.maps, self.sigma2, self.tau2, self.kappa = s["maps"], s["sigma2"], s["tau2"], s["kappa"]
+        self.variability = s.get("variability")
         self.subtract, self.mean, self.cov, self.prev, self.log = (
             s["subtract"],
             s["mean"],
@@ -233,22 +250,30 @@ class PPCAModel:
         )
 
 
-def start_latents(dataset, consensus: torch.Tensor, opt: PPCAOptions, focus_mask=None, progress=None) -> np.ndarray:
+def start_latents(dataset, consensus: torch.Tensor, opt: PPCAOptions, resolution_A: float, focus_mask=None,
+                  progress=None) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
     """Start latents ``[N, L]`` with unit variance per column: the leading difference-PCA scores (wedge-masked
-    per-particle difference volumes, :func:`~.difference_pca.difference_features`) or seeded Gaussian noise."""
+    per-particle difference volumes up to ``resolution_A``, :func:`~.difference_pca.difference_features`) or
+    seeded Gaussian noise; and, with ``opt.confine_basis`` and the PCA start, the variability mask ``[D, D, D]``
+    of the same features (:mod:`.variability`, ``L + 1`` classes' worth of components), else None."""
     n, q = dataset.n_particles, opt.n_components
     if opt.init == "random":
-        return np.random.default_rng(opt.seed).standard_normal((n, q))
+        return np.random.default_rng(opt.seed).standard_normal((n, q)), None
     if opt.init != "pca":
         raise ValueError(f"unknown init {opt.init!r} (pca, random)")
-    feats = difference_features(dataset, consensus, max_dose=opt.max_dose, focus_mask=focus_mask,
-                                batch_size=opt.batch_size, progress=progress).float()  # fmt: skip
+    feats = difference_features(dataset, consensus, resolution_A=resolution_A, max_dose=opt.max_dose,
+                                focus_mask=focus_mask, batch_size=opt.batch_size, progress=progress)  # fmt: skip
+    feats = feats.float()
+    mask = None
+    if opt.confine_basis:
+        var = variability_map(feats, q + 1, dataset.box, opt.seed)
+        mask = variability_mask(var, dataset.pixel_size, resolution_A)
     x = feats - feats.mean(0)
     x /= x.std(0).clamp_min(1e-12).mean()
     z = leading_scores(x, min(q, *x.shape), opt.seed).numpy()
     if z.shape[1] < q:  # more components than the features support: pad with seeded noise
         z = np.concatenate([z, np.random.default_rng(opt.seed).standard_normal((n, q - z.shape[1]))], 1)
-    return z / np.maximum(z.std(0), 1e-12)
+    return z / np.maximum(z.std(0), 1e-12), mask
 
 
 def start_or_resume(dataset, opt, name: str, build: Callable, checkpoint: Path | None, focus_mask, progress):
@@ -274,9 +299,13 @@ def start_or_resume(dataset, opt, name: str, build: Callable, checkpoint: Path |
     model = build(opt)
     ppca = getattr(model, "ppca", model)
     ts = time.perf_counter()
-    z0 = start_latents(dataset, rec.full, ppca.opt, focus_mask, stage_ticker(progress, "start latents", n))
+    band = feature_resolution(rec.resolution, dataset.pixel_size)
+    z0, ppca.variability = start_latents(dataset, rec.full, ppca.opt, band, focus_mask,
+                                         stage_ticker(progress, "start latents", n))  # fmt: skip
     ppca.initialise(rec.full, z0, progress)
     info["init_seconds"] = round(time.perf_counter() - ts, 2)
+    if ppca.variability is not None:
+        info["variability_mask_fraction"] = round(float(ppca.variability.mean()), 4)
     return model, opt, 0, False, info, fingerprint
 
 
@@ -311,6 +340,7 @@ def fit_ppca(
 def _result(dataset, opt: PPCAOptions, model: PPCAModel, sums: PassSums, info: dict) -> Result:
     ortho = orthonormalize_basis(model.maps[0], model.maps[1:], sums.mean, sums.cov)
     var = ortho["variance"]
+    b, g = information_form(sums.mean, sums.cov)  # what each particle's tilts say of its latent (native coordinates)
     fitted = {"maps": model.maps, "transform": ortho["transform"], "offset": ortho["offset"],
               "sigma2": model.sigma2, "subtract": model.subtract, "size": model.m,
               "resolution_limit_A": opt.resolution_limit_A}  # fmt: skip
@@ -319,7 +349,8 @@ def _result(dataset, opt: PPCAOptions, model: PPCAModel, sums: PassSums, info: d
         "explained_variance_ratio": var / max(float(var.sum()), 1e-30), "ratio_of": "components",
         "latent_sd": ortho["latent_sd"], "orthonormal": True, "sigma2": model.sigma2.numpy(),
         "e_step_limit_A": round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2), "working_box": model.m,
-        "log_likelihood": float(sums.log_likelihood.sum()), "model": fitted, **info,
+        "log_likelihood": float(sums.log_likelihood.sum()), "model": fitted,
+        "latent_information": {"b": b, "G": g}, "variability_mask": model.variability, **info,
     }  # fmt: skip
     return Result(method="ppca", options=asdict(opt), latents=ortho["latents"], volumes=ortho["volumes"],
                   pixel_size=dataset.pixel_size, log=model.log, extra=extra)  # fmt: skip
