@@ -12,6 +12,8 @@ and a summary JSON; the table printed at the end is what ``benchmarks/LANDSCAPE.
     .venv/bin/python benchmarks/bench_landscape.py --out /tmp/bl --cases hinge --n-particles 300
     .venv/bin/python benchmarks/bench_landscape.py --out /tmp/bv --methods vae --cases hinge hinge_all_tilts \
         hinge_unidirectional discrete_easy
+    .venv/bin/python benchmarks/bench_landscape.py --out /tmp/big --cases hinge --n-particles 10000 --box 64 \
+        --iterations 3 --no-oracle                                                       # scale: memory, images/s
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ def simulate(case: str, out: Path, n: int, snr: float | None, box: int | None) -
     return oset
 
 
-def run_case(case: str, oset: Path, run_out: Path, method: str, iterations: int | None) -> dict:
+def run_case(case: str, oset: Path, run_out: Path, method: str, iterations: int | None, oracle: bool = True) -> dict:
     from tomohet.cli.landscape import run_landscape
 
     _, _, kw = CASES[case]
-    return run_landscape(oset, run_out, method=method, iterations=iterations, seed=0, **kw)
+    return run_landscape(oset, run_out, method=method, iterations=iterations, seed=0, oracle=oracle, **kw)
 
 
 def summarise(case: str, method: str, res: dict) -> dict:
@@ -74,9 +76,9 @@ def summarise(case: str, method: str, res: dict) -> dict:
     if "end_maps_fsc" in m:
         row["end_maps_fsc_auc"] = {k: m["end_maps_fsc"][k]["fsc_auc"] for k in ("low", "high")}
         row["end_maps_res_0.5_A"] = {k: m["end_maps_fsc"][k]["resolution_0.5"] for k in ("low", "high")}
-    if "clusters_kmeans" in m:
-        row["kmeans_ari"] = m["clusters_kmeans"]["ari"]
-        row["gmm_ari"] = m["clusters_gmm"]["ari"]
+    for how in ("kmeans", "gmm", "xd"):
+        if f"clusters_{how}" in m:
+            row[f"{how}_ari"] = m[f"clusters_{how}"]["ari"]
     if "oracle_discrete" in m:
         row["oracle_ari"] = m["oracle_discrete"]["ari"]
     return row
@@ -91,13 +93,14 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=None, help="default: the preset's (0.05)")
     ap.add_argument("--box", type=int, default=None, help="32 (the presets') or 64 (pixel size halved)")
     ap.add_argument("--iterations", type=int, default=None, help="default: the method's")
+    ap.add_argument("--no-oracle", action="store_true", help="skip the oracle (a pass with every true map)")
     ap.add_argument("--one", nargs=3, metavar=("CASE", "METHOD", "OSET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:  # a single case in this process (peak memory of that case alone)
         case, method, oset = args.one
         run_out = args.out / f"run_{case}_{method}_n{args.n_particles}_box{args.box or 32}"
-        res = run_case(case, Path(oset), run_out, method, args.iterations)
+        res = run_case(case, Path(oset), run_out, method, args.iterations, not args.no_oracle)
         print(json.dumps(summarise(case, method, res)))
         return
     rows = []
@@ -110,6 +113,8 @@ def main() -> None:
                 cmd += ["--box", str(args.box)]
             if args.iterations:
                 cmd += ["--iterations", str(args.iterations)]
+            if args.no_oracle:
+                cmd += ["--no-oracle"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)

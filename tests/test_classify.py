@@ -238,7 +238,7 @@ def test_randomised_pca_scores_match_the_exact_svd():
 
 
 def test_ppca_start_separates_two_states(tmp_path):
-    """``--init ppca``: PPCA latents (K - 1 components) + k-means give the EM its start (smoke preset, 80
+    """``--init ppca``: PPCA latents (K - 1 components) + xd clusters give the EM its start (smoke preset, 80
     particles, 2 states ~11% of mass apart, SNR 0.05: both the start and the EM recover the states)."""
     from tomohet.methods.ppca import ppca_start_labels
 

@@ -49,12 +49,11 @@ from ..physics.likelihood import SpectraCache, shell_power
 from ..physics.projector import gridding_correction, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
-from .difference_pca import difference_features, feature_resolution, leading_scores
+from .difference_pca import difference_features, feature_resolution, leading_scores, standardise_
 from .em2d import auto_resolution_limit, working_size
 from .engine import map_partitions, run_iterations
 from .iteration import stage_ticker
-from .kmeans import kmeans
-from .landscape import LandscapeMethod, LandscapeOptions, orthonormalize_basis, register
+from .landscape import LandscapeMethod, LandscapeOptions, cluster_latents, orthonormalize_basis, register
 from .latent_mixture import information_form
 from .ppca_pass import PassState, PassSums, ppca_pass
 from .result import Result
@@ -263,13 +262,11 @@ def start_latents(dataset, consensus: torch.Tensor, opt: PPCAOptions, resolution
         raise ValueError(f"unknown init {opt.init!r} (pca, random)")
     feats = difference_features(dataset, consensus, resolution_A=resolution_A, max_dose=opt.max_dose,
                                 focus_mask=focus_mask, batch_size=opt.batch_size, progress=progress)  # fmt: skip
-    feats = feats.float()
+    x = standardise_(feats.float())
     mask = None
     if opt.confine_basis:
-        var = variability_map(feats, q + 1, dataset.box, opt.seed)
+        var = variability_map(x, q + 1, dataset.box, opt.seed)
         mask = variability_mask(var, dataset.pixel_size, resolution_A)
-    x = feats - feats.mean(0)
-    x /= x.std(0).clamp_min(1e-12).mean()
     z = leading_scores(x, min(q, *x.shape), opt.seed).numpy()
     if z.shape[1] < q:  # more components than the features support: pad with seeded noise
         z = np.concatenate([z, np.random.default_rng(opt.seed).standard_normal((n, q - z.shape[1]))], 1)
@@ -377,12 +374,12 @@ def ppca_start_labels(dataset, n_classes: int, *, seed: int = 0, max_dose: float
                       resolution_limit_A: float | None = None, focus_mask: torch.Tensor | None = None,
                       batch_size: int = 32, progress=None) -> np.ndarray:  # fmt: skip
     """Initial classes ``[N]`` for the EM (``classify --init ppca``): tilt-space PPCA with ``n_classes - 1``
-    components (the dimension K class means span), :data:`PPCA_START_ITERATIONS` iterations, then k-means
-    (20 starts) on the posterior-mean latents."""
+    components (the dimension K class means span), :data:`PPCA_START_ITERATIONS` iterations, then the ``xd``
+    clusters of the latents (:mod:`.latent_mixture`: each particle scored through its own latent likelihood)."""
     opt = PPCAOptions(n_components=max(1, n_classes - 1), n_iter=PPCA_START_ITERATIONS, seed=seed,
                       max_dose=max_dose, resolution_limit_A=resolution_limit_A, batch_size=batch_size)  # fmt: skip
-    z = fit_ppca(dataset, opt, progress=progress, focus_mask=focus_mask).latents
-    return kmeans(z, n_classes, n_init=20, seed=seed)[0]
+    res = fit_ppca(dataset, opt, progress=progress, focus_mask=focus_mask)
+    return cluster_latents(res.latents, n_classes, "xd", seed, res.extra["latent_information"])
 
 
 _DESCRIPTION = "tilt-space probabilistic PCA: mean + low-rank basis fitted to the 2D tilt images by EM"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..physics.filters import lowpass
-from .difference_pca import leading_scores
+from .difference_pca import leading_scores, standardise_
 
 MASK_THRESHOLD = 0.1  # fraction of the map's maximum (0.2 lost the smallest ladder state: ARI 0.65)
 BULK_RANK_FACTOR = 2  # the noise bulk is the eigenvalue at rank 2 K
@@ -33,14 +33,13 @@ BULK_RANK_FACTOR = 2  # the noise bulk is the eigenvalue at rank 2 K
 def variability_map(features: torch.Tensor, n_classes: int, box: int, seed: int = 0) -> torch.Tensor:
     """Signal variance per voxel ``[D, D, D]`` (``box`` D, arbitrary units) from difference features ``[N, s^3]``:
     the ``n_classes - 1`` leading components above the noise bulk (the eigenvalue at rank ``2 n_classes``),
-    scaled as :func:`~.difference_pca.pca_kmeans` scales the features, resampled to the box (trilinear)."""
+    scaled as :func:`~.difference_pca.pca_kmeans` scales the features (in place: :func:`~.difference_pca.
+    standardise_`), resampled to the box (trilinear)."""
     n, f = features.shape
     s = round(f ** (1 / 3))
     if s**3 != f:
         raise ValueError(f"features of {f} values are not a cube")
-    x = features.float()
-    x = x - x.mean(0)
-    x /= x.std(0).clamp_min(1e-12).mean()
+    x = standardise_(features.float())
     q = max(1, n_classes - 1)
     rank = min(BULK_RANK_FACTOR * n_classes, n - 1, f - 1)
     scores = leading_scores(x, rank + 1, seed)  # [N, rank+1], U S
@@ -51,7 +50,7 @@ def variability_map(features: torch.Tensor, n_classes: int, box: int, seed: int 
         gain = float(ev[k] - bulk)
         if gain <= 0:
             continue
-        load = x.double().T @ scores[:, k]  # X^T U S = V S^2
+        load = (x.T @ scores[:, k].to(x.dtype)).double()  # X^T U S = V S^2 (no float64 copy of X)
         load = load / load.norm().clamp_min(1e-30)
         var += gain * load**2
     vol = var.float().reshape(1, 1, s, s, s)
