@@ -47,13 +47,19 @@ def test_landscape_outputs_and_clusters(smoke, tmp_path):
         lat[["z0", "z1", "z2"]].var(ddof=1).to_numpy(), rel=1e-3
     )
     for f in ("explained_variance.png", "latent_scatter.png", "tomohet.log", "clusters.csv", "class_001_map.mrc",
-              "class_002_half1.mrc", "class_001_fsc.csv", "class_001_centre.mrc"):  # fmt: skip
+              "class_002_half1.mrc", "class_001_fsc.csv", "class_001_centre.mrc", "latent_embedding.png",
+              "variability_mask.mrc"):  # fmt: skip
         assert (out / f).exists(), f
+    emb = pd.read_csv(out / "latent_umap.csv")  # UMAP of the 3 latents, one row per particle
+    assert list(emb.columns) == ["rlnTomoParticleName", "umap0", "umap1"] and len(emb) == ds.n_particles
+    assert np.isfinite(emb[["umap0", "umap1"]].to_numpy()).all() and emb["umap0"].std() > 0
     # clusters as classify writes classes: every input row with rlnClassNumber, subsets per cluster
     parts = read_star(out / "particles.star")["particles"]
     clusters = pd.read_csv(out / "clusters.csv")
     assert len(parts) == ds.n_particles and parts["rlnTomoParticleName"].astype(str).tolist() == list(ds.names)
-    assert (parts["rlnClassNumber"].to_numpy() == clusters["kmeans"].to_numpy()).all()
+    assert res["clusters"]["class_number_from"] == "xd"  # ppca: clusters through each particle's likelihood
+    assert (parts["rlnClassNumber"].to_numpy() == clusters["xd"].to_numpy()).all()
+    assert (parts["tomohetKmeansClassNumber"].to_numpy() == clusters["kmeans"].to_numpy()).all()
     sizes = [c["n"] for c in res["clusters"]["classes"]]
     assert sum(sizes) == ds.n_particles
     for c in res["clusters"]["classes"]:
@@ -61,7 +67,7 @@ def test_landscape_outputs_and_clusters(smoke, tmp_path):
         assert len(sub) == c["n"]
     # the two states are found at this SNR, next to the oracle's figure
     m = res["metrics"]
-    assert m["clusters_kmeans"]["ari"] > 0.8 and m["oracle_discrete"]["ari"] > 0.9
+    assert m["clusters_xd"]["ari"] > 0.8 and m["clusters_kmeans"]["ari"] > 0.8 and m["oracle_discrete"]["ari"] > 0.9
     assert res["timings_s"]["landscape"] > 0 and res["peak_memory_mb"] > 0 and res["method"] == "ppca"
     assert res["images_per_s_per_iteration"] > 0 and len(res["iterations"]) == 3
 

@@ -25,6 +25,7 @@ from ..data.truth import find_ground_truth, load_truth
 from ..errors import InputError
 from ..physics.filters import fsc, resolution_at, shell_frequencies
 from .distinct import pairwise_distinctness, supported_classes
+from .embedding import pca_2d, umap_2d
 from .insitu import StateMap, absolute_positions_A, plot_tomogram, write_chimerax_scene
 from .latent_maps import load_linear_landscape, maps_along_path, parse_point
 from .plots import plot_convergence, plot_embedding, plot_fsc, plot_state_gallery
@@ -129,7 +130,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path, *, n_shuffles: int = 1
     if labels is not None:
         _populations(ana, labels, truth)
         _maps_and_fsc(ana, run_dir, result, labels, truth, truth_maps)
-    _embedding(ana, run_dir, names, placements, labels, truth)
+    _embedding(ana, run_dir, names, placements, labels, truth, seed)
     if paths:
         _paths(ana, run_dir, paths)
     if labels is not None and placements is not None:
@@ -232,7 +233,7 @@ def _maps_and_fsc(ana: RunAnalysis, run_dir: Path, result: dict, labels: np.ndar
                             plot_fsc(ana.out_dir / "fsc_vs_truth.png", freq, curves, None)))  # fmt: skip
 
 
-def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, labels, truth) -> None:
+def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, labels, truth, seed: int = 0) -> None:
     latent = run_dir / "latent.csv"
     if not latent.is_file():
         return
@@ -243,14 +244,8 @@ def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, la
         ana.notes.append("latent.csv does not list every particle of particles.star; embedding skipped.")
         return
     z = df.filter(regex=r"^z\d+$").to_numpy()[idx]
-    if z.shape[1] >= 2:
-        from sklearn.decomposition import PCA
-
-        xy = PCA(2, random_state=0).fit_transform(z) if z.shape[1] > 2 else z[:, :2]
-        how = "PCA of the latents" if z.shape[1] > 2 else "latents z0, z1"
-    else:
-        xy = np.stack([z[:, 0], np.zeros(len(z))], 1)
-        how = "latent z0"
+    xy = pca_2d(z)
+    how = {1: "latent z0", 2: "latents z0, z1"}.get(z.shape[1], "PCA of the latents")
     col: dict[str, tuple[np.ndarray, bool]] = {}
     if labels is not None:
         col["cluster"] = (labels, True)
@@ -274,6 +269,10 @@ def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, la
     ana.figures.append((f"Landscape ({how}), coloured by cluster, truth and nuisances (structure that follows "
                         "tomogram, depth or tilt count is not biology)",
                         plot_embedding(ana.out_dir / "embedding.png", xy, col, how)))  # fmt: skip
+    umap_xy = umap_2d(z, seed)
+    if umap_xy is not None:  # neighbourhoods kept, distances between clusters not
+        fig = plot_embedding(ana.out_dir / "embedding_umap.png", umap_xy, col, "UMAP of the latents")
+        ana.figures.append(("Landscape (UMAP of the latents), the same colourings", fig))
 
 
 def _paths(ana: RunAnalysis, run_dir: Path, paths: list[str]) -> None:

@@ -3,9 +3,10 @@
 
 Writes into ``out``: ``latent.csv`` (particle name, ``z0, z1, ...``; ``latent_sd.csv`` with posterior sds where
 the method gives them), ``mean.mrc``, ``component_NN.mrc`` and ``component_NN_along_SS.mrc`` (7 maps over +-2 sd of
-latent NN), ``explained_variance.csv`` + ``.png``, ``latent_scatter.png`` and, with ``clusters``: k-means labels
-as ``rlnClassNumber`` (GMM labels as ``tomohetGmmClassNumber``) in ``particles.star`` (+ the files the next job
-reads), ``clusters.csv``, ``subsets/class_NNN_*`` per cluster and gold-standard per-cluster maps
+latent NN), ``explained_variance.csv`` + ``.png``, ``latent_scatter.png``, ``latent_embedding.png`` (PCA and UMAP
+of the latents; UMAP coordinates in ``latent_umap.csv``) and, with ``clusters``: the ``xd`` clusters (``ppca``) or
+k-means labels as ``rlnClassNumber`` (the others as ``tomohet*ClassNumber``) in ``particles.star`` (+ the files the
+next job reads), ``clusters.csv``, ``subsets/class_NNN_*`` per cluster and gold-standard per-cluster maps
 (``class_NNN_half1/half2/map.mrc``, FSC CSV/PNG, central sections) as ``classify`` writes them; ``result.json``
 with timings, peak memory and, where ``ground_truth.csv`` is beside the input, the metrics next to the oracle's.
 """
@@ -132,6 +133,9 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
     if clusters is not None:
         with run.timed("clusters"):
             fields["clusters"] = _write_clusters(ds, result, out, clusters, seed, class_maps, run)
+    with run.timed("embedding"):
+        labels = fields["clusters"][f"labels_{fields['clusters']['class_number_from']}"] if clusters else None
+        _write_embeddings(ds, out, np.asarray(result.latents, dtype=np.float64), labels, result.method, seed)
     truth = truth or find_ground_truth(input_path)
     if truth is not None:
         with run.timed("metrics"):
@@ -317,6 +321,40 @@ def _plot_spectrum(path: Path, var: np.ndarray, ratio: np.ndarray, method: str) 
     plt.close(fig)
 
 
+def _write_embeddings(ds, out: Path, z: np.ndarray, labels: np.ndarray | None, method: str, seed: int) -> None:
+    """``latent_embedding.png``: the PCA and (L > 2) UMAP embeddings of the latents side by side, coloured by
+    cluster or, without clusters, by ``z0``; the UMAP coordinates in ``latent_umap.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis.embedding import pca_2d, umap_2d
+
+    views = [("PCA", pca_2d(z))]
+    xy = umap_2d(z, seed)
+    if xy is not None:
+        views.append(("UMAP", xy))
+        pd.DataFrame({_name_column(ds): list(ds.names), "umap0": xy[:, 0], "umap1": xy[:, 1]}).to_csv(
+            out / "latent_umap.csv", index=False, float_format="%.5g"
+        )
+    fig, axes = plt.subplots(1, len(views), figsize=(3.8 * len(views), 3.4), dpi=120, squeeze=False)
+    for ax, (name, e) in zip(axes[0], views, strict=True):
+        if labels is None:
+            sc = ax.scatter(e[:, 0], e[:, 1], c=z[:, 0], cmap="viridis", s=4, alpha=0.7, edgecolors="none")
+        else:
+            sc = ax.scatter(e[:, 0], e[:, 1], c=labels, cmap="tab10", vmin=0, vmax=9, s=4, alpha=0.7,
+                            edgecolors="none")  # fmt: skip
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if labels is None:
+        fig.colorbar(sc, ax=axes[0].tolist(), fraction=0.03, label="z0")
+    fig.suptitle(f"{method} latents" + (" by cluster" if labels is not None else ""), fontsize=10)
+    fig.savefig(out / "latent_embedding.png", bbox_inches="tight")
+    plt.close(fig)
+
+
 def _plot_scatter(path: Path, z: np.ndarray, labels: np.ndarray | None, method: str) -> None:
     import matplotlib
 
@@ -333,7 +371,7 @@ def _plot_scatter(path: Path, z: np.ndarray, labels: np.ndarray | None, method: 
             ax.scatter(z[:, a], y, c=labels, s=4, cmap="tab10", alpha=0.7)
         ax.set_xlabel(f"z{a}")
         ax.set_ylabel(f"z{b}" if a != b else "")
-    fig.suptitle(f"{method} latents" + (" (k-means clusters)" if labels is not None else ""), fontsize=10)
+    fig.suptitle(f"{method} latents" + (" (clusters)" if labels is not None else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
