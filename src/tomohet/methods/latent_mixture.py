@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kmeans import kmeans
+
 
 @dataclass
 class LatentMixture:
@@ -72,10 +74,8 @@ def fit_latent_mixture(
         raise ValueError(f"cannot make {k} clusters of {n} particles")
     eye = np.eye(n_lat)
     points = np.linalg.solve(g + eye, b[..., None])[..., 0]
-    if init_labels is None:
-        from sklearn.cluster import KMeans
-
-        init_labels = KMeans(n_clusters=k, n_init=20, random_state=seed).fit_predict(points)
+    if init_labels is None:  # tomohet's own k-means: no scikit-learn import (~150 MB) in classify --init ppca
+        init_labels = kmeans(points, k, n_init=20, seed=seed)[0]
     init_labels = np.asarray(init_labels)
     reg = floor * max(float(np.var(points, axis=0).mean()), 1e-30) * eye
     means = np.empty((k, n_lat))
