@@ -65,7 +65,7 @@ def difference_features(
     if focus_mask is not None:  # residuals of the focus region only
         proj = VolumeProjector(consensus * focus_mask, oversampling=2)
         sub = VolumeProjector(consensus * (1 - focus_mask), oversampling=2)
-    feats = []
+    feats = torch.empty(dataset.n_particles, small**3)  # filled in place: a list + torch.cat held it twice
     mask = soft_sphere(small, 0.45 * small, edge=1.5)
     if focus_mask is not None:  # the residual images hold all differences; keep those inside the focus region
         mask = mask * fourier_crop_volume(focus_mask.float(), small).clamp(0, 1)
@@ -77,10 +77,11 @@ def difference_features(
         r = resid[:, lo : lo + small, : small // 2 + 1]
         h = (p.h * p.valid)[:, lo : lo + small, : small // 2 + 1]
         vols = per_particle_backprojection(r * h, h * h, p.rotations, p.n_particles, p.n_tilts, small)
-        feats.append((vols * mask).reshape(p.n_particles, -1))
+        start = int(chunk[0])  # chunks run over all particles in order
+        feats[start : start + len(chunk)] = (vols * mask).reshape(p.n_particles, -1)
         if progress:
             progress(len(chunk))
-    return torch.cat(feats)
+    return feats
 
 
 def difference_pca_labels(

@@ -71,7 +71,8 @@ class PPCAOptions(LandscapeOptions):
     mask_radius_px: float | None = None  # soft spherical mask on the maps (default 0.45 D)
     kappa_init: float = 0.1  # basis power relative to the mean map's, before it is estimated
     update_noise: bool = True  # re-estimate the noise power per shell each iteration
-    cache_gb: float = 3.0  # keep prepared spectra in memory across iterations when they fit
+    cache_gb: float = 1.0  # keep prepared spectra in memory across iterations when they fit (a pass is compute-bound:
+    # streamed from the stacks it is ~2% slower at box 32, LANDSCAPE.md; 10^4 x 41 at box 64 would cache 2.9 GB)
     tol_changes: float = 0.001  # stop when fewer particles' maps move by more than 0.1 posterior sd
     confine_basis: bool = True  # basis only inside the variability mask of the start's difference features
 
