@@ -207,23 +207,23 @@ def _write_clusters(ds, result: Result, out: Path, k: int, seed: int, class_maps
     if information is not None:
         labels["xd"] = cluster_latents(z, k, "xd", seed, information)
     chosen = "xd" if "xd" in labels else "kmeans"
-    km = labels[chosen]
+    assigned = labels[chosen]
     column = {"kmeans": "tomohetKmeansClassNumber", "gmm": "tomohetGmmClassNumber", "xd": "tomohetXdClassNumber"}
-    columns = {"rlnClassNumber": km + 1, **{column[m]: v + 1 for m, v in labels.items() if m != chosen}}
+    columns = {"rlnClassNumber": assigned + 1, **{column[m]: v + 1 for m, v in labels.items() if m != chosen}}
     next_input = write_annotated(ds, out, columns)
     pd.DataFrame({_name_column(ds): list(ds.names), **{m: v + 1 for m, v in labels.items()}}).to_csv(
         out / "clusters.csv", index=False
     )
-    _plot_scatter(out / "latent_scatter.png", z, km, result.method)
+    _plot_scatter(out / "latent_scatter.png", z, assigned, result.method)
     subtomograms = ds.kind == "3d"
     recs = None
     if subtomograms and class_maps:  # gold-standard halves from the subtomograms (as classify)
         from ..methods.em3d import EM3DClassifier, EM3DOptions
 
-        recs = EM3DClassifier(ds, EM3DOptions(n_classes=k)).class_reconstructions(km, ds.half_set)
+        recs = EM3DClassifier(ds, EM3DOptions(n_classes=k)).class_reconstructions(assigned, ds.half_set)
     entries = []
     for c in range(k):
-        members = np.flatnonzero(km == c)
+        members = np.flatnonzero(assigned == c)
         entry = {"class": c + 1, "n": int(len(members)), "fraction": float(len(members) / ds.n_particles),
                  "latent_centre": z[members].mean(0).tolist() if len(members) else None}  # fmt: skip
         if len(members):  # the map at the cluster centre of the landscape
