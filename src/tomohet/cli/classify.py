@@ -67,6 +67,7 @@ def run_classify(
 
     ``executor`` is a Dask executor or a function that makes one (called only once the data are read and
     checked); it is closed at the end, also on error."""
+    input_path, out = Path(input_path), Path(out)  # strings from a script work too
     args = dict(locals())
     check_classify(n_classes, n_iter, init, method, runs, max_dose, resolution_limit, anneal_start, pixel_size,
                    has_maps=bool(initial_maps))  # fmt: skip
