@@ -11,11 +11,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError
-from ..heap import return_freed_memory
 from .options import check_classify, check_simulate
 from .runlog import console
-
-return_freed_memory()  # the CLI process gives freed memory back to the system (peak of classify: 1.1 -> 0.67 GB)
 
 PIXEL_SIZE_HELP = "pixel size of the particle images (A), overriding the one in the star file"
 
