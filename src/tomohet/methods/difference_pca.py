@@ -77,8 +77,7 @@ def difference_features(
         r = resid[:, lo : lo + small, : small // 2 + 1]
         h = (p.h * p.valid)[:, lo : lo + small, : small // 2 + 1]
         vols = per_particle_backprojection(r * h, h * h, p.rotations, p.n_particles, p.n_tilts, small)
-        start = int(chunk[0])  # chunks run over all particles in order
-        feats[start : start + len(chunk)] = (vols * mask).reshape(p.n_particles, -1)
+        feats[torch.as_tensor(np.asarray(chunk), dtype=torch.long)] = (vols * mask).reshape(p.n_particles, -1)
         if progress:
             progress(len(chunk))
     return feats
