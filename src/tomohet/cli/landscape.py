@@ -142,7 +142,7 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
             fields["metrics"] = _metrics_against_truth(ds, truth, result, fields.get("clusters"), oracle, run)
     for key in ("consensus_resolution_A", "e_step_limit_A", "working_box", "consensus_seconds", "init_seconds",
                 "held_out_fraction", "final_gain_held_in", "final_gain_held_out", "final_kl_per_dimension",
-                "best_epoch", "variability_mask_fraction"):  # fmt: skip
+                "best_epoch", "variability_mask_fraction", "input", "sectors"):  # fmt: skip
         if key in result.extra:
             fields[key] = result.extra[key]
     secs = [e["seconds"] for e in result.log if e.get("seconds")]

@@ -45,7 +45,7 @@ from ..errors import InputError
 from .result import Result
 
 INPUT_KINDS = ("2d", "3d", "both")
-BUILTIN_MODULES = ("ppca", "wmd_pca", "msvd", "vae")
+BUILTIN_MODULES = ("ppca", "wmd_pca", "msvd", "vae", "vae3d")
 
 
 @dataclass

@@ -117,6 +117,10 @@ class PPCAModel:
         self.log: list[dict] = []
         self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if executor is None else None
 
+    def unit_visibility(self) -> np.ndarray:
+        """``[N, T]`` bool: the tilt images each particle has (the units the VAE holds out and subsamples)."""
+        return self.ds.visible.numpy()
+
     # ------------------------------------------------------------------------------------------------ passes
     def pass_state(self, **kw) -> PassState:
         o = self.opt

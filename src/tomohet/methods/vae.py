@@ -130,9 +130,14 @@ def reexpress(stats: ImageStatistics, eta: np.ndarray, chol: np.ndarray) -> Imag
 class VAEModel:
     """State and steps of the tilt-series VAE on one dataset (see the module docstring)."""
 
-    def __init__(self, dataset, options: VAEOptions, executor=None, focus_mask: torch.Tensor | None = None):
+    def __init__(self, dataset, options: VAEOptions, executor=None, focus_mask: torch.Tensor | None = None,
+                 linear=None):  # fmt: skip
+        """``linear``: the model of the maps and of the per-unit statistics (default: tilt-space PPCA with
+        ``basis`` components; :class:`~.subtomo_ppca.SubtomoPPCA` for subtomograms, whose units are sectors)."""
         self.ds, self.opt = dataset, options
-        self.ppca = PPCAModel(dataset, replace(options, n_components=options.basis), executor, focus_mask)
+        if linear is None:
+            linear = PPCAModel(dataset, replace(options, n_components=options.basis), executor, focus_mask)
+        self.ppca = linear
         self.device = torch.device(options.device)
         torch.manual_seed(options.seed)  # network initialisation
         self.encoder = Encoder(options.basis, options.n_components, options.hidden, options.layers).to(self.device)
@@ -142,7 +147,7 @@ class VAEModel:
         self.trained = False
         self.final_stats: ImageStatistics | None = None  # statistics under the final maps (later epochs)
         self.best: dict | None = None  # the networks with the best held-out gain (networks-only epochs)
-        self.held_out = held_out_images(dataset.visible.numpy(), options.held_out, options.seed)
+        self.held_out = held_out_images(self.ppca.unit_visibility(), options.held_out, options.seed)
         self.ppca.held_out = self.held_out  # the PPCA start never sees the held-out images either
         self.latent_mean = np.zeros((dataset.n_particles, options.n_components))
         self.latent_logvar = np.zeros((dataset.n_particles, options.n_components))
@@ -301,7 +306,7 @@ def fit_vae(
     :mod:`.landscape`; see the module docstring). ``checkpoint`` (a file) is written after every epoch and a run
     resumes from it; ``executor`` runs the passes on Dask workers."""
     opt = options
-    _check(opt)
+    check_options(opt)
     n, t0 = dataset.n_particles, time.perf_counter()
     model, opt, start, finished, info, fingerprint = start_or_resume(
         dataset, opt, "vae", lambda o: VAEModel(dataset, o, executor, focus_mask), checkpoint, focus_mask, progress
@@ -309,9 +314,16 @@ def fit_vae(
     run_iterations(model, n_iter=opt.n_iter, start=start, finished=finished, tol_changes=0.0, n_particles=n,
                    n_images=dataset.n_images, progress=progress, checkpoint=checkpoint,
                    fingerprint=fingerprint)  # fmt: skip
+    finish_training(model, info, progress)
+    return vae_result(dataset, opt, model, {**info, "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def finish_training(model: VAEModel, info: dict, progress=None) -> None:
+    """After the epochs: the networks of the best held-out epoch (or, when every epoch refined the maps, one more
+    training on the statistics under the final maps); their figures into ``info``."""
     ts = time.perf_counter()
     if model.final_stats is None:  # every epoch refined the maps: statistics under the final ones, one more training
-        model.final_stats = model.final_statistics(stage_ticker(progress, "final statistics", n))
+        model.final_stats = model.final_statistics(stage_ticker(progress, "final statistics", model.ds.n_particles))
         final = model._train(model.final_stats, len(model.log))
     else:
         final = model.log[-1]
@@ -321,10 +333,9 @@ def fit_vae(
             info["best_epoch"] = best
     info["final_seconds"] = round(time.perf_counter() - ts, 2)
     info.update({f"final_{k}": final[k] for k in ("gain_held_in", "gain_held_out", "kl_per_dimension") if k in final})
-    return _result(dataset, opt, model, {**info, "seconds": round(time.perf_counter() - t0, 2)})
 
 
-def _check(opt: VAEOptions) -> None:
+def check_options(opt: VAEOptions) -> None:
     if opt.n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {opt.n_components}")
     if opt.basis < 1:
@@ -335,7 +346,7 @@ def _check(opt: VAEOptions) -> None:
         raise ValueError(f"held_out must be in [0, 0.5), got {opt.held_out}")
 
 
-def _result(dataset, opt: VAEOptions, model: VAEModel, info: dict) -> Result:
+def vae_result(dataset, opt: VAEOptions, model: VAEModel, info: dict, method: str = "vae") -> Result:
     z = model.latent_mean
     centre = z.mean(0)
     cov = np.cov((z - centre).T).reshape(z.shape[1], z.shape[1])
@@ -359,7 +370,7 @@ def _result(dataset, opt: VAEOptions, model: VAEModel, info: dict) -> Result:
         "e_step_limit_A": round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2),
         "working_box": model.ppca.m, "held_out_fraction": opt.held_out, **info,
     }  # fmt: skip
-    return Result(method="vae", options=asdict(opt), latents=latents, volumes=volumes,
+    return Result(method=method, options=asdict(opt), latents=latents, volumes=volumes,
                   pixel_size=dataset.pixel_size, log=model.log, extra=extra)  # fmt: skip
 
 
