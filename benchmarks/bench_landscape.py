@@ -76,6 +76,9 @@ def summarise(case: str, method: str, res: dict) -> dict:
     if "end_maps_fsc" in m:
         row["end_maps_fsc_auc"] = {k: m["end_maps_fsc"][k]["fsc_auc"] for k in ("low", "high")}
         row["end_maps_res_0.5_A"] = {k: m["end_maps_fsc"][k]["resolution_0.5"] for k in ("low", "high")}
+    if "per_particle_fsc" in m:
+        row["per_particle_fsc_auc"] = m["per_particle_fsc"]["fsc_auc_mean"]
+        row["mean_map_fsc_auc"] = m["per_particle_fsc"]["mean_map_fsc_auc_mean"]
     for how in ("kmeans", "gmm", "xd"):
         if f"clusters_{how}" in m:
             row[f"{how}_ari"] = m[f"clusters_{how}"]["ari"]

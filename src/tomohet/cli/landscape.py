@@ -281,6 +281,9 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
             if with_oracle and ds.kind == "2d":
                 o = oracle(true_ds, maps, meta["noise_sigma"], coordinates=mc)
                 metrics["oracle"] = continuous_report(coord, o.coordinate[:, None])
+    if "map_file" in rows and meta is not None:
+        metrics["per_particle_fsc"] = per_particle_fsc(result, rows["map_file"].astype(str).to_numpy(),
+                                                       truth_path.parent, ds.pixel_size)  # fmt: skip
     states = rows["state"].to_numpy() if "state" in rows else None
     if states is not None and clusters is not None and len(np.unique(states)) > 1:
         for m in ("kmeans", "gmm", "xd"):
@@ -301,8 +304,40 @@ def _metrics_against_truth(ds, truth_path: Path, result: Result, clusters: dict 
             msg.append(f"{name} ARI {metrics[f'clusters_{m}']['ari']:.3f}")
     if "oracle_discrete" in metrics:
         msg.append(f"oracle ARI {metrics['oracle_discrete']['ari']:.3f}")
+    if "per_particle_fsc" in metrics:
+        pp = metrics["per_particle_fsc"]
+        msg.append(f"per-particle map FSC AUC {pp['fsc_auc_mean']:.3f} (mean map {pp['mean_map_fsc_auc_mean']:.3f})")
     run.log.info("against ground truth: %s", ", ".join(msg) or "no continuous coordinate or clusters to score")
     return metrics
+
+
+PER_PARTICLE_FSC_SAMPLE = 300  # particles scored (seeded sample): one map each from the landscape
+
+
+def per_particle_fsc(result: Result, map_files: np.ndarray, folder: Path, pixel_size: float,
+                     sample: int = PER_PARTICLE_FSC_SAMPLE, seed: int = 0) -> dict:  # fmt: skip
+    """Per-particle map-to-truth FSC AUC (cryoBench's per-image FSC, Jeon et al. 2024): the landscape's map at
+    each particle's latent (:func:`~tomohet.methods.landscape.landscape_maps`) against the true map that particle
+    was simulated from (``map_file`` of ``ground_truth.csv``, relative to ``folder``), over a seeded sample of
+    ``sample`` particles; beside it the same figure for the landscape's mean map (what a homogeneous map gives)."""
+    n = len(map_files)
+    idx = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+    truths: dict[str, torch.Tensor] = {}
+    base_auc: dict[str, float] = {}
+    mean_map = result.extra["mean_map"].float()
+    aucs, base = [], []
+    for lo in range(0, len(idx), 50):
+        part = idx[lo : lo + 50]
+        maps = landscape_maps(result, np.asarray(result.latents)[part])
+        for k, i in enumerate(part):
+            f = str(map_files[i])
+            if f not in truths:
+                truths[f] = read_volume(folder / f)[0]
+                base_auc[f] = map_fsc(mean_map, truths[f], pixel_size)["auc"]
+            aucs.append(map_fsc(maps[k], truths[f], pixel_size)["auc"])
+            base.append(base_auc[f])
+    return {"n": len(idx), "fsc_auc_mean": float(np.mean(aucs)), "fsc_auc_median": float(np.median(aucs)),
+            "mean_map_fsc_auc_mean": float(np.mean(base))}  # fmt: skip
 
 
 def _plot_spectrum(path: Path, var: np.ndarray, ratio: np.ndarray, method: str) -> None:

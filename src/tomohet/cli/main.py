@@ -265,21 +265,24 @@ def landscape(
     method: str = typer.Option(
         "ppca",
         help="ppca (tilt-space probabilistic PCA), wmd-pca (wedge-masked difference "
-        "PCA, PEET/Dynamo), msvd (multiscale SVD, emClarity), vae (tilt-series variational autoencoder)",
+        "PCA, PEET/Dynamo), msvd (multiscale SVD, emClarity), vae (tilt-series variational autoencoder), "
+        "vae3d (subtomogram variational autoencoder)",
     ),
     components: int = typer.Option(8, help="latent dimensions (components)"),
     clusters: int | None = typer.Option(None, help="cluster the latents into K classes (k-means; GMM too)"),
-    iterations: int | None = typer.Option(None, help="maximum iterations (ppca), epochs (vae: default 20)"),
+    iterations: int | None = typer.Option(None, help="maximum iterations (ppca), epochs (vae, vae3d: default 20)"),
     focus_mask: Path | None = typer.Option(None, help="mask (MRC, 0..1): the landscape of the masked region only"),
-    basis: int | None = typer.Option(None, help="vae: basis maps the decoder combines (default 8)"),
+    basis: int | None = typer.Option(None, help="vae, vae3d: basis maps the decoder combines (default 8)"),
     basis_epochs: int | None = typer.Option(
         None,
-        help="vae: epochs that refine the maps, PPCA start included "
+        help="vae, vae3d: epochs that refine the maps, PPCA start included "
         "(default 8); the later ones train the networks only",
     ),
-    beta: float | None = typer.Option(None, help="vae: weight of the KL term (default 4)"),
-    held_out: float | None = typer.Option(None, help="vae: fraction of tilt images held out (default 0.1)"),
-    device: str | None = typer.Option(None, help="vae: where the networks train, cpu or cuda (default cpu)"),
+    beta: float | None = typer.Option(None, help="vae, vae3d: weight of the KL term (default 4)"),
+    held_out: float | None = typer.Option(
+        None, help="vae, vae3d: fraction of tilt images (vae3d: Fourier sectors) held out (default 0.1)"
+    ),
+    device: str | None = typer.Option(None, help="vae, vae3d: where the networks train, cpu or cuda (default cpu)"),
     seed: int = typer.Option(0, help="random seed"),
     max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
     resolution_limit: float | None = typer.Option(None, help="band limit (A); default from the consensus map"),
