@@ -17,7 +17,8 @@ Simulated data go under ``--data`` (default ``/tmp/tomohet_bench_limit``), never
 Writes ``benchmarks/results/classify_limit.json``.
 
 Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before] [--snrs ...]``
-(``--snrs`` gives the SNR curve: every preset at each SNR).
+(``--snrs`` gives the SNR curve: every preset at each SNR); ``--method em3d --variants default filtered``: the 3D
+EM with and without the rare-state starts (``results/classify_limit_em3d.json``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ VARIANTS = {
 }
 
 
-def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None = None) -> dict:
-    """One case in this process (the worker): simulate if needed, oracle, EM; peak RSS from /proc."""
+def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None = None, method: str = "em2d") -> dict:
+    """One case in this process (the worker): simulate if needed, oracle, EM (``em2d``, or ``em3d`` on the stacks
+    made into subtomograms); peak RSS from /proc."""
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "src"))
     import numpy as np
@@ -63,6 +65,7 @@ def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None 
     from tomohet.benchmark.metrics import discrete_report, rare_state_f1
     from tomohet.benchmark.oracle import oracle
     from tomohet.methods.em2d import EMOptions, classify_em2d
+    from tomohet.methods.em3d import EM3DOptions, classify_em3d
 
     torch.set_num_threads(1)
     folder, _ = ensure_preset(Path(data), preset, 1000, snr or _preset_snr(preset), seed)
@@ -70,12 +73,17 @@ def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None 
     o = oracle(ds, maps, meta["noise_sigma"], np.asarray(meta["abundances"]))
     k = PRESETS[preset]
     t0, c0 = time.perf_counter(), time.process_time()
-    res = classify_em2d(ds, EMOptions(n_classes=k, seed=0, **VARIANTS[variant]))
+    if method == "em3d":
+        res = classify_em3d(ds, EM3DOptions(n_classes=k, seed=0, **VARIANTS[variant]))
+    else:
+        res = classify_em2d(ds, EMOptions(n_classes=k, seed=0, **VARIANTS[variant]))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"preset": preset, "seed": seed, "variant": variant, "snr": meta["requested_snr"], "n_classes": k,
+    out = {"preset": preset, "seed": seed, "variant": variant, "method": method, "snr": meta["requested_snr"],
+           "n_classes": k,
            "oracle_ari": discrete_report(states, o.labels)["ari"], "em_ari": discrete_report(states, res.labels)["ari"],
            "em_class_sizes": np.bincount(res.labels, minlength=k).tolist(), "em_iterations": len(res.log),
-           "em_final_log_likelihood": res.log[-1]["log_likelihood"], "feature_band_A": res.options["init_resolution_A"],
+           "em_final_log_likelihood": res.log[-1]["log_likelihood"],
+           "feature_band_A": res.options.get("init_resolution_A"),
            "e_step_band_A": res.options["resolution_limit_A"], "start": res.extra.get("start"),
            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}  # fmt: skip
     if preset.startswith("rare"):
@@ -101,13 +109,16 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/tomohet_bench_limit")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--snrs", type=float, nargs="+", help="SNRs (default: each preset's own)")
+    ap.add_argument("--method", default="em2d", choices=["em2d", "em3d"], help="em3d: variants default, filtered")
     ap.add_argument("--worker", nargs=4, metavar=("PRESET", "SEED", "VARIANT", "SNR"), help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(RESULTS / "classify_limit.json"))
+    ap.add_argument("--out", default=None, help="default: results/classify_limit.json (em3d: classify_limit_em3d.json)")
     args = ap.parse_args()
     if args.worker:
         w = args.worker
-        print(json.dumps(run_case(w[0], int(w[1]), w[2], args.data, float(w[3]))))
+        print(json.dumps(run_case(w[0], int(w[1]), w[2], args.data, float(w[3]), args.method)))
         return
+    if args.out is None:
+        args.out = str(RESULTS / ("classify_limit.json" if args.method == "em2d" else "classify_limit_em3d.json"))
     snrs = {p: args.snrs or [_preset_snr(p)] for p in args.presets}
     cases = [(p, s, v, q) for p in args.presets for s in args.seeds for v in args.variants for q in snrs[p]]
     # simulate first, serially (two workers simulating the same set would race)
@@ -123,7 +134,8 @@ def main() -> None:
 
     def launch(case: tuple[str, int, str, float]) -> dict:
         p, s, v, q = case
-        r = subprocess.run([sys.executable, __file__, "--worker", p, str(s), v, str(q), "--data", args.data],
+        r = subprocess.run([sys.executable, __file__, "--worker", p, str(s), v, str(q), "--data", args.data,
+                            "--method", args.method],
                            capture_output=True, text=True, check=True)  # fmt: skip
         return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -75,6 +75,8 @@ from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_pca import feature_box, pca_kmeans
 from .em2d import SoftmaxAssign
 from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
+from .iteration import anneal_temperature
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, seeded_labels
 from .result import Result
 from .subtomo_spectra import ClassReferences, PreparedSpectra, wedge_difference_volumes
 
@@ -99,6 +101,8 @@ class EM3DOptions:
     seed: int = 0
     cache_gb: float = 3.0  # keep the prepared spectra in memory across iterations when they fit
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
+    rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (em2d's search)
+    start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
 
 
 # ------------------------------------------------------------------------------------------------ EM steps
@@ -292,13 +296,31 @@ class EM3DClassifier:
             self.priors = np.bincount(labels, minlength=k) / len(labels)
             self.posteriors = np.eye(k)[labels]
 
+    def difference_features(self, consensus: torch.Tensor, resolution_A: float | None) -> torch.Tensor:
+        """Wedge-masked difference volumes against the consensus up to ``resolution_A`` (default 2.5 x Nyquist),
+        masked and flattened: ``[N, s^3]`` float32."""
+        small = feature_box(self.d, self.ds.pixel_size, resolution_A)
+        mask = soft_sphere(small, 0.45 * small, edge=1.5)
+        return wedge_difference_volumes(self.source, consensus, small, lambda v: (v * mask).reshape(v.shape[0], -1))
+
     def pca_initial_labels(self, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Wedge-aware difference PCA + k-means (module docstring). Returns (labels, features ``[N, q]``)."""
-        opt, d = self.opt, self.d
-        small = feature_box(d, self.ds.pixel_size, opt.init_resolution_A)
-        mask = soft_sphere(small, 0.45 * small, edge=1.5)
-        feats = wedge_difference_volumes(self.source, consensus, small, lambda v: (v * mask).reshape(v.shape[0], -1))
+        opt = self.opt
+        feats = self.difference_features(consensus, opt.init_resolution_A)
         return pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)
+
+    def rare_state_starts(self, consensus: torch.Tensor) -> dict[str, np.ndarray]:
+        """Start labels beside the PCA start, as em2d tries them (:mod:`.rare_start`): k-means into one class fewer
+        plus each of ``rare_starts`` coherent groups of particles (difference features at
+        :data:`~.rare_start.RARE_BAND_FACTOR` x the PCA band) as the last class."""
+        opt, k = self.opt, self.opt.n_classes
+        res = opt.init_resolution_A or 2.5 * 2 * self.ds.pixel_size
+        base = np.zeros(self.ds.n_particles, dtype=int)
+        if k > 2:
+            base = pca_kmeans(self.difference_features(consensus, opt.init_resolution_A), k - 1, None, opt.seed)[0]
+        coarse = self.difference_features(consensus, RARE_BAND_FACTOR * res)
+        groups = coherent_groups(coarse, opt.rare_starts, seed=opt.seed)
+        return {f"group {j + 1}": seeded_labels(base, g, k) for j, g in enumerate(groups)}
 
     def score(self, maps: torch.Tensor) -> np.ndarray:
         """Log-likelihoods ``[N, K]`` (up to a per-particle constant) of every particle under the real maps
@@ -392,6 +414,36 @@ class EM3DClassifier:
         return out
 
 
+def _tries_rare_starts(opt: EM3DOptions) -> bool:
+    """Whether the rare-state starts are tried (as em2d): K >= 2, ``rare_starts`` >= 1 and a run long enough to go
+    on after them."""
+    return opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1
+
+
+def _best_start(em: EM3DClassifier, starts: dict[str, np.ndarray], opt: EM3DOptions, progress, info: dict) -> int:
+    """Run ``opt.start_iterations`` iterations from each start's labels and leave ``em`` in the state of the one
+    with the highest log-likelihood (its iterations stay in the log); returns the iterations done (em2d's
+    :func:`~.em2d._best_start`, without the per-start variability masks em3d does not use)."""
+    n_short = max(1, min(opt.start_iterations, opt.n_iter))
+    fresh = em.state(0)  # noise and signal power of the consensus
+    best: tuple[float, str, dict] | None = None
+    scores = {}
+    for name, labels in starts.items():
+        em.restore(fresh)
+        em.initialise(labels=labels)
+        em.log = []
+        run_iterations(em, n_iter=n_short, n_particles=em.ds.n_particles, n_images=em.ds.n_particles,
+                       progress=progress, schedule=lambda it: anneal_temperature(it, opt.n_iter, opt.anneal_start),
+                       stage=f"start {name}: ")  # fmt: skip
+        scores[name] = round(em.log[-1]["log_likelihood"], 1)
+        if best is None or scores[name] > best[0]:
+            best = (scores[name], name, em.state(len(em.log)))
+    assert best is not None
+    info["start_log_likelihoods"] = scores
+    info["start"] = best[1]
+    return em.restore(best[2])
+
+
 def prepare_em3d(dataset, options: EM3DOptions | None = None) -> PreparedSpectra:
     """Prepared (and, when they fit, cached) spectra of ``dataset`` for :func:`classify_em3d` runs with the same
     band, batch size and oversampling; the spectra are made on the first pass that needs them."""
@@ -443,6 +495,9 @@ def classify_em3d(
             if opt.init == "pca":
                 info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(labels=labels)
+            if opt.init == "pca" and _tries_rare_starts(opt):
+                starts = {"pca": labels, **em.rare_state_starts(consensus)}
+                start = _best_start(em, starts, opt, progress, info)
     run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n, n_images=n,
                    progress=progress, checkpoint=checkpoint, fingerprint=fingerprint)  # fmt: skip
