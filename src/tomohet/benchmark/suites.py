@@ -75,6 +75,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("hillclimb", "classify", ("--method", "hillclimb")),
         MethodSpec("ppca", "landscape", ("--method", "ppca"), BOTH, suite_args={"quick": ("--iterations", "5")}),
         MethodSpec("vae", "landscape", ("--method", "vae"), BOTH, suite_args={"quick": ("--iterations", "4")}),
+        MethodSpec("vae3d", "landscape", ("--method", "vae3d"), BOTH, input="3d"),
         MethodSpec("wmd-pca", "landscape", ("--method", "wmd-pca"), BOTH, input="3d"),
         MethodSpec("msvd", "landscape", ("--method", "msvd"), BOTH, input="3d"),
     )
@@ -103,7 +104,7 @@ SUITES: dict[str, Suite] = {
             "0-30 degree hinge (150 particles) with the linear landscapes",
             (
                 DatasetSpec("easy_2states_n100", "discrete_easy", 100, classes=2),
-                DatasetSpec("hinge_n150", "hinge", 150, only=("ppca", "wmd-pca", "msvd")),
+                DatasetSpec("hinge_n150", "hinge", 150, only=("ppca", "wmd-pca", "msvd", "vae3d")),
             ),
             tuple(METHODS),
             ALL_PEERS,
@@ -120,12 +121,12 @@ SUITES: dict[str, Suite] = {
                     "ladder",
                     1000,
                     classes=4,
-                    only=("em2d", "em3d", "hillclimb", "ppca", "relion31"),
+                    only=("em2d", "em3d", "hillclimb", "ppca", "vae3d", "relion31"),
                 ),
                 DatasetSpec("easy_2states_n600", "discrete_easy", 600, classes=2),  # every method and peer
                 DatasetSpec("rare_spread_n1000", "rare_spread", 1000, classes=2, only=("em2d", "em3d", "relion31")),
                 DatasetSpec("ladder_snr0.008_n1000", "ladder", 1000, snr=0.008, classes=4, only=("em2d",)),
-                DatasetSpec("hinge_n600", "hinge", 600, only=("ppca", "vae", "wmd-pca", "msvd")),
+                DatasetSpec("hinge_n600", "hinge", 600, only=("ppca", "vae", "vae3d", "wmd-pca", "msvd")),
                 DatasetSpec(
                     "ladder_snr0.008_tilt40_n1000",
                     "ladder",

@@ -178,8 +178,9 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
         run.log.info("class scan: cross-validated log-likelihood highest at K = %d (%s)", scan.best, ", ".join(
             f"K={r['classes']}: {r['heldout_vs_best']:+.0f}" for r in scan.table()))  # fmt: skip
     if "e_step_limit_A" in result.extra:
-        run.log.info("E-step band to %.1f A (consensus %s A), images cropped to box %d", result.extra["e_step_limit_A"],
-                     result.extra.get("consensus_resolution_A", "?"), result.extra["working_box"])  # fmt: skip
+        crop = f", images cropped to box {result.extra['working_box']}" if "working_box" in result.extra else ""
+        run.log.info("E-step band to %.1f A (consensus %s A)%s", result.extra["e_step_limit_A"],
+                     result.extra.get("consensus_resolution_A", "?"), crop)  # fmt: skip
     for e in result.log:
         run.log.info("iteration %d: sizes %s, changes %.3f, log-likelihood %.6g (%.1f s)", e["iteration"],
                      e["class_sizes"], e["changes"], e["log_likelihood"], e["seconds"])  # fmt: skip

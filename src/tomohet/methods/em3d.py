@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +72,14 @@ from ..physics.bands import VolumeBand
 from ..physics.filters import lowpass, resolution_at, shell_frequencies, soft_sphere
 from ..physics.reconstruct import Reconstruction, fsc_regularised
 from .checkpoint import load_checkpoint, run_fingerprint
-from .difference_pca import feature_box, pca_kmeans
-from .em2d import SoftmaxAssign
+from .difference_pca import feature_box, feature_resolution, pca_kmeans
+from .em2d import SoftmaxAssign, auto_resolution_limit
 from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .iteration import anneal_temperature
-from .rare_start import RARE_BAND_FACTOR, coherent_groups, seeded_labels
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_variability, seeded_labels
 from .result import Result
-from .subtomo_spectra import ClassReferences, PreparedSpectra, wedge_difference_volumes
+from .subtomo_spectra import BandView, ClassReferences, PreparedSpectra, wedge_difference_volumes
+from .variability import confine_differences, variability_map, variability_mask
 
 
 @dataclass
@@ -101,6 +102,8 @@ class EM3DOptions:
     seed: int = 0
     cache_gb: float = 3.0  # keep the prepared spectra in memory across iterations when they fit
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
+    auto_band: bool = True  # no resolution limit given: E-step band and PCA features from the consensus' resolution
+    confine_differences: bool = True  # class maps differ from their mean only inside the PCA's variability mask
     rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (em2d's search)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
 
@@ -180,6 +183,7 @@ class EM3DClassifier:
         r = options.mask_radius_px if options.mask_radius_px is not None else 0.45 * d
         self.mask = soft_sphere(d, r, edge=3.0)
         k = options.n_classes
+        self.variability: torch.Tensor | None = None  # [D, D, D] where class maps may differ from their mean
         self.sigma2 = torch.ones(self.band.n_shells, dtype=torch.float64)
         self.tau2 = torch.ones(self.band.n_shells, dtype=torch.float64)
         self.volumes = torch.zeros(k, self.band.size, dtype=torch.complex128)  # in-band spectra
@@ -207,6 +211,14 @@ class EM3DClassifier:
 
     def _masked(self, vols: torch.Tensor) -> torch.Tensor:
         return self.band.from_real(self.band.to_real(vols) * self.mask).to(torch.complex128)
+
+    def _confined(self, vols: torch.Tensor) -> torch.Tensor:
+        """Class spectra ``[K, P]`` whose differences from their prior-weighted mean lie inside the variability
+        mask (:func:`~.variability.confine_differences`; unchanged without a mask or with one class)."""
+        if self.variability is None or vols.shape[0] < 2:
+            return vols
+        real = confine_differences(self.band.to_real(vols), self.priors, self.variability)
+        return self.band.from_real(real).to(torch.complex128)
 
     def _m_step_terms(self, sums: _Sums) -> tuple[torch.Tensor, torch.Tensor]:
         return (sums.d, sums.w) if self.opt.noise_model == "weighted" else (sums.wd, sums.w2)
@@ -279,6 +291,9 @@ class EM3DClassifier:
         """References from initial labels (weighted reconstruction per class) or from given real maps
         ``[K, D, D, D]``, low-passed to ``init_lowpass_A`` and masked."""
         k = self.opt.n_classes
+        if labels is not None:
+            self.priors = np.bincount(labels, minlength=k) / len(labels)
+            self.posteriors = np.eye(k)[labels]
         if maps is None:
             assert labels is not None
             g = np.eye(k)[labels]
@@ -291,10 +306,7 @@ class EM3DClassifier:
             vols = maps.float()
         apix = self.ds.pixel_size
         vols = torch.stack([lowpass(v, self.opt.init_lowpass_A, apix) * self.mask for v in vols])
-        self.volumes = self.band.from_real(vols).to(torch.complex128)
-        if labels is not None:
-            self.priors = np.bincount(labels, minlength=k) / len(labels)
-            self.posteriors = np.eye(k)[labels]
+        self.volumes = self._confined(self.band.from_real(vols).to(torch.complex128))
 
     def difference_features(self, consensus: torch.Tensor, resolution_A: float | None) -> torch.Tensor:
         """Wedge-masked difference volumes against the consensus up to ``resolution_A`` (default 2.5 x Nyquist),
@@ -304,23 +316,39 @@ class EM3DClassifier:
         return wedge_difference_volumes(self.source, consensus, small, lambda v: (v * mask).reshape(v.shape[0], -1))
 
     def pca_initial_labels(self, consensus: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Wedge-aware difference PCA + k-means (module docstring). Returns (labels, features ``[N, q]``)."""
+        """Wedge-aware difference PCA + k-means (module docstring); with ``confine_differences`` the variability
+        mask of the same features is set (:mod:`.variability`, as em2d). Returns (labels, features ``[N, q]``)."""
         opt = self.opt
         feats = self.difference_features(consensus, opt.init_resolution_A)
+        if opt.confine_differences and opt.n_classes > 1:
+            var = variability_map(feats, opt.n_classes, self.d, opt.seed)
+            self.variability = variability_mask(var, self.ds.pixel_size, self._feature_resolution())
         return pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)
 
-    def rare_state_starts(self, consensus: torch.Tensor) -> dict[str, np.ndarray]:
-        """Start labels beside the PCA start, as em2d tries them (:mod:`.rare_start`): k-means into one class fewer
+    def _feature_resolution(self) -> float:
+        return self.opt.init_resolution_A or 2.5 * 2 * self.ds.pixel_size
+
+    def rare_state_starts(self, consensus: torch.Tensor) -> dict[str, tuple[np.ndarray, torch.Tensor | None]]:
+        """Starts beside the PCA start, as em2d tries them (:mod:`.rare_start`): k-means into one class fewer
         plus each of ``rare_starts`` coherent groups of particles (difference features at
-        :data:`~.rare_start.RARE_BAND_FACTOR` x the PCA band) as the last class."""
-        opt, k = self.opt, self.opt.n_classes
-        res = opt.init_resolution_A or 2.5 * 2 * self.ds.pixel_size
-        base = np.zeros(self.ds.n_particles, dtype=int)
+        :data:`~.rare_start.RARE_BAND_FACTOR` x the PCA band) as the last class; with ``confine_differences``
+        each start's mask covers where its group differs and (K > 2) where the other classes do."""
+        opt, k, d = self.opt, self.opt.n_classes, self.d
+        res = self._feature_resolution()
+        base, base_var = np.zeros(self.ds.n_particles, dtype=int), torch.zeros(d, d, d)
         if k > 2:
-            base = pca_kmeans(self.difference_features(consensus, opt.init_resolution_A), k - 1, None, opt.seed)[0]
+            feats = self.difference_features(consensus, opt.init_resolution_A)
+            base = pca_kmeans(feats, k - 1, None, opt.seed)[0]
+            base_var = variability_map(feats, k - 1, d, opt.seed)
         coarse = self.difference_features(consensus, RARE_BAND_FACTOR * res)
-        groups = coherent_groups(coarse, opt.rare_starts, seed=opt.seed)
-        return {f"group {j + 1}": seeded_labels(base, g, k) for j, g in enumerate(groups)}
+        starts = {}
+        for j, group in enumerate(coherent_groups(coarse, opt.rare_starts, seed=opt.seed)):
+            mask = None
+            if opt.confine_differences:
+                var = torch.maximum(_unit_max(base_var), _unit_max(group_variability(coarse, group, d)))
+                mask = variability_mask(var, self.ds.pixel_size, res)
+            starts[f"group {j + 1}"] = (seeded_labels(base, group, k), mask)
+        return starts
 
     def score(self, maps: torch.Tensor) -> np.ndarray:
         """Log-likelihoods ``[N, K]`` (up to a per-particle constant) of every particle under the real maps
@@ -343,7 +371,7 @@ class EM3DClassifier:
         self.log_likelihood, self.posteriors, self.sigma2 = ll, post, sigma2
         self.priors = post.mean(0)
         num, den = self._m_step_terms(sums)
-        self.volumes = self._solve(num, den, self.opt.tau2_fudge)
+        self.volumes = self._confined(self._solve(num, den, self.opt.tau2_fudge))
         total = mixture_log_likelihood(ll, self.priors)
         return {"log_likelihood": total, "changes": float((post.argmax(1) != old).mean()),
                 "class_sizes": np.bincount(post.argmax(1), minlength=self.opt.n_classes).tolist(),
@@ -353,8 +381,9 @@ class EM3DClassifier:
     def state(self, iteration: int, finished: bool = False) -> dict:
         """What the next iteration needs (maps, priors, noise and signal power, posteriors, log)."""
         return {"volumes": self.volumes, "priors": self.priors, "sigma2": self.sigma2, "tau2": self.tau2,
-                "posteriors": self.posteriors, "log": self.log, "iteration": iteration,
-                "finished": finished}  # fmt: skip
+                "posteriors": self.posteriors, "log": self.log, "iteration": iteration, "finished": finished,
+                "variability": self.variability, "resolution_limit_A": self.opt.resolution_limit_A,
+                "init_resolution_A": self.opt.init_resolution_A}  # fmt: skip
 
     def restore(self, state: dict) -> int:
         """Restore a :meth:`state`; returns the number of iterations it had done."""
@@ -362,6 +391,7 @@ class EM3DClassifier:
             state["volumes"], state["priors"], state["sigma2"], state["tau2"]
         )  # fmt: skip
         self.posteriors, self.log = state["posteriors"], state["log"]
+        self.variability = state.get("variability")
         return int(state["iteration"])
 
     # -------------------------------------------------------------------------------- class maps
@@ -420,16 +450,45 @@ def _tries_rare_starts(opt: EM3DOptions) -> bool:
     return opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1
 
 
-def _best_start(em: EM3DClassifier, starts: dict[str, np.ndarray], opt: EM3DOptions, progress, info: dict) -> int:
-    """Run ``opt.start_iterations`` iterations from each start's labels and leave ``em`` in the state of the one
-    with the highest log-likelihood (its iterations stay in the log); returns the iterations done (em2d's
-    :func:`~.em2d._best_start`, without the per-start variability masks em3d does not use)."""
+def _automatic_band(dataset, opt: EM3DOptions, prepared: PreparedSpectra | None, info: dict):
+    """With ``auto_band`` and no resolution limit: the consensus' gold-standard resolution (half maps from the
+    full-band subtomograms, prepared once and kept) sets the E-step band and the PCA features' band as in em2d
+    (:func:`~.em2d.auto_resolution_limit`, :func:`~.difference_pca.feature_resolution`). Returns the options and
+    the spectra the classifier reads (a view of the full band's on the chosen one)."""
+    d = dataset.box
+    full_band = VolumeBand(d, d // 2)
+    usable = prepared is None or torch.equal(prepared.band.idx, full_band.idx)
+    if not (opt.auto_band and opt.resolution_limit_A is None and usable):
+        return opt, prepared
+    full = prepared or PreparedSpectra(dataset, full_band, opt)
+    rec = EM3DClassifier(dataset, replace(opt, n_classes=1), full).class_reconstructions(
+        np.zeros(dataset.n_particles, dtype=int), dataset.half_set)[0]  # fmt: skip
+    if rec is None:
+        return opt, full
+    info["consensus_resolution_A"] = round(rec.resolution, 2)
+    opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, d, dataset.pixel_size))
+    if opt.init_resolution_A is None:
+        opt = replace(opt, init_resolution_A=round(feature_resolution(rec.resolution, dataset.pixel_size), 2))
+    limit = d * dataset.pixel_size / opt.resolution_limit_A
+    return opt, BandView(full, VolumeBand(d, limit))
+
+
+def _unit_max(volume: torch.Tensor) -> torch.Tensor:
+    return volume / volume.max().clamp_min(1e-30)
+
+
+def _best_start(em: EM3DClassifier, starts: dict[str, tuple[np.ndarray, torch.Tensor | None]], opt: EM3DOptions,
+                progress, info: dict) -> int:  # fmt: skip
+    """Run ``opt.start_iterations`` iterations from each start (labels and variability mask) and leave ``em`` in
+    the state of the one with the highest log-likelihood (its iterations stay in the log); returns the iterations
+    done (em2d's :func:`~.em2d._best_start`)."""
     n_short = max(1, min(opt.start_iterations, opt.n_iter))
     fresh = em.state(0)  # noise and signal power of the consensus
     best: tuple[float, str, dict] | None = None
     scores = {}
-    for name, labels in starts.items():
+    for name, (labels, mask) in starts.items():
         em.restore(fresh)
+        em.variability = mask
         em.initialise(labels=labels)
         em.log = []
         run_iterations(em, n_iter=n_short, n_particles=em.ds.n_particles, n_images=em.ds.n_particles,
@@ -473,12 +532,17 @@ def classify_em3d(
     it (same classes, box and resolution limit; ``n_iter`` may differ: the run continues up to it)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
-    em = EM3DClassifier(dataset, opt, prepared)
     n = dataset.n_particles
     info: dict = {}
     start = 0
     fingerprint = run_fingerprint("em3d", {**asdict(opt), "maps": initial_maps is not None}, dataset)
     state = load_checkpoint(checkpoint, fingerprint)
+    if state is not None:  # the bands the run chose
+        opt = replace(opt, resolution_limit_A=state.get("resolution_limit_A", opt.resolution_limit_A),
+                      init_resolution_A=state.get("init_resolution_A", opt.init_resolution_A))  # fmt: skip
+    else:
+        opt, prepared = _automatic_band(dataset, opt, prepared, info)
+    em = EM3DClassifier(dataset, opt, prepared)
     if state is not None:
         start = em.restore(state)
         info["resumed_from_iteration"] = start
@@ -496,8 +560,10 @@ def classify_em3d(
                 info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(labels=labels)
             if opt.init == "pca" and _tries_rare_starts(opt):
-                starts = {"pca": labels, **em.rare_state_starts(consensus)}
+                starts = {"pca": (labels, em.variability), **em.rare_state_starts(consensus)}
                 start = _best_start(em, starts, opt, progress, info)
+            if em.variability is not None:
+                info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
     run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
                    anneal_start=opt.anneal_start, tol_changes=opt.tol_changes, n_particles=n, n_images=n,
                    progress=progress, checkpoint=checkpoint, fingerprint=fingerprint)  # fmt: skip
@@ -505,7 +571,9 @@ def classify_em3d(
         method="em3d", options=asdict(opt), labels=em.posteriors.argmax(1), posteriors=em.posteriors,
         volumes=em.real_volumes(), pixel_size=dataset.pixel_size, log=em.log,
         extra={"sigma2": em.sigma2.float().numpy(), "seconds": time.perf_counter() - t0, "prepare_seconds": t_prep,
-               "prepared_spectra": em.source,
+               "prepared_spectra": em.source.source if isinstance(em.source, BandView) else em.source,
+               "e_step_limit_A": round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2),
+               "init_resolution_A": opt.init_resolution_A,
                "noise_model": opt.noise_model, **info},
     )  # fmt: skip
 

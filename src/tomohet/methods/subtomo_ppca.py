@@ -40,7 +40,7 @@ import torch
 from ..physics.bands import VolumeBand
 from ..physics.filters import soft_sphere
 from .ppca_pass import ImageStatistics
-from .subtomo_spectra import ClassReferences, PreparedSpectra, SpectraChunk
+from .subtomo_spectra import ClassReferences
 
 
 def sector_index(freq: torch.Tensor, sectors: int) -> torch.Tensor:
@@ -48,25 +48,6 @@ def sector_index(freq: torch.Tensor, sectors: int) -> torch.Tensor:
     (Friedel mates share a sector; the tilt axis is y)."""
     theta = torch.remainder(torch.atan2(freq[..., 0].double(), freq[..., 2].double()), math.pi)
     return (theta * (sectors / math.pi)).long().clamp(0, sectors - 1)
-
-
-class BandView:
-    """Prepared spectra of a wider band (e.g. the full band, cached once for the consensus resolution) seen on a
-    narrower ``band``: each chunk's in-band columns selected, nothing prepared twice."""
-
-    def __init__(self, source: PreparedSpectra, band: VolumeBand):
-        self.pos = source.band.lookup[band.idx]
-        if bool((self.pos < 0).any()):
-            raise ValueError("the band view must lie inside the prepared band")
-        self.ds, self.band, self.opt, self.source = source.ds, band, source.opt, source
-
-    def __iter__(self):
-        p = self.pos
-        for c in self.source:
-            same = c.d_ref is c.d
-            d_ref, w_ref = (c.d[:, p], c.w[:, p]) if same else (c.d_ref[:, p], c.w_ref[:, p])
-            d, w = (d_ref, w_ref) if same else (c.d[:, p], c.w[:, p])
-            yield SpectraChunk(c.particles, d, w, c.rot, d_ref, w_ref)
 
 
 @dataclass

@@ -169,6 +169,25 @@ class PreparedSpectra:
             yield item
 
 
+class BandView:
+    """Prepared spectra of a wider band (e.g. the full band, cached once for the consensus resolution) seen on a
+    narrower ``band``: each chunk's in-band columns selected, nothing prepared twice."""
+
+    def __init__(self, source: PreparedSpectra, band: VolumeBand):
+        self.pos = source.band.lookup[band.idx]
+        if bool((self.pos < 0).any()):
+            raise ValueError("the band view must lie inside the prepared band")
+        self.ds, self.band, self.opt, self.source = source.ds, band, source.opt, source
+
+    def __iter__(self):
+        p = self.pos
+        for c in self.source:
+            same = c.d_ref is c.d
+            d_ref, w_ref = (c.d[:, p], c.w[:, p]) if same else (c.d_ref[:, p], c.w_ref[:, p])
+            d, w = (d_ref, w_ref) if same else (c.d[:, p], c.w[:, p])
+            yield SpectraChunk(c.particles, d, w, c.rot, d_ref, w_ref)
+
+
 class ClassReferences:
     """The class maps as in-band spectra ``[K, P]`` and, for particles in their own frame, a 2x padded,
     gridding-precorrected spectrum sampled at ``R_i^T k`` (trilinear ``grid_sample``, as

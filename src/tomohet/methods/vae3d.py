@@ -38,8 +38,8 @@ from .engine import run_iterations
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, register
 from .result import Result
-from .subtomo_ppca import BandView, SubtomoPPCA
-from .subtomo_spectra import PreparedSpectra, wedge_difference_volumes
+from .subtomo_ppca import SubtomoPPCA
+from .subtomo_spectra import BandView, PreparedSpectra, wedge_difference_volumes
 from .vae import VAEModel, VAEOptions, check_options, finish_training, vae_result
 from .variability import variability_map, variability_mask
 
