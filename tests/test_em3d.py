@@ -4,6 +4,7 @@ weighted likelihood is the 2D likelihood (the white one is not), and RELION 3.1/
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -34,12 +35,18 @@ def assembly(tmp_path_factory):
 
 def test_em3d_recovers_four_states_like_em2d(assembly):
     ds, t = assembly["ds"], assembly["truth"]
-    res = classify_em3d(ds, OPT, prepared=assembly["prepared"])
+    res = classify_em3d(ds, replace(OPT, rare_starts=3), prepared=assembly["prepared"])
     rep = discrete_report(t, res.labels)
     assert rep["ari"] >= 0.9  # measured 0.99
     assert rep["population_error"]["max_abs"] < 0.05
     assert res.posteriors.shape == (240, 4) and np.allclose(res.posteriors.sum(1), 1)
     assert res.volumes.shape == (4, 32, 32, 32) and all(e["particles_per_s"] > 0 for e in res.log)
+    # em2d's search: bands from the consensus' resolution, the variability mask, the rare-state starts tried
+    x = res.extra
+    assert 2 * ds.pixel_size <= x["e_step_limit_A"] and x["consensus_resolution_A"] > 0
+    assert x["init_resolution_A"] > x["e_step_limit_A"] and 0 < x["variability_mask_fraction"] < 1
+    assert set(x["start_log_likelihoods"]) == {"pca", "group 1", "group 2", "group 3"}
+    assert x["start_log_likelihoods"][x["start"]] == max(x["start_log_likelihoods"].values())
     # the 2D EM on the tilt stacks of the same particles: the 3D EM with CTF^2 weights is its equal
     res2 = classify_em2d(ds, EMOptions(n_classes=4, n_iter=8, seed=0, rare_starts=0))
     ari2 = adjusted_rand_index(t, res2.labels)

@@ -59,7 +59,7 @@ def run_classify(
     sigma_angles: float | None = None,
     sigma_shifts: float | None = None,
     scan_classes: str | None = None,
-    rare_starts: int = 3,
+    rare_starts: int | None = None,
 ) -> dict:
     """Classify ``input_path`` into ``out`` (see the README for the outputs); returns result.json's content.
     ``scan_classes`` (``"1-6"``, ``"2,4"``) runs EM for each number of classes and keeps the one with the highest
@@ -73,7 +73,7 @@ def run_classify(
                    has_maps=bool(initial_maps))  # fmt: skip
     check_local_search(local_angles, local_shifts, sigma_angles, sigma_shifts, method)
     check_class_scan(scan_classes, method, bool(initial_maps), local_angles > 0 or local_shifts > 0)
-    if rare_starts < 0:
+    if rare_starts is not None and rare_starts < 0:
         raise OptionError("--rare-starts", f"must be >= 0, got {rare_starts}")
     executors = _ExecutorSlot(executor)
     try:

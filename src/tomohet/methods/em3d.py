@@ -104,7 +104,8 @@ class EM3DOptions:
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
     auto_band: bool = True  # no resolution limit given: E-step band and PCA features from the consensus' resolution
     confine_differences: bool = True  # class maps differ from their mean only inside the PCA's variability mask
-    rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (em2d's search)
+    rare_starts: int = 0  # PCA start: also try this many coherent groups as a class of their own (em2d's search;
+    # off by default: on rare_spread they did not find the state, on ladder a group start won at a lower ARI)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
 
 
