@@ -12,6 +12,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 from typer.testing import CliRunner
@@ -221,3 +222,16 @@ def test_min_confidence_keeps_only_confident_particles(analysed, tmp_path):
     sel = json.loads((tmp_path / "s" / "result.json").read_text())["selection"]
     assert sel["confidence"] == "rlnMaxValueProbDistribution"
     assert sel["n"] == int((table["rlnMaxValueProbDistribution"] >= cut).sum())
+
+
+def test_analyze_reuses_the_runs_own_umap(tmp_path):
+    """``latent_umap.csv`` written by ``landscape`` is read back in the order of the particles (not recomputed);
+    a file that misses a particle is not used."""
+    from tomohet.analysis.analyze import _saved_umap
+
+    pd.DataFrame({"rlnTomoParticleName": ["b", "a", "c"], "umap0": [2.0, 1.0, 3.0],
+                  "umap1": [20.0, 10.0, 30.0]}).to_csv(tmp_path / "latent_umap.csv", index=False)  # fmt: skip
+    xy = _saved_umap(tmp_path, ["a", "b", "c"])
+    assert np.array_equal(xy, [[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
+    assert _saved_umap(tmp_path, ["a", "d"]) is None
+    assert _saved_umap(tmp_path / "missing", ["a"]) is None

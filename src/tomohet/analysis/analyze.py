@@ -233,6 +233,20 @@ def _maps_and_fsc(ana: RunAnalysis, run_dir: Path, result: dict, labels: np.ndar
                             plot_fsc(ana.out_dir / "fsc_vs_truth.png", freq, curves, None)))  # fmt: skip
 
 
+def _saved_umap(run_dir: Path, names: list[str]) -> np.ndarray | None:
+    """The run's own UMAP coordinates ``[N, 2]`` (``latent_umap.csv``, written by ``landscape``) in the order of
+    ``names``; None when the file is missing or does not list every particle (then UMAP is recomputed)."""
+    path = run_dir / "latent_umap.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    lookup = {n: i for i, n in enumerate(df.iloc[:, 0].astype(str))}
+    idx = np.array([lookup.get(n, -1) for n in names])
+    if (idx < 0).any() or not {"umap0", "umap1"} <= set(df.columns):
+        return None
+    return df[["umap0", "umap1"]].to_numpy()[idx]
+
+
 def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, labels, truth, seed: int = 0) -> None:
     latent = run_dir / "latent.csv"
     if not latent.is_file():
@@ -269,7 +283,9 @@ def _embedding(ana: RunAnalysis, run_dir: Path, names: list[str], placements, la
     ana.figures.append((f"Landscape ({how}), coloured by cluster, truth and nuisances (structure that follows "
                         "tomogram, depth or tilt count is not biology)",
                         plot_embedding(ana.out_dir / "embedding.png", xy, col, how)))  # fmt: skip
-    umap_xy = umap_2d(z, seed)
+    umap_xy = _saved_umap(run_dir, names)
+    if umap_xy is None:
+        umap_xy = umap_2d(z, seed)
     if umap_xy is not None:  # neighbourhoods kept, distances between clusters not
         fig = plot_embedding(ana.out_dir / "embedding_umap.png", umap_xy, col, "UMAP of the latents")
         ana.figures.append(("Landscape (UMAP of the latents), the same colourings", fig))

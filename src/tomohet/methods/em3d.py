@@ -72,6 +72,7 @@ from ..physics.bands import VolumeBand
 from ..physics.filters import lowpass, resolution_at, shell_frequencies, soft_sphere
 from ..physics.reconstruct import Reconstruction, fsc_regularised
 from .checkpoint import load_checkpoint, run_fingerprint
+from .difference_filter import filter_class_differences
 from .difference_pca import feature_box, feature_resolution, pca_kmeans
 from .em2d import SoftmaxAssign, auto_resolution_limit
 from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
@@ -104,6 +105,8 @@ class EM3DOptions:
     tol_changes: float = 0.001  # stop when fewer than this fraction of particles change class
     auto_band: bool = True  # no resolution limit given: E-step band and PCA features from the consensus' resolution
     confine_differences: bool = True  # class maps differ from their mean only inside the PCA's variability mask
+    filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
+    difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
     rare_starts: int = 0  # PCA start: also try this many coherent groups as a class of their own (em2d's search;
     # off by default: on rare_spread they did not find the state, on ladder a group start won at a lower ARI)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
@@ -122,6 +125,7 @@ class _Sums:
     w2: torch.Tensor  # [K, P] sum g W^2
     d2: torch.Tensor  # [P] sum |d|^2 (all particles)
     n_seen: torch.Tensor  # [P] number of particles with W > 0
+    half: _Sums | None = None  # the same sums over half-set A (even particle index) alone
 
     @staticmethod
     def zeros(k: int, p: int) -> _Sums:
@@ -224,6 +228,24 @@ class EM3DClassifier:
     def _m_step_terms(self, sums: _Sums) -> tuple[torch.Tensor, torch.Tensor]:
         return (sums.d, sums.w) if self.opt.noise_model == "weighted" else (sums.wd, sums.w2)
 
+    def _m_step(self, sums: _Sums) -> torch.Tensor:
+        """Class spectra ``[K, P]`` from the M-step sums: Wiener solve, mask, variability mask, and (with
+        ``filter_differences`` and the half-set sums) the differences filtered by the agreement of the two
+        half-sets (:func:`~.difference_filter.filter_class_differences`, as em2d)."""
+        fudge = self.opt.tau2_fudge
+        num, den = self._m_step_terms(sums)
+        vols = self._confined(self._solve(num, den, fudge))
+        if not self.opt.filter_differences or sums.half is None or vols.shape[0] < 2:
+            return vols
+        na, da = self._m_step_terms(sums.half)
+        half_a = self._confined(self._solve(na, da, fudge))
+        half_b = self._confined(self._solve(num - na, den - da, fudge))
+        length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+        b = self.band
+        real, _ = filter_class_differences(b.to_real(vols), b.to_real(half_a), b.to_real(half_b), self.priors,
+                                           self.opt.difference_smoothing * length_px)  # fmt: skip
+        return b.from_real(real).to(torch.complex128)
+
     def real_volumes(self) -> torch.Tensor:
         """Class maps ``[K, D, D, D]`` float32 (real space, origin at D//2)."""
         return self.band.to_real(self.volumes)
@@ -234,6 +256,8 @@ class EM3DClassifier:
         Returns ``(sums, ll [N, K], posteriors [N, K], sigma2 [S] or None)``."""
         k = self.volumes.shape[0] if assign is not None else 1
         sums = _Sums.zeros(k, self.band.size)
+        if assign is not None:
+            sums.half = _Sums.zeros(k, self.band.size)
         b = self.band
         inv_s2 = b.mult / self.sigma2[b.shell]
         refs = ClassReferences(b, self.volumes) if assign is not None else None
@@ -255,6 +279,9 @@ class EM3DClassifier:
                 seen = w if self.opt.noise_model == "weighted" else (w > 0).double()
                 den += b.per_shell((seen * b.mult).sum(0))
             sums.add(g, c.d_ref, c.w_ref)
+            if sums.half is not None:
+                in_a = torch.from_numpy(c.particles % 2 == 0).to(g.dtype)[:, None]
+                sums.half.add(g * in_a, c.d_ref, c.w_ref)
             if progress:
                 progress(len(c.particles))
         if refs is None:
@@ -371,8 +398,7 @@ class EM3DClassifier:
         sums, ll, post, sigma2 = self._pass(SoftmaxAssign(self.priors, temperature), progress)
         self.log_likelihood, self.posteriors, self.sigma2 = ll, post, sigma2
         self.priors = post.mean(0)
-        num, den = self._m_step_terms(sums)
-        self.volumes = self._confined(self._solve(num, den, self.opt.tau2_fudge))
+        self.volumes = self._m_step(sums)
         total = mixture_log_likelihood(ll, self.priors)
         return {"log_likelihood": total, "changes": float((post.argmax(1) != old).mean()),
                 "class_sizes": np.bincount(post.argmax(1), minlength=self.opt.n_classes).tolist(),
