@@ -47,6 +47,8 @@ VARIANTS = {
     "plain3d": {"auto_band": False, "confine_differences": False, "rare_starts": 0},
     # em3d only: em2d's band and mask, no rare-state starts
     "masked3d": {"rare_starts": 0},
+    # em3d only: with em2d's rare-state starts
+    "starts3d": {"rare_starts": 3},
     # em3d only: band and mask without the half-set filter of the class differences
     "unfiltered3d": {"filter_differences": False},
     # em3d only: the class maps' prior 4x wider (em2d's tau2_fudge), with and without the starts

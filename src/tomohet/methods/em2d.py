@@ -51,7 +51,7 @@ from .difference_filter import filter_class_differences
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .engine import initial_labels, is_finished, map_partitions, mixture_log_likelihood, run_iterations
 from .iteration import anneal_temperature, stage_ticker
-from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_variability, seeded_labels
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, seeded_labels
 from .result import Result
 from .variability import confine_differences, variability_map, variability_mask
 
@@ -625,9 +625,8 @@ def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifi
     starts = {}
     for j, group in enumerate(coherent_groups(coarse, opt.rare_starts, seed=opt.seed)):
         mask = None
-        if confine:  # each variance map scaled to its maximum: the mask is their union
-            var = torch.maximum(_unit_max(base_var), _unit_max(group_variability(coarse, group, box)))
-            mask = variability_mask(var, apix, opt.init_resolution_A)
+        if confine:
+            mask = group_start_mask(base_var, coarse, group, box, apix, opt.init_resolution_A)
         starts[f"group {j + 1}"] = (seeded_labels(base, group, opt.n_classes), mask)
     return labels, starts
 
@@ -638,11 +637,6 @@ def _tries_rare_starts(opt: EMOptions) -> bool:
     start would search poses too: ~8 pose-search iterations more)."""
     local_pose = opt.local_angles_deg > 0 or opt.local_shifts_px > 0
     return opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1 and not local_pose
-
-
-def _unit_max(volume: torch.Tensor) -> torch.Tensor:
-    """``volume`` divided by its maximum (an empty one stays zero)."""
-    return volume / volume.max().clamp_min(1e-30)
 
 
 def _best_start(em: EMClassifier, consensus: torch.Tensor, starts: dict[str, tuple[np.ndarray, torch.Tensor | None]],

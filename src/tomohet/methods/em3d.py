@@ -54,6 +54,13 @@ Initialisation (``init="pca"``): a wedge-aware difference PCA: each particle's r
 ``(d_i - W_i V_0) / (W_i + lambda_i)`` in a low-resolution band (zero where the wedge hides it), masked in real
 space, top components, k-means; ``"random"`` (random subsets) and ``"maps"`` (given maps) as in em2d.
 
+em2d's search (``benchmarks/CLASSIFY.md`` section 12): without a resolution limit, the consensus' gold-standard
+resolution sets the E-step band and the PCA features' band (``auto_band``); the class maps differ from their
+prior-weighted mean only inside the variability mask of the PCA features (``confine_differences``,
+:mod:`.variability`); their differences are filtered by the agreement of two half-sets of particles
+(``filter_differences``, :mod:`.difference_filter`); the rare-state starts of :mod:`.rare_start` are available
+(``rare_starts``, off by default).
+
 FFT normalisation: unnormalised forward transforms (:mod:`tomohet.physics.fourier`); real volumes ``[D, D, D]``
 (z, y, x; origin at D//2); resolutions in Angstrom.
 """
@@ -77,7 +84,7 @@ from .difference_pca import feature_box, feature_resolution, pca_kmeans
 from .em2d import SoftmaxAssign, auto_resolution_limit
 from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .iteration import anneal_temperature
-from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_variability, seeded_labels
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, seeded_labels
 from .result import Result
 from .subtomo_spectra import BandView, ClassReferences, PreparedSpectra, wedge_difference_volumes
 from .variability import confine_differences, variability_map, variability_mask
@@ -373,8 +380,7 @@ class EM3DClassifier:
         for j, group in enumerate(coherent_groups(coarse, opt.rare_starts, seed=opt.seed)):
             mask = None
             if opt.confine_differences:
-                var = torch.maximum(_unit_max(base_var), _unit_max(group_variability(coarse, group, d)))
-                mask = variability_mask(var, self.ds.pixel_size, res)
+                mask = group_start_mask(base_var, coarse, group, d, self.ds.pixel_size, res)
             starts[f"group {j + 1}"] = (seeded_labels(base, group, k), mask)
         return starts
 
@@ -498,10 +504,6 @@ def _automatic_band(dataset, opt: EM3DOptions, prepared: PreparedSpectra | None,
         opt = replace(opt, init_resolution_A=round(feature_resolution(rec.resolution, dataset.pixel_size), 2))
     limit = d * dataset.pixel_size / opt.resolution_limit_A
     return opt, BandView(full, VolumeBand(d, limit))
-
-
-def _unit_max(volume: torch.Tensor) -> torch.Tensor:
-    return volume / volume.max().clamp_min(1e-30)
 
 
 def _best_start(em: EM3DClassifier, starts: dict[str, tuple[np.ndarray, torch.Tensor | None]], opt: EM3DOptions,

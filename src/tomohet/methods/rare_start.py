@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .variability import variability_mask
+
 RARE_BAND_FACTOR = 1.4  # coherent groups from features at 1.4 x the PCA features' band (Angstrom)
 GROUP_FRACTION = 0.05  # a group holds 5 % of the particles (at least MIN_GROUP)
 MIN_GROUP = 10
@@ -115,3 +117,17 @@ def group_variability(features: torch.Tensor, group: np.ndarray, box: int) -> to
     noise = features.float().var(0) / len(group)
     signal = (centred.mean(0) ** 2 - noise).clamp_min(0)
     return F.interpolate(signal.reshape(1, 1, s, s, s), size=(box,) * 3, mode="trilinear", align_corners=False)[0, 0]
+
+
+def group_start_mask(others: torch.Tensor, features: torch.Tensor, group: np.ndarray, box: int, pixel_size: float,
+                     resolution_A: float) -> torch.Tensor:  # fmt: skip
+    """The variability mask ``[D, D, D]`` of a group's start: where the group differs from all particles
+    (:func:`group_variability` of ``features`` ``[N, s^3]``) or the other classes do (``others``, a variance map
+    ``[D, D, D]``, zeros at K = 2), each scaled to its maximum so the mask is their union
+    (:func:`~.variability.variability_mask` at ``resolution_A``)."""
+
+    def unit_max(v: torch.Tensor) -> torch.Tensor:
+        return v / v.max().clamp_min(1e-30)
+
+    var = torch.maximum(unit_max(others), unit_max(group_variability(features, group, box)))
+    return variability_mask(var, pixel_size, resolution_A)
