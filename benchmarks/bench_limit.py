@@ -18,8 +18,8 @@ Writes ``benchmarks/results/classify_limit.json``.
 
 Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before] [--snrs ...]``
 (``--snrs`` gives the SNR curve: every preset at each SNR); ``--method em3d --variants default filtered``: the 3D
-EM with and without the rare-state starts (``results/classify_limit_em3d.json``; variants ``plain3d``: before em2d's band, mask and starts; ``masked3d``:
-band and mask without the starts).
+EM with and without the rare-state starts (``results/classify_limit_em3d.json``; variants ``plain3d``: before em2d's search; ``masked3d``: band and mask;
+``filtered3d``: band, mask and half-set filter without the starts).
 """
 
 from __future__ import annotations
@@ -44,16 +44,14 @@ VARIANTS = {
     # the defaults of session 8: class maps shrunk toward the pooled map, tau2_fudge 4, variability mask
     "pooled": {"shrink_to_mean": True, "tau2_fudge": 4.0, "filter_differences": False},
     # em3d only: the 3D EM before it got em2d's search (full band, features at 2.5 x Nyquist, no mask, no groups)
-    "plain3d": {"auto_band": False, "confine_differences": False, "rare_starts": 0},
-    # em3d only: em2d's band and mask, no rare-state starts
-    "masked3d": {"rare_starts": 0},
-    # em3d only: with em2d's rare-state starts
-    "starts3d": {"rare_starts": 3},
-    # em3d only: band and mask without the half-set filter of the class differences
-    "unfiltered3d": {"filter_differences": False},
-    # em3d only: the class maps' prior 4x wider (em2d's tau2_fudge), with and without the starts
-    "fudge16_3d": {"tau2_fudge": 16.0},
-    "masked_fudge16_3d": {"rare_starts": 0, "tau2_fudge": 16.0},
+    "plain3d": {"auto_band": False, "confine_differences": False, "filter_differences": False, "rare_starts": 0},
+    # em3d only: em2d's band and mask, no half-set filter, no rare-state starts
+    "masked3d": {"filter_differences": False, "rare_starts": 0},
+    # em3d only: band, mask and half-set filter, no rare-state starts
+    "filtered3d": {"rare_starts": 0},
+    # em3d only: the class maps' prior 4x wider (em2d's tau2_fudge), without the filter, with and without starts
+    "fudge16_3d": {"tau2_fudge": 16.0, "filter_differences": False},
+    "masked_fudge16_3d": {"rare_starts": 0, "tau2_fudge": 16.0, "filter_differences": False},
     # the defaults before issue 16: 60 A features, maps regularised toward zero with tau2_fudge 4, no mask
     "before": {
         "init_resolution_A": 60.0,
@@ -121,7 +119,7 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/tomohet_bench_limit")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--snrs", type=float, nargs="+", help="SNRs (default: each preset's own)")
-    ap.add_argument("--method", default="em2d", choices=["em2d", "em3d"], help="em3d: variants default, masked3d, plain3d")
+    ap.add_argument("--method", default="em2d", choices=["em2d", "em3d"], help="em3d: variants default, filtered3d, masked3d, plain3d")
     ap.add_argument("--worker", nargs=4, metavar=("PRESET", "SEED", "VARIANT", "SNR"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="default: results/classify_limit.json (em3d: classify_limit_em3d.json)")
     args = ap.parse_args()

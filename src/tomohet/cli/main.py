@@ -195,7 +195,7 @@ def classify(
     rare_starts: int | None = typer.Option(
         None,
         help="em, em3d: coherent groups of 5% of the particles tried as a class of their own beside the PCA start "
-        "(finds rare states; costs 2 iterations each; 0: off; default 3 for em, 0 for em3d)",
+        "(finds rare states; costs 2 iterations each; 0: off; default 3)",
     ),
     workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
     scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),

@@ -59,7 +59,7 @@ resolution sets the E-step band and the PCA features' band (``auto_band``); the 
 prior-weighted mean only inside the variability mask of the PCA features (``confine_differences``,
 :mod:`.variability`); their differences are filtered by the agreement of two half-sets of particles
 (``filter_differences``, :mod:`.difference_filter`); the rare-state starts of :mod:`.rare_start` are available
-(``rare_starts``, off by default).
+(``rare_starts``).
 
 FFT normalisation: unnormalised forward transforms (:mod:`tomohet.physics.fourier`); real volumes ``[D, D, D]``
 (z, y, x; origin at D//2); resolutions in Angstrom.
@@ -114,8 +114,8 @@ class EM3DOptions:
     confine_differences: bool = True  # class maps differ from their mean only inside the PCA's variability mask
     filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
     difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
-    rare_starts: int = 0  # PCA start: also try this many coherent groups as a class of their own (em2d's search;
-    # off by default: on rare_spread they did not find the state, on ladder a group start won at a lower ARI)
+    rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (em2d's search;
+    # with the half-set filter they find ladder's smallest state: ARI 0.69 -> 0.81, CLASSIFY.md section 12)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
 
 
