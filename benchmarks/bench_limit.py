@@ -17,9 +17,9 @@ Simulated data go under ``--data`` (default ``/tmp/tomohet_bench_limit``), never
 Writes ``benchmarks/results/classify_limit.json``.
 
 Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before] [--snrs ...]``
-(``--snrs`` gives the SNR curve: every preset at each SNR); ``--method em3d --variants default filtered``: the 3D
-EM with and without the rare-state starts (``results/classify_limit_em3d.json``; variants ``plain3d``: before em2d's search; ``masked3d``: band and mask;
-``filtered3d``: band, mask and half-set filter without the starts).
+(``--snrs`` gives the SNR curve: every preset at each SNR); ``--method em3d --variants default filtered3d masked3d
+plain3d``: the 3D EM (``results/classify_limit_em3d.json``; ``plain3d``: before em2d's search; ``masked3d``: band
+and mask; ``filtered3d``: band, mask and half-set filter without the rare-state starts).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/tomohet_bench_limit")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--snrs", type=float, nargs="+", help="SNRs (default: each preset's own)")
-    ap.add_argument("--method", default="em2d", choices=["em2d", "em3d"], help="em3d: variants default, filtered3d, masked3d, plain3d")
+    ap.add_argument("--method", default="em2d", choices=["em2d", "em3d"],
+                    help="em3d: variants default, filtered3d, masked3d, plain3d")  # fmt: skip
     ap.add_argument("--worker", nargs=4, metavar=("PRESET", "SEED", "VARIANT", "SNR"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="default: results/classify_limit.json (em3d: classify_limit_em3d.json)")
     args = ap.parse_args()
