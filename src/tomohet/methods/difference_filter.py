@@ -42,26 +42,15 @@ def _shell_sums(values: torch.Tensor, shells: torch.Tensor, n: int) -> torch.Ten
     return out.index_add_(1, shells.flatten(), values.flatten(1).double())
 
 
-def filter_class_differences(
-    volumes: torch.Tensor,
-    half_a: torch.Tensor,
-    half_b: torch.Tensor,
-    priors,
-    sigma_px: float,
+def filter_by_halves(
+    full: torch.Tensor, half_a: torch.Tensor, half_b: torch.Tensor, sigma_px: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class maps ``[K, D, D, D]`` whose differences from their prior-weighted mean are filtered by the agreement
-    of two half-set estimates (module docstring). ``volumes`` from all particles, ``half_a`` / ``half_b`` the
-    same maps from each half; ``sigma_px`` the local averaging width in voxels. Returns the maps and the
-    half-set FSC of each class's difference per shell ``[K, D//2+1]``."""
-    w = torch.as_tensor(np.asarray(priors), dtype=volumes.dtype).clamp_min(0)
-    w = w / w.sum().clamp_min(1e-12)
-    pooled = torch.einsum("k,kzyx->zyx", w, volumes)
-
-    def differences(v: torch.Tensor) -> torch.Tensor:
-        return fft3_centered(v - torch.einsum("k,kzyx->zyx", w, v))
-
-    fa, fb, ff = differences(half_a), differences(half_b), differences(volumes)
-    d = volumes.shape[-1]
+    """Maps ``[K, D, D, D]`` (e.g. class differences, or the basis maps of PPCA) from all particles, filtered by
+    the agreement of the same maps estimated from each half-set (``half_a``, ``half_b``): per shell by the half-set
+    FSC, then per voxel by the local signal fraction (module docstring). Returns the filtered maps and the FSC
+    per shell ``[K, D//2+1]``."""
+    fa, fb, ff = fft3_centered(half_a), fft3_centered(half_b), fft3_centered(full)
+    d = full.shape[-1]
     n = d // 2 + 1
     shells = radial_index_3d(d).clamp(max=d // 2)
     cross = _shell_sums((fa * fb.conj()).real, shells, n)
@@ -71,4 +60,26 @@ def filter_class_differences(
     diff = ifft3_centered(ff * gain)
     noise = gaussian_smooth(ifft3_centered((fa - fb) * gain) ** 2 / 4, sigma_px).clamp_min(1e-30)
     signal = (gaussian_smooth(diff**2, sigma_px) - noise).clamp_min(0)
-    return pooled + diff * (signal / (signal + noise)), fsc.float()
+    return diff * (signal / (signal + noise)), fsc.float()
+
+
+def filter_class_differences(
+    volumes: torch.Tensor,
+    half_a: torch.Tensor,
+    half_b: torch.Tensor,
+    priors,
+    sigma_px: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class maps ``[K, D, D, D]`` whose differences from their prior-weighted mean are filtered by the agreement
+    of two half-set estimates (module docstring, :func:`filter_by_halves`). ``volumes`` from all particles,
+    ``half_a`` / ``half_b`` the same maps from each half; ``sigma_px`` the local averaging width in voxels.
+    Returns the maps and the half-set FSC of each class's difference per shell ``[K, D//2+1]``."""
+    w = torch.as_tensor(np.asarray(priors), dtype=volumes.dtype).clamp_min(0)
+    w = w / w.sum().clamp_min(1e-12)
+    pooled = torch.einsum("k,kzyx->zyx", w, volumes)
+
+    def differences(v: torch.Tensor) -> torch.Tensor:
+        return v - torch.einsum("k,kzyx->zyx", w, v)
+
+    diff, fsc = filter_by_halves(differences(volumes), differences(half_a), differences(half_b), sigma_px)
+    return pooled + diff, fsc
