@@ -19,7 +19,7 @@ from tomohet.methods.em2d import EMOptions, classify_em2d
 from tomohet.methods.em3d import EM3DClassifier, EM3DOptions, classify_em3d, prepare_em3d
 from tomohet.simulate.datasets import simulate_preset
 
-OPT = EM3DOptions(n_classes=4, n_iter=8, oversampling=1)
+OPT = EM3DOptions(n_classes=4, n_iter=8, oversampling=1, rare_starts=0)  # the starts: first test only
 
 
 @pytest.fixture(scope="module")
