@@ -1,5 +1,6 @@
-"""Execution of per-particle map/reduce work on Dask: a local cluster on all cores by default, a running
-scheduler by address, or SLURM through ``dask-jobqueue`` (optional).
+"""Execution of per-particle map/reduce work on Dask (a local cluster on all cores by default, a running
+scheduler by address, or SLURM through ``dask-jobqueue``, optional), or across the processes of a ``torchrun``
+job (:class:`TorchDistributedExecutor`: one process per GPU or per node).
 
 Methods split their particles into fixed partitions and reduce the partial sums in partition order, so a run
 gives the same result whichever executor ran the partitions (the reduction order never depends on workers).
@@ -93,3 +94,51 @@ class DaskExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class TorchDistributedExecutor:
+    """Runs partitions across the processes of a ``torchrun`` job (``torch.distributed``, gloo backend: the
+    partial sums are CPU tensors). Every process runs the whole program; partition ``p`` runs on rank
+    ``p mod world``, and every process receives every partition's result, in partition order
+    (``all_gather_object``), so each reduces the same sums in the same order as a serial run and continues with
+    the same maps. Where a method trains networks, :mod:`tomohet.methods.distributed` makes the training
+    data-parallel over the same processes. Only rank 0 writes files and shows progress."""
+
+    runs_here = True  # partitions run in this process (with the method's spectra cache)
+
+    def __init__(self, timeout_min: float = 60.0):
+        import datetime
+
+        import torch.distributed as dist
+
+        self._owns = not dist.is_initialized()
+        if self._owns:  # the rendezvous comes from torchrun's environment (MASTER_ADDR, RANK, WORLD_SIZE ...)
+            dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=timeout_min))
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def map_partitions(self, fn: Callable, dataset, partitions: Sequence, state, progress=None, cache=None) -> list:
+        """``[fn(dataset, p, state, cache) for p in partitions]``, this process' share computed here."""
+        import torch.distributed as dist
+
+        mine = [(i, fn(dataset, p, state, cache, progress))
+                for i, p in enumerate(partitions) if i % self.size == self.rank]  # fmt: skip
+        gathered: list = [None] * self.size
+        dist.all_gather_object(gathered, mine)
+        results: list = [None] * len(partitions)
+        for share in gathered:
+            for i, r in share:
+                results[i] = r
+        if progress:  # the other processes' partitions
+            progress(sum(len(p) for i, p in enumerate(partitions) if i % self.size != self.rank))
+        return results
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self._owns and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def in_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1

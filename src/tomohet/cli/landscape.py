@@ -26,6 +26,7 @@ from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
 from ..data.truth import find_ground_truth, load_truth, true_geometry
 from ..errors import InputError
+from ..methods.distributed import writes_files
 from ..methods.landscape import cluster_latents, get_method, landscape_maps, maps_along_component
 from ..methods.registry import options_from
 from ..methods.result import Result
@@ -81,6 +82,10 @@ def run_landscape(
         if key not in fields:
             raise InputError(None, f"--{key.replace('_', '-')} does not apply to --method {method}",
                              f"--{key.replace('_', '-')}")  # fmt: skip
+    if not writes_files():  # a process of a torchrun job other than rank 0 (the executor started the job)
+        return _follow(spec, input_path, out, method, components, clusters, seed, focus_mask, resolution_limit,
+                       iterations, tomograms, executor, max_dose, flip_hand, pixel_size, overwrite,
+                       extra_opts)  # fmt: skip
     options = {k: v for k, v in locals().items() if k not in ("executor", "spec", "fields", "extra_opts")}
     with Run(out, "landscape", options) as run:
         return _landscape(run, spec, input_path, run.out, method, components, clusters, seed, focus_mask,
@@ -88,12 +93,9 @@ def run_landscape(
                           oracle, pixel_size, overwrite, extra_opts)  # fmt: skip
 
 
-def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask,
-               resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps, oracle,
-               pixel_size, overwrite, extra_opts) -> dict:  # fmt: skip
-    with run.timed("read"):
-        ds = read_input(input_path, tomograms, pixel_size)
-    run.log.info("%s", ds.summary())
+def _checked_input(spec, input_path: Path, method: str, clusters, tomograms, pixel_size, flip_hand):
+    """The dataset, checked against the method and the options (one-line errors naming the file and option)."""
+    ds = read_input(input_path, tomograms, pixel_size)
     subtomograms = ds.kind == "3d"
     if not spec.accepts(subtomograms):
         kind = "3D subtomograms" if subtomograms else "2D tilt-series stacks"
@@ -105,6 +107,34 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
         if subtomograms:
             raise InputError(input_path, "--flip-hand applies to 2D tilt-series stacks", "--flip-hand")
         ds.rotations = ds.rotations @ mirror_z()
+    return ds
+
+
+def _follow(spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask, resolution_limit,
+            iterations, tomograms, executor, max_dose, flip_hand, pixel_size, overwrite,
+            extra_opts) -> dict:  # fmt: skip
+    """Another process than rank 0 of a ``torchrun`` job: the same fit (its share of every pass, its share of
+    the networks' batches), no files, no progress; rank 0 writes everything. It resumes from rank 0's
+    checkpoint, unless ``overwrite``."""
+    ds = _checked_input(spec, input_path, method, clusters, tomograms, pixel_size, flip_hand)
+    mask = read_focus_mask(focus_mask, ds.box)
+    opts = options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
+                        n_iter=iterations, max_dose=max_dose, **extra_opts)  # fmt: skip
+    try:
+        spec.fit(ds, opts, progress=None, focus_mask=mask, executor=executor,
+                 checkpoint=None if overwrite else out / "checkpoint.pt")  # fmt: skip
+    finally:
+        executor.close()
+    return {}
+
+
+def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask,
+               resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps, oracle,
+               pixel_size, overwrite, extra_opts) -> dict:  # fmt: skip
+    with run.timed("read"):
+        ds = _checked_input(spec, input_path, method, clusters, tomograms, pixel_size, flip_hand)
+    run.log.info("%s", ds.summary())
+    subtomograms = ds.kind == "3d"
     mask = read_focus_mask(focus_mask, ds.box)
     opts = options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
                          n_iter=iterations, max_dose=max_dose, **extra_opts)  # fmt: skip

@@ -128,6 +128,22 @@ def simulate(
         run_simulate(preset, out, seed, n_particles, snr, extra, warp_v1, subtomograms)
 
 
+def _torchrun_executor(command: str, workers: int, scheduler: str | None):
+    """Under ``torchrun`` (more than one process): the executor of its processes, started now (every process
+    must know its rank before any file is written); None otherwise."""
+    from ..parallel import in_torchrun
+
+    if not in_torchrun():
+        return None
+    if command != "landscape":
+        _fail(f"`tomohet {command}` does not run under torchrun; use --workers or --scheduler (Dask)")
+    if workers or scheduler:
+        _fail("--workers / --scheduler (Dask) cannot be combined with torchrun")
+    from ..parallel import TorchDistributedExecutor
+
+    return TorchDistributedExecutor()
+
+
 def _executor(workers: int, scheduler: str | None, slurm: str | None):
     """A Dask executor when asked for one (``tomohet.parallel``), else None (this process)."""
     if not (workers or scheduler or slurm):
@@ -210,6 +226,7 @@ def classify(
                        workers, has_maps=bool(maps))  # fmt: skip
         from .classify import run_classify
 
+        _torchrun_executor("classify", workers, scheduler)  # refuses: classify runs on Dask
         # the Dask cluster is started only once the data are read and checked
         run_classify(input, out, classes, iterations, init, maps, seed, max_dose, resolution_limit, anneal,
                      tomograms, flip_hand, truth, class_maps=class_maps,
@@ -282,7 +299,12 @@ def landscape(
     held_out: float | None = typer.Option(
         None, help="vae, vae3d: fraction of tilt images (vae3d: Fourier sectors) held out (default 0.1)"
     ),
-    device: str | None = typer.Option(None, help="vae, vae3d: where the networks train, cpu or cuda (default cpu)"),
+    device: str | None = typer.Option(
+        None, help="vae, vae3d: where the networks train, cpu or cuda (default cpu; under torchrun each process' GPU)"
+    ),
+    amp: bool | None = typer.Option(
+        None, "--amp/--no-amp", help="vae, vae3d: mixed precision (bfloat16) for the networks (default: on CUDA)"
+    ),
     seed: int = typer.Option(0, help="random seed"),
     max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
     resolution_limit: float | None = typer.Option(None, help="band limit (A); default from the consensus map"),
@@ -304,10 +326,11 @@ def landscape(
         check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size, workers, basis,
                         beta, held_out, device, basis_epochs)  # fmt: skip
         run_landscape(input, out, method, components, clusters, seed, focus_mask, resolution_limit, iterations,
-                      tomograms, lambda: _executor(workers, scheduler, None), max_dose, flip_hand, truth,
+                      tomograms, _torchrun_executor("landscape", workers, scheduler)
+                      or (lambda: _executor(workers, scheduler, None)), max_dose, flip_hand, truth,
                       class_maps, pixel_size=pixel_size, overwrite=overwrite,
                       method_options={"basis": basis, "beta": beta, "held_out": held_out, "device": device,
-                                      "basis_epochs": basis_epochs})  # fmt: skip
+                                      "basis_epochs": basis_epochs, "amp": amp})  # fmt: skip
 
 
 @app.command()

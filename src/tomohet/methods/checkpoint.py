@@ -19,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
+from .distributed import writes_files
 
 # options that may differ between a run and its resumption: more iterations continue the run
 RESUMABLE_CHANGES = frozenset({"n_iter"})
@@ -36,7 +37,10 @@ def run_fingerprint(method: str, options: dict[str, Any], dataset) -> dict[str, 
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    """Write ``state`` with its run ``fingerprint`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` with its run ``fingerprint`` atomically (temporary file, fsync, rename). In a distributed
+    job only rank 0 writes (every process holds the same state; they all read it on resume)."""
+    if not writes_files():
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:

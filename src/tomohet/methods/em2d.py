@@ -49,7 +49,14 @@ from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
-from .engine import initial_labels, is_finished, map_partitions, mixture_log_likelihood, run_iterations
+from .engine import (
+    initial_labels,
+    is_finished,
+    map_partitions,
+    mixture_log_likelihood,
+    run_iterations,
+    runs_here,
+)
 from .iteration import anneal_temperature, stage_ticker
 from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, seeded_labels
 from .result import Result
@@ -282,7 +289,7 @@ class EMClassifier:
         self.log: list[dict] = []
         self.init_info: dict = {}  # timings and sizes of the start, kept in checkpoints
         self.variability: torch.Tensor | None = None  # [D, D, D] mask the class differences are confined to
-        self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if executor is None else None
+        self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if runs_here(executor) else None
 
     def iterate(
         self, temperature: float, progress: Callable[[int], None] | None = None, assign: Callable | None = None

@@ -108,6 +108,11 @@ def mixture_log_likelihood(log_likelihood: np.ndarray, priors: np.ndarray) -> fl
     return float((top[:, 0] + np.log(np.exp(lp - top).sum(1))).sum())
 
 
+def runs_here(executor) -> bool:
+    """Whether ``executor`` runs partitions in this process (then a method keeps its spectra cache)."""
+    return executor is None or bool(getattr(executor, "runs_here", False))
+
+
 def map_partitions(
     step: Callable, dataset, state: Any, partition_size: int, executor=None, cache: SpectraCache | None = None,
     progress: Callable[[int], None] | None = None,
@@ -121,6 +126,8 @@ def map_partitions(
     parts = list(dataset.chunks(partition_size))
     if executor is None:
         results = [step(dataset, idx, state, cache, progress) for idx in parts]
+    elif runs_here(executor):  # this process runs a share of the partitions (torchrun): its cache serves them
+        results = executor.map_partitions(step, dataset, parts, state, progress, cache=cache)
     else:
         results = executor.map_partitions(step, dataset, parts, state, progress)
     total = results[0]

@@ -51,7 +51,7 @@ from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_pca import difference_features, feature_resolution, leading_scores, standardise_
 from .em2d import auto_resolution_limit, working_size
-from .engine import map_partitions, run_iterations
+from .engine import map_partitions, run_iterations, runs_here
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, LandscapeOptions, cluster_latents, orthonormalize_basis, register
 from .latent_mixture import information_form
@@ -115,7 +115,7 @@ class PPCAModel:
         self.prev: tuple[torch.Tensor, np.ndarray] | None = None  # (basis, means) of the previous E-step
         self.held_out: np.ndarray | None = None  # [N, T] images kept out of every pass's sums (the VAE's held-out)
         self.log: list[dict] = []
-        self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if executor is None else None
+        self._cache = SpectraCache.if_it_fits(dataset, self.m, options.cache_gb) if runs_here(executor) else None
 
     def unit_visibility(self) -> np.ndarray:
         """``[N, T]`` bool: the tilt images each particle has (the units the VAE holds out and subsamples)."""

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import local_device
 from .engine import run_iterations
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, register
@@ -75,7 +76,8 @@ class VAEOptions(PPCAOptions):
     held_out: float = 0.1  # fraction of each particle's tilt images held out of training and maps
     ppca_start: int = 3  # PPCA iterations giving the starting basis
     samples: int = 8  # draws of z per particle for the moments of the M-step
-    device: str = "cpu"  # where the networks train ("cuda" on a GPU)
+    device: str = "cpu"  # where the networks train ("cuda" on a GPU; under torchrun each process' own GPU)
+    amp: bool | None = None  # mixed precision (bfloat16 autocast) for the networks; None: on for CUDA only
 
 
 def held_out_images(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -138,10 +140,12 @@ class VAEModel:
         if linear is None:
             linear = PPCAModel(dataset, replace(options, n_components=options.basis), executor, focus_mask)
         self.ppca = linear
-        self.device = torch.device(options.device)
-        torch.manual_seed(options.seed)  # network initialisation
+        self.device = local_device(options.device)
+        torch.manual_seed(options.seed)  # network initialisation (the same in every process of a distributed job)
         self.encoder = Encoder(options.basis, options.n_components, options.hidden, options.layers).to(self.device)
         self.decoder = Decoder(options.n_components, options.basis, options.hidden, options.layers).to(self.device)
+        amp = options.amp if options.amp is not None else self.device.type == "cuda"
+        self.encoder.amp = self.decoder.amp = torch.bfloat16 if amp else None
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.optimiser = torch.optim.Adam(params, lr=options.learning_rate)
         self.trained = False

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import rank_and_size, sum_over_processes
+
 
 def mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
     """``layers`` hidden layers of ``hidden`` units with ReLU, then a linear output."""
@@ -39,6 +41,17 @@ def mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def run_mlp(net: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """``net(x)`` in float32, or under autocast to ``amp`` (mixed precision: the MLP's matrix products in bfloat16,
+    the result back in float32). The statistics around the MLPs (Cholesky solves, the quadratic likelihood)
+    always stay in float32."""
+    if amp is None:
+        return net(x)
+    with torch.autocast(device_type=x.device.type, dtype=amp):
+        out = net(x)
+    return out.float()
+
+
 class Encoder(nn.Module):
     """``q(z | particle)`` from the pooled statistics ``b`` ``[n, B]`` and ``G`` ``[n, B, B]`` of its tilts."""
 
@@ -46,6 +59,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.net = mlp(2 * n_basis, 2 * n_latent, hidden, layers)
         self.n_latent = n_latent
+        self.amp: torch.dtype | None = None  # the MLP's autocast dtype (mixed precision), None: float32
 
     def forward(self, b: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eye = torch.eye(b.shape[-1], dtype=b.dtype, device=b.device)
@@ -53,7 +67,7 @@ class Encoder(nn.Module):
         chol = torch.linalg.cholesky(prec)
         u = torch.cholesky_solve(b[..., None], chol)[..., 0]
         logp = torch.log(torch.diagonal(prec, dim1=-2, dim2=-1))
-        out = self.net(torch.cat([u, logp], -1))
+        out = run_mlp(self.net, torch.cat([u, logp], -1), self.amp)
         return out[:, : self.n_latent], out[:, self.n_latent :].clamp(-12.0, 6.0)
 
 
@@ -65,9 +79,10 @@ class Decoder(nn.Module):
         self.net = mlp(n_latent, n_basis, hidden, layers)
         self.register_buffer("out_matrix", torch.eye(n_basis))
         self.register_buffer("out_offset", torch.zeros(n_basis))
+        self.amp: torch.dtype | None = None  # the MLP's autocast dtype (mixed precision), None: float32
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z) @ self.out_matrix.T + self.out_offset
+        return run_mlp(self.net, z, getattr(self, "amp", None)) @ self.out_matrix.T + self.out_offset
 
     @torch.no_grad()
     def reparametrise(self, eta: np.ndarray, chol: np.ndarray) -> None:
@@ -112,6 +127,31 @@ def batches(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Ten
         yield perm[lo : lo + size]
 
 
+class _Networks(nn.Module):
+    """Encoder and decoder as one module (what :class:`DistributedDataParallel` wraps): the posterior of a batch
+    and the coefficients decoded from a draw of it."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, b, gram, eps):
+        mu, logvar = self.encoder(b, gram)
+        return mu, logvar, self.decoder(mu + eps * torch.exp(0.5 * logvar))
+
+
+def _data_parallel(encoder: Encoder, decoder: Decoder) -> nn.Module:
+    """The networks, wrapped for data-parallel training when this is one process of several (every process
+    holds the same parameters; gradients are averaged across processes after every backward pass)."""
+    nets = _Networks(encoder, decoder)
+    if rank_and_size()[1] == 1:
+        return nets
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = next(encoder.parameters()).device
+    return DistributedDataParallel(nets, device_ids=[dev] if dev.type == "cuda" else None)
+
+
 def train_networks(
     encoder: Encoder,
     decoder: Decoder,
@@ -125,38 +165,47 @@ def train_networks(
     device); ``held_in`` ``[N, T]`` marks the visible images that may be used. Each step encodes every particle
     of a batch from a random ``tilt_keep`` fraction of its held-in tilts (tomoDRGN's tilt subsampling; at least
     one tilt) and scores the decoded coefficients on all of them. Deterministic with ``settings.seed``.
+
+    In a distributed job (:mod:`.distributed`) every process draws the same batches and random numbers and
+    takes every ``size``-th particle of each batch; its loss is its share of the batch's loss, so the averaged
+    gradient is the whole batch's, as in one process (up to the order of floating-point sums).
     Returns the mean loss, negative log-likelihood and KL per particle over the last pass."""
     gen = torch.Generator().manual_seed(settings.seed)
     dev = b.device
     n = b.shape[0]
+    rank, size = rank_and_size()
+    nets = _data_parallel(encoder, decoder)
     full_b, full_g = pooled(b, gram, held_in)
     totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
-    encoder.train()
-    decoder.train()
+    nets.train()
     for p in range(settings.passes):
         last = p == settings.passes - 1
         for idx in batches(n, settings.batch, gen):
-            idx_d = idx.to(dev)
-            hin = held_in[idx_d]
+            hin = held_in[idx.to(dev)]
             draw = torch.rand(hin.shape, generator=gen).to(dev) < settings.tilt_keep
+            eps = torch.randn((len(idx), encoder.n_latent), generator=gen).to(dev)
+            mine = slice(rank, None, size)  # this process' share of the batch
+            idx_d, hin, draw, eps = idx[mine].to(dev), hin[mine], draw[mine], eps[mine]
             sub = hin & draw
             sub = torch.where(sub.any(1, keepdim=True), sub, hin)
             eb, eg = pooled(b[idx_d], gram[idx_d], sub)
-            mu, logvar = encoder(eb, eg)
-            eps = torch.randn(mu.shape, generator=gen).to(dev)
-            a = decoder(mu + eps * torch.exp(0.5 * logvar))
+            mu, logvar, a = nets(eb, eg, eps)
             nll = negative_log_likelihood(a, full_b[idx_d], full_g[idx_d])
             kl = kl_per_dimension(mu, logvar)
-            kl_term = kl.mean(0).clamp_min(settings.free_bits).sum()
-            loss = nll.mean() + settings.beta * kl_term
+            # free bits: a latent dimension whose batch-mean KL is below ``free_bits`` gets no KL gradient
+            kl_mean = sum_over_processes(kl.sum(0).detach()) / len(idx)
+            active = (kl_mean > settings.free_bits).to(kl.dtype)
+            share = (nll.sum() + settings.beta * (kl.sum(0) * active).sum()) / len(idx)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (share * size).backward()  # DDP averages the processes' gradients: the sum of the shares'
             optimiser.step()
             if last:
+                batch_nll = float(sum_over_processes(nll.detach().sum())) / len(idx)
+                loss = batch_nll + settings.beta * float(kl_mean.clamp_min(settings.free_bits).sum())
                 w = len(idx) / n
-                totals["loss"] += w * float(loss.detach())
-                totals["nll"] += w * float(nll.detach().mean())
-                totals["kl"] += w * float(kl.detach().sum(1).mean())
+                totals["loss"] += w * loss
+                totals["nll"] += w * batch_nll
+                totals["kl"] += w * float(kl_mean.sum())
     return totals
 
 

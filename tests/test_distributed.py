@@ -1,0 +1,108 @@
+"""Runs across processes with ``torchrun`` (``tomohet.parallel.TorchDistributedExecutor``, data-parallel training
+of the VAE's networks) give the serial run's landscape; mixed precision (bfloat16 autocast) trains the same
+landscape; commands that do not run under torchrun say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tomohet.methods.vae_net import Decoder, Encoder, TrainingSettings, train_networks
+from tomohet.simulate.datasets import simulate_preset
+
+
+@pytest.fixture(scope="module")
+def two_states(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_smoke")
+    layout, _ = simulate_preset("smoke", out, seed=3, n_particles=96, snr=0.3, acquisition={"tilt_step": 10.0})
+    return layout.optimisation_set
+
+
+def _args(oset, out, *extra):
+    return ["-m", "tomohet", "landscape", str(oset), "--out", str(out), "--method", "vae", "--components", "2",
+            "--basis", "3", "--iterations", "7", "--basis-epochs", "5", "--clusters", "2", *extra]  # fmt: skip
+
+
+def _env():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def test_torchrun_with_two_processes_gives_the_serial_landscape(two_states, tmp_path):
+    serial, ddp = tmp_path / "serial", tmp_path / "ddp"
+    subprocess.run([sys.executable, *_args(two_states, serial)], check=True, env=_env(), capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *_args(two_states, ddp)], env=_env(), capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    a, b = (pd.read_csv(d / "latent.csv") for d in (serial, ddp))
+    assert a["rlnTomoParticleName"].tolist() == b["rlnTomoParticleName"].tolist()
+    # the passes are split between the processes and reduced in the serial order: the same maps; the networks
+    # train on shares of every batch with averaged gradients: the same latents up to the order of float sums
+    za, zb = a[["z0", "z1"]].to_numpy(), b[["z0", "z1"]].to_numpy()
+    assert np.abs(za - zb).max() < 1e-3 * za.std()
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (serial, ddp))
+    ppca = [e["log_likelihood"] for e in ra["iterations"] if e["stage"] == "ppca"]
+    assert ppca == [e["log_likelihood"] for e in rb["iterations"] if e["stage"] == "ppca"]  # bit for bit
+    assert rb["metrics"]["clusters_kmeans"]["ari"] == ra["metrics"]["clusters_kmeans"]["ari"] == 1.0
+    # one process wrote the outputs: one run log, one set of per-cluster maps, a checkpoint
+    assert len((ddp / "tomohet.log").read_text().split("landscape ->")) == 2
+    assert (ddp / "checkpoint.pt").exists() and (ddp / "class_002_map.mrc").exists()
+
+
+def test_classify_refuses_torchrun(two_states, tmp_path):
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": "0"}
+    run = subprocess.run([sys.executable, "-m", "tomohet", "classify", str(two_states), "--out", str(tmp_path / "c"),
+                          "-K", "2"], env=env, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2
+    assert "does not run under torchrun" in run.stdout + run.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def _planted_statistics(n=400, t=9, k=3, seed=0):
+    """Per-image statistics of particles whose coefficients are one of two points (two states), 9 tilts."""
+    gen = torch.Generator().manual_seed(seed)
+    state = torch.arange(n) % 2
+    truth = torch.stack([torch.full((k,), -1.5), torch.full((k,), 1.5)])[state]
+    x = torch.randn(n, t, k, 6, generator=gen) * 0.5
+    gram = x @ x.transpose(-1, -2)
+    b = torch.einsum("ntij,nj->nti", gram, truth) + torch.einsum(
+        "ntij,ntj->nti", x, torch.randn(n, t, 6, generator=gen)
+    )
+    return b, gram, state
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_networks_train_in_mixed_precision(amp):
+    """bfloat16 autocast (the default on CUDA) learns the two states as float32 does; the likelihood's quadratic
+    forms stay in float32."""
+    b, gram, state = _planted_statistics()
+    torch.manual_seed(0)
+    enc, dec = Encoder(3, 2, hidden=32, layers=1), Decoder(2, 3, hidden=32, layers=1)
+    enc.amp = dec.amp = amp
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=3e-3)
+    settings = TrainingSettings(passes=30, batch=64, beta=1.0, free_bits=0.05, tilt_keep=0.7, seed=1)
+    held_in = torch.ones(b.shape[:2], dtype=torch.bool)
+    losses = train_networks(enc, dec, opt, b, gram, held_in, settings)
+    assert np.isfinite(losses["loss"])
+    with torch.no_grad():
+        mu, _ = enc(*(t.sum(1) for t in (b, gram)))
+    assert mu.dtype == torch.float32
+    axis = torch.linalg.svd(mu - mu.mean(0), full_matrices=False).Vh[0]
+    side = ((mu - mu.mean(0)) @ axis > 0).long()
+    accuracy = float((side == state).float().mean())
+    assert max(accuracy, 1 - accuracy) > 0.97
+    if amp is not None:  # autocast was on: the same weights in float32 give slightly different outputs
+        enc.amp = None
+        with torch.no_grad():
+            mu32, _ = enc(*(t.sum(1) for t in (b, gram)))
+        rel = float((mu32 - mu).abs().max() / mu32.abs().max())
+        assert 0 < rel < 0.05
