@@ -85,7 +85,8 @@ def test_relion_subtomogram_files_classify(assembly, tmp_path, relion4):
     sub = read_subtomograms(star)
     assert sub.source_format == ("relion4" if relion4 else "relion31")
     assert not torch.allclose(sub.rotations, torch.eye(3, dtype=sub.rotations.dtype).expand_as(sub.rotations))
-    res = classify_em3d(sub, EM3DOptions(n_classes=4, n_iter=8, rare_starts=0))  # file reading, not the search
+    res = classify_em3d(sub, EM3DOptions(n_classes=4, n_iter=8))  # default search: 64 particles, no group starts
+    assert "start_log_likelihoods" not in res.extra  # a group of 10 is no rare state here (it emptied a class)
     assert adjusted_rand_index(t[sel], res.labels) >= 0.85, res.log[-1]
 
 

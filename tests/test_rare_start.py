@@ -49,3 +49,11 @@ def test_seeded_labels_put_the_group_in_the_last_class_and_leave_the_base_alone(
     out = seeded_labels(base, np.array([1, 4]), 3)
     assert out.tolist() == [0, 2, 0, 1, 2, 1] and base.tolist() == [0, 1, 0, 1, 0, 1]
     assert coherent_groups(torch.zeros(3, 5), 2) == []  # too few particles: no candidates
+
+
+def test_rare_state_starts_need_enough_particles_for_a_rare_state():
+    from tomohet.methods.rare_start import MIN_GROUP, MIN_PARTICLES, group_size, rare_starts_apply
+
+    assert MIN_PARTICLES == 200 and group_size(MIN_PARTICLES) == MIN_GROUP
+    assert not rare_starts_apply(64) and not rare_starts_apply(199)
+    assert rare_starts_apply(200) and rare_starts_apply(1000)

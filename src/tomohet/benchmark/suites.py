@@ -101,7 +101,7 @@ SUITES: dict[str, Suite] = {
             "quick",
             "minutes on 2 cores: two states ~11% of mass apart (100 particles x 41 tilts, SNR 0.05) with every "
             "tomohet method and every installed peer (the VAEs for 1-4 epochs), and a "
-            "0-30 degree hinge (150 particles) with the linear landscapes",
+            "0-30 degree hinge (150 particles) with the linear landscapes and vae3d",
             (
                 DatasetSpec("easy_2states_n100", "discrete_easy", 100, classes=2),
                 DatasetSpec("hinge_n150", "hinge", 150, only=("ppca", "wmd-pca", "msvd", "vae3d")),

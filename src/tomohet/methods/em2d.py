@@ -58,7 +58,7 @@ from .engine import (
     runs_here,
 )
 from .iteration import anneal_temperature, stage_ticker
-from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, seeded_labels
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, rare_starts_apply, seeded_labels
 from .result import Result
 from .variability import confine_differences, variability_map, variability_mask
 
@@ -619,7 +619,7 @@ def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifi
         em.variability = variability_mask(var, apix, opt.init_resolution_A)
         init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
     labels = pca_kmeans(feats, opt.n_classes, opt.n_components, opt.seed)[0]
-    if not _tries_rare_starts(opt):
+    if not _tries_rare_starts(opt, n):
         return labels, {}
     base, base_var = np.zeros(n, int), torch.zeros(box, box, box)
     if opt.n_classes > 2:
@@ -638,12 +638,14 @@ def _pca_starts(dataset, consensus: torch.Tensor, opt: EMOptions, em: EMClassifi
     return labels, starts
 
 
-def _tries_rare_starts(opt: EMOptions) -> bool:
+def _tries_rare_starts(opt: EMOptions, n_particles: int) -> bool:
     """Whether the rare-state starts are tried: K >= 2, ``rare_starts`` >= 1, a run long enough to go on after
-    them (more than ``start_iterations + 1`` iterations), and poses taken as given (with a local pose search each
-    start would search poses too: ~8 pose-search iterations more)."""
+    them (more than ``start_iterations + 1`` iterations), enough particles for a rare state
+    (:func:`~.rare_start.rare_starts_apply`), and poses taken as given (with a local pose search each start would
+    search poses too: ~8 pose-search iterations more)."""
     local_pose = opt.local_angles_deg > 0 or opt.local_shifts_px > 0
-    return opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1 and not local_pose
+    return (opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1
+            and not local_pose and rare_starts_apply(n_particles))  # fmt: skip
 
 
 def _best_start(em: EMClassifier, consensus: torch.Tensor, starts: dict[str, tuple[np.ndarray, torch.Tensor | None]],

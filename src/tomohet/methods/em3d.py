@@ -84,7 +84,7 @@ from .difference_pca import feature_box, feature_resolution, pca_kmeans
 from .em2d import SoftmaxAssign, auto_resolution_limit
 from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .iteration import anneal_temperature
-from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, seeded_labels
+from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, rare_starts_apply, seeded_labels
 from .result import Result
 from .subtomo_spectra import BandView, ClassReferences, PreparedSpectra, wedge_difference_volumes
 from .variability import confine_differences, variability_map, variability_mask
@@ -477,10 +477,11 @@ class EM3DClassifier:
         return out
 
 
-def _tries_rare_starts(opt: EM3DOptions) -> bool:
-    """Whether the rare-state starts are tried (as em2d): K >= 2, ``rare_starts`` >= 1 and a run long enough to go
-    on after them."""
-    return opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1
+def _tries_rare_starts(opt: EM3DOptions, n_particles: int) -> bool:
+    """Whether the rare-state starts are tried (as em2d): K >= 2, ``rare_starts`` >= 1, a run long enough to go
+    on after them and enough particles for a rare state (:func:`~.rare_start.rare_starts_apply`)."""
+    return (opt.rare_starts >= 1 and opt.n_classes >= 2 and opt.n_iter > opt.start_iterations + 1
+            and rare_starts_apply(n_particles))  # fmt: skip
 
 
 def _automatic_band(dataset, opt: EM3DOptions, prepared: PreparedSpectra | None, info: dict):
@@ -588,7 +589,7 @@ def classify_em3d(
             if opt.init == "pca":
                 info["init_class_sizes"] = np.bincount(labels, minlength=opt.n_classes).tolist()
             em.initialise(labels=labels)
-            if opt.init == "pca" and _tries_rare_starts(opt):
+            if opt.init == "pca" and _tries_rare_starts(opt, n):
                 starts = {"pca": (labels, em.variability), **em.rare_state_starts(consensus)}
                 start = _best_start(em, starts, opt, progress, info)
             if em.variability is not None:

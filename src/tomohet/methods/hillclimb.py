@@ -18,7 +18,9 @@ candidate is taken the particle stays. Two acceptance rules:
 The random numbers of particle ``i`` come from a counter-based hash of ``(seed, run, iteration, i)``, so labels do
 not depend on how particles are partitioned or where partitions run. The reference maps are rebuilt each
 iteration from the hard assignments with the EM M-step (Wiener-regularised weighted insertion, noise power per
-shell re-estimated), via :meth:`EMClassifier.iterate` with this module's assignment rule.
+shell re-estimated, class differences filtered by half-set agreement and confined to em2d's variability mask,
+computed once from the difference features whatever the start), via :meth:`EMClassifier.iterate` with this
+module's assignment rule.
 
 Several runs (different seeds: random initial labels as in STOPGAP, or k-means on the difference-PCA features
 with different k-means seeds) are matched to run 0 and combined by :mod:`tomohet.methods.consistency`: consensus
@@ -38,11 +40,12 @@ import torch
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .consistency import consistency, label_permutation, match_runs, vote_fractions
-from .difference_pca import difference_pca_labels, feature_resolution
+from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .em2d import TAU2_FUDGE, EMClassifier, EMOptions, auto_resolution_limit, initial_sigma2
 from .engine import run_iterations
 from .kmeans import kmeans
 from .result import Result
+from .variability import variability_map, variability_mask
 
 
 @dataclass
@@ -71,6 +74,7 @@ class HillClimbOptions:
     cache_gb: float = 3.0
     partition_size: int = 512  # particles per map/reduce partition (results do not depend on it)
     tol_changes: float = 0.001  # a run stops once cold (T = 0) and fewer than this fraction of particles move
+    confine_differences: bool = True  # class differences only inside the variability mask (em2d's; any init)
 
     def em_options(self) -> EMOptions:
         """The :class:`EMOptions` of the E-step / M-step that hill climbing reuses."""
@@ -79,7 +83,7 @@ class HillClimbOptions:
             init_resolution_A=self.init_resolution_A, n_components=self.n_components, tau2_fudge=self.tau2_fudge,
             max_dose=self.max_dose, resolution_limit_A=self.resolution_limit_A, mask_radius_px=self.mask_radius_px,
             batch_size=self.batch_size, seed=self.seed, cache_gb=self.cache_gb, partition_size=self.partition_size,
-            tol_changes=self.tol_changes, auto_band=self.auto_band,
+            tol_changes=self.tol_changes, auto_band=self.auto_band, confine_differences=self.confine_differences,
         )  # fmt: skip
 
 
@@ -232,6 +236,7 @@ def _run_once(
     em = EMClassifier(ds, em_opt, executor)
     if em._cache is not None:
         em._cache = shared.setdefault("cache", em._cache)
+    em.variability = shared.get("variability")
     em.initialise(consensus, labels=labels)
     if "sigma2" not in shared:
         shared["sigma2"] = initial_sigma2(em, consensus)
@@ -274,21 +279,25 @@ def classify_hillclimb(
     consensus_map = rec.full
     if opt.resolution_limit_A is None and opt.auto_band:
         opt = replace(opt, resolution_limit_A=auto_resolution_limit(rec.resolution, dataset.box, dataset.pixel_size))
-    if opt.init_resolution_A is None and opt.init == "pca":
+    confine = opt.confine_differences and opt.n_classes > 1
+    if opt.init_resolution_A is None and (opt.init == "pca" or confine):
         opt = replace(opt, init_resolution_A=round(feature_resolution(rec.resolution, dataset.pixel_size), 2))
     # finished runs are kept only for the same iterations per run
     fingerprint = run_fingerprint("hillclimb", {**asdict(opt), "iterations_per_run": opt.n_iter}, dataset)
     state = load_checkpoint(checkpoint, fingerprint)
     if state is not None:
         runs = state["runs"]
-    features = None
-    if opt.init == "pca" and len(runs) < opt.n_runs:
+    features, shared = None, {}
+    if (opt.init == "pca" or confine) and len(runs) < opt.n_runs:
         eo = opt.em_options()
-        _, features = difference_pca_labels(
-            dataset, consensus_map, eo.n_classes, n_components=eo.n_components, resolution_A=eo.init_resolution_A,
-            max_dose=eo.max_dose, batch_size=eo.batch_size, seed=eo.seed,
-        )  # fmt: skip
-    shared: dict = {}
+        feats = difference_features(dataset, consensus_map, resolution_A=eo.init_resolution_A, max_dose=eo.max_dose,
+                                    batch_size=eo.batch_size)  # fmt: skip
+        if confine:  # em2d's variability mask, shared by the runs (the features do not depend on the labels)
+            var = variability_map(feats, opt.n_classes, dataset.box, opt.seed)
+            shared["variability"] = variability_mask(var, dataset.pixel_size, eo.init_resolution_A)
+        if opt.init == "pca":
+            features = pca_kmeans(feats, eo.n_classes, eo.n_components, eo.seed)[1]
+        del feats
     for r in range(len(runs), opt.n_runs):
         labels0 = _initial_labels(dataset, opt, r, features)
         runs.append(_run_once(dataset, opt, r, labels0, consensus_map, shared, executor, progress))
@@ -308,5 +317,7 @@ def classify_hillclimb(
         volumes=volumes, pixel_size=dataset.pixel_size, log=log,
         extra={"consistency": frac, "run_labels": np.stack(run_labels), "best_run": best,
                "run_log_likelihood": lls.tolist(), "sigma2": runs[best]["sigma2"].numpy(),
-               "seconds": time.perf_counter() - t0},
+               "seconds": time.perf_counter() - t0,
+               **({"variability_mask_fraction": round(float(shared["variability"].mean()), 4)}
+                  if "variability" in shared else {})},
     )  # fmt: skip

@@ -35,6 +35,16 @@ MAX_GRAM_PARTICLES = 2000  # larger datasets: groups grown on a random subset, t
 START_BATCH = 256  # groups grown at once (memory: START_BATCH x particles floats)
 
 
+MIN_PARTICLES = round(MIN_GROUP / GROUP_FRACTION)  # 200: fewer, and a group of MIN_GROUP is not a rare state
+
+
+def rare_starts_apply(n_particles: int) -> bool:
+    """Whether coherent-group starts are tried on ``n_particles``: from :data:`MIN_PARTICLES` up. Below it a group
+    of :data:`MIN_GROUP` particles is more than 5% of them and its class map mostly noise (64 particles, K = 4:
+    such a start won in em3d and emptied another class)."""
+    return n_particles >= MIN_PARTICLES
+
+
 def group_size(n_particles: int) -> int:
     """Particles in one candidate group: :data:`GROUP_FRACTION` of them, at least :data:`MIN_GROUP`, at most
     half of them."""
