@@ -1,6 +1,6 @@
 """Execution of per-particle map/reduce work on Dask (a local cluster on all cores by default, a running
 scheduler by address, or SLURM through ``dask-jobqueue``, optional), or across the processes of a ``torchrun``
-job (:class:`TorchDistributedExecutor`: one process per GPU or per node).
+job (:class:`TorchDistributedExecutor`: one process per GPU or per node; it merges as it goes, ``map_reduce``).
 
 Methods split their particles into fixed partitions and reduce the partial sums in partition order, so a run
 gives the same result whichever executor ran the partitions (the reduction order never depends on workers).
@@ -102,7 +102,9 @@ class TorchDistributedExecutor:
     ``p mod world``, and every process receives every partition's result, in partition order
     (``all_gather_object``), so each reduces the same sums in the same order as a serial run and continues with
     the same maps. Where a method trains networks, :mod:`tomohet.methods.distributed` makes the training
-    data-parallel over the same processes. Only rank 0 writes files and shows progress."""
+    data-parallel over the same processes. Only rank 0 writes files and shows progress. Partitions go out in
+    rounds of one per process, so a dataset of fewer partitions than processes leaves some idle: the partition
+    size (``partition_size``, fixed so that results do not depend on the process count) sets the granularity."""
 
     runs_here = True  # partitions run in this process (with the method's spectra cache)
 
@@ -116,21 +118,23 @@ class TorchDistributedExecutor:
             dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=timeout_min))
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
 
-    def map_partitions(self, fn: Callable, dataset, partitions: Sequence, state, progress=None, cache=None) -> list:
-        """``[fn(dataset, p, state, cache) for p in partitions]``, this process' share computed here."""
+    def map_reduce(self, fn: Callable, dataset, partitions: Sequence, state, progress=None, cache=None):
+        """``fn(dataset, p, state, cache, progress)`` over ``partitions`` in rounds of one partition per process,
+        every round's sums gathered to every process and merged in partition order (``sums.merge``): the serial
+        reduction, with one round's sums in memory at a time."""
         import torch.distributed as dist
 
-        mine = [(i, fn(dataset, p, state, cache, progress))
-                for i, p in enumerate(partitions) if i % self.size == self.rank]  # fmt: skip
-        gathered: list = [None] * self.size
-        dist.all_gather_object(gathered, mine)
-        results: list = [None] * len(partitions)
-        for share in gathered:
-            for i, r in share:
-                results[i] = r
-        if progress:  # the other processes' partitions
-            progress(sum(len(p) for i, p in enumerate(partitions) if i % self.size != self.rank))
-        return results
+        total = None
+        for lo in range(0, len(partitions), self.size):
+            round_ = partitions[lo : lo + self.size]
+            mine = fn(dataset, round_[self.rank], state, cache, progress) if self.rank < len(round_) else None
+            gathered: list = [None] * self.size
+            dist.all_gather_object(gathered, mine)
+            for r in gathered[: len(round_)]:
+                total = r if total is None else total.merge(r)
+            if progress:  # the other processes' partitions of this round
+                progress(sum(len(p) for j, p in enumerate(round_) if j != self.rank))
+        return total
 
     def close(self) -> None:
         import torch.distributed as dist

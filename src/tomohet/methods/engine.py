@@ -120,17 +120,19 @@ def map_partitions(
     """Map ``step(dataset, particles, state, cache, progress) -> sums`` over fixed partitions of the particles
     and reduce the sums in partition order (``sums.merge(other)``).
 
-    ``executor`` (``tomohet.parallel``) runs the partitions elsewhere (e.g. on Dask workers); without one they
-    run here, reusing ``cache``. The partitions and the order of the reduction are the same either way, so
-    serial and distributed runs give the same result."""
+    ``executor`` (``tomohet.parallel``) runs the partitions elsewhere (e.g. on Dask workers, or a share of them in
+    each process of a torchrun job); without one they run here, reusing ``cache``. The partitions and the order
+    of the reduction are the same either way, so serial and distributed runs give the same result. Here and under
+    torchrun each partition's sums are merged as soon as the ones before it are (memory: one partition's sums
+    per process at a time, not all of them)."""
     parts = list(dataset.chunks(partition_size))
+    if executor is not None and runs_here(executor):  # torchrun: this process runs a share, with its cache
+        return executor.map_reduce(step, dataset, parts, state, progress, cache=cache)
     if executor is None:
-        results = [step(dataset, idx, state, cache, progress) for idx in parts]
-    elif runs_here(executor):  # this process runs a share of the partitions (torchrun): its cache serves them
-        results = executor.map_partitions(step, dataset, parts, state, progress, cache=cache)
+        results = (step(dataset, idx, state, cache, progress) for idx in parts)
     else:
-        results = executor.map_partitions(step, dataset, parts, state, progress)
-    total = results[0]
-    for r in results[1:]:
+        results = iter(executor.map_partitions(step, dataset, parts, state, progress))
+    total = next(results)
+    for r in results:
         total = total.merge(r)
     return total

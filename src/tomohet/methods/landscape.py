@@ -59,7 +59,9 @@ class LandscapeOptions:
     n_iter: int = 15
     batch_size: int = 32
     max_dose: float | None = None  # images with more pre-exposure are ignored (2D methods)
-    partition_size: int = 512  # particles per map/reduce partition (fixed: results do not depend on workers)
+    # particles per map/reduce partition (fixed: results do not depend on workers); small enough that a few
+    # hundred particles keep several processes or Dask workers busy
+    partition_size: int = 128
 
 
 @dataclass(frozen=True)
