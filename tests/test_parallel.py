@@ -45,3 +45,16 @@ def test_local_pose_search_does_not_depend_on_partitions_or_workers(small):
     assert np.allclose(serial.volumes.numpy(), dist.volumes.numpy(), atol=1e-4)
     assert serial.log[-1]["log_likelihood"] == pytest.approx(dist.log[-1]["log_likelihood"], rel=1e-7)
     assert serial.log[-1]["pose_changes"] > 0  # the search moved some poses
+
+
+def test_wmd_pca_on_stacks_gives_the_same_latents_on_a_two_worker_cluster(small):
+    """The difference volumes of 2D stacks are made per partition on the Dask workers (the step is called with
+    the dataset, the particles and the state only)."""
+    from tomohet.methods.wmd_pca import WMDPCAOptions, fit
+
+    ds, _ = small
+    opts = WMDPCAOptions(n_components=2, partition_size=40)
+    serial = fit(ds, opts)
+    with DaskExecutor(n_workers=2, threads_per_worker=1) as ex:
+        dist = fit(ds, opts, executor=ex)
+    assert np.allclose(serial.latents, dist.latents, atol=1e-4)

@@ -50,6 +50,7 @@ from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .engine import (
+    best_of_starts,
     initial_labels,
     is_finished,
     map_partitions,
@@ -57,7 +58,7 @@ from .engine import (
     run_iterations,
     runs_here,
 )
-from .iteration import anneal_temperature, stage_ticker
+from .iteration import stage_ticker
 from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, rare_starts_apply, seeded_labels
 from .result import Result
 from .variability import confine_differences, variability_map, variability_mask
@@ -653,24 +654,17 @@ def _best_start(em: EMClassifier, consensus: torch.Tensor, starts: dict[str, tup
     """Run ``opt.start_iterations`` EM iterations from each start (labels ``[N]`` and variability mask) and leave
     ``em`` in the state of the one with the highest log-likelihood (its iterations stay in the log); returns the
     iterations done. ``init_info`` records each start's log-likelihood and the chosen one."""
-    n_short = max(1, min(opt.start_iterations, opt.n_iter))
     fresh, sigma2 = em.state(0), em.sigma2  # the noise power does not depend on the labels
-    best: tuple[float, str, dict] | None = None
-    scores = {}
-    for name, (labels, mask) in starts.items():
+
+    def begin(start: tuple[np.ndarray, torch.Tensor | None]) -> None:
         em.restore(fresh)  # a subclass's own state (e.g. poses) back to where the run began
-        em.initialise(consensus, labels=labels)
-        em.sigma2, em.log, em.variability = sigma2, [], mask
-        run_iterations(em, n_iter=n_short, n_particles=em.ds.n_particles, n_images=em.ds.n_images,
-                       progress=progress, schedule=lambda it: anneal_temperature(it, opt.n_iter, opt.anneal_start),
-                       stage=f"start {name}: ")  # fmt: skip
-        scores[name] = round(em.log[-1]["log_likelihood"], 1)
-        if best is None or scores[name] > best[0]:
-            best = (scores[name], name, em.state(len(em.log)))
-    assert best is not None
-    done = em.load_state(best[2])
-    init_info["start_log_likelihoods"] = scores
-    init_info["start"] = best[1]
+        em.initialise(consensus, labels=start[0])
+        em.sigma2, em.variability = sigma2, start[1]
+
+    best = best_of_starts(em, starts, begin, n_short=max(1, min(opt.start_iterations, opt.n_iter)),
+                          n_iter=opt.n_iter, anneal_start=opt.anneal_start, n_images=em.ds.n_images,
+                          progress=progress, info=init_info)  # fmt: skip
+    done = em.load_state(best)
     if em.variability is not None:
         init_info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
     return done

@@ -82,8 +82,7 @@ from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
 from .difference_pca import feature_box, feature_resolution, pca_kmeans
 from .em2d import SoftmaxAssign, auto_resolution_limit
-from .engine import initial_labels, is_finished, mixture_log_likelihood, run_iterations
-from .iteration import anneal_temperature
+from .engine import best_of_starts, initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, rare_starts_apply, seeded_labels
 from .result import Result
 from .subtomo_spectra import BandView, ClassReferences, PreparedSpectra, wedge_difference_volumes
@@ -511,26 +510,18 @@ def _best_start(em: EM3DClassifier, starts: dict[str, tuple[np.ndarray, torch.Te
                 progress, info: dict) -> int:  # fmt: skip
     """Run ``opt.start_iterations`` iterations from each start (labels and variability mask) and leave ``em`` in
     the state of the one with the highest log-likelihood (its iterations stay in the log); returns the iterations
-    done (em2d's :func:`~.em2d._best_start`)."""
-    n_short = max(1, min(opt.start_iterations, opt.n_iter))
+    done (:func:`~.engine.best_of_starts`, as em2d)."""
     fresh = em.state(0)  # noise and signal power of the consensus
-    best: tuple[float, str, dict] | None = None
-    scores = {}
-    for name, (labels, mask) in starts.items():
+
+    def begin(start: tuple[np.ndarray, torch.Tensor | None]) -> None:
         em.restore(fresh)
-        em.variability = mask
-        em.initialise(labels=labels)
-        em.log = []
-        run_iterations(em, n_iter=n_short, n_particles=em.ds.n_particles, n_images=em.ds.n_particles,
-                       progress=progress, schedule=lambda it: anneal_temperature(it, opt.n_iter, opt.anneal_start),
-                       stage=f"start {name}: ")  # fmt: skip
-        scores[name] = round(em.log[-1]["log_likelihood"], 1)
-        if best is None or scores[name] > best[0]:
-            best = (scores[name], name, em.state(len(em.log)))
-    assert best is not None
-    info["start_log_likelihoods"] = scores
-    info["start"] = best[1]
-    return em.restore(best[2])
+        em.variability = start[1]
+        em.initialise(labels=start[0])
+
+    best = best_of_starts(em, starts, begin, n_short=max(1, min(opt.start_iterations, opt.n_iter)),
+                          n_iter=opt.n_iter, anneal_start=opt.anneal_start, n_images=em.ds.n_particles,
+                          progress=progress, info=info)  # fmt: skip
+    return em.restore(best)
 
 
 def prepare_em3d(dataset, options: EM3DOptions | None = None) -> PreparedSpectra:

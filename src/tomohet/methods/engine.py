@@ -136,3 +136,29 @@ def map_partitions(
     for r in results:
         total = total.merge(r)
     return total
+
+
+def best_of_starts(
+    model, starts: dict[str, Any], begin: Callable[[Any], None], *, n_short: int, n_iter: int, anneal_start: float,
+    n_images: int, progress=None, info: dict,
+) -> dict:  # fmt: skip
+    """Run ``n_short`` iterations of ``model`` from each start (``begin(start)`` puts the model at it) and return
+    the state (``model.state``) of the one with the highest final log-likelihood; ``info`` gets every start's
+    log-likelihood (``start_log_likelihoods``) and the chosen start's name (``start``). Annealing follows the
+    whole run's schedule (``n_iter``, ``anneal_start``). The caller loads the returned state."""
+    best: tuple[float, str, dict] | None = None
+    scores = {}
+    for name, start in starts.items():
+        begin(start)
+        model.log = []
+        run_iterations(model, n_iter=n_short, n_particles=model.ds.n_particles, n_images=n_images, progress=progress,
+                       schedule=lambda it: anneal_temperature(it, n_iter, anneal_start),
+                       stage=f"start {name}: ")  # fmt: skip
+        scores[name] = round(model.log[-1]["log_likelihood"], 1)
+        if best is None or scores[name] > best[0]:
+            best = (scores[name], name, model.state(len(model.log)))
+    if best is None:
+        raise ValueError("no start to try")
+    info["start_log_likelihoods"] = scores
+    info["start"] = best[1]
+    return best[2]

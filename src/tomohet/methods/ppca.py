@@ -34,7 +34,6 @@ the EM update of ``kappa`` take the same data to 0.76 (xd clusters, :mod:`.laten
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -55,7 +54,7 @@ from .engine import map_partitions, run_iterations, runs_here
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, LandscapeOptions, cluster_latents, orthonormalize_basis, register
 from .latent_mixture import information_form
-from .ppca_pass import PassState, PassSums, ppca_pass
+from .ppca_pass import PassState, PassSums, after_pass, ppca_pass
 from .result import Result
 from .variability import variability_map, variability_mask
 
@@ -207,21 +206,9 @@ class PPCAModel:
     def iterate(self, temperature: float = 1.0, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: E-step with the current maps, noise power, M-step."""
         sums = self.run_pass(self.pass_state(), progress)
-        basis = self.maps[1:].clone()
-        changes = self._changes(basis, sums.mean, sums.cov)
-        self.prev = (basis, sums.mean)
-        self.mean, self.cov = sums.mean, sums.cov
-        if self.opt.update_noise:
-            self.update_sigma2(sums)
-        self.m_step(sums)
-        self.expand(sums.mean, sums.cov)
-        ll = float(sums.log_likelihood.sum())
-        if not math.isfinite(ll):
-            raise FloatingPointError("PPCA log-likelihood is not finite: a map or the noise power went NaN")
-        var = np.var(self.mean, axis=0)
-        return {"log_likelihood": ll, "changes": changes, "kappa": round(self.kappa, 6),
-                "latent_var": np.round(var, 4).tolist(),
-                "mean_posterior_sd": float(np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2)).mean())}  # fmt: skip
+        entry = after_pass(self, sums, self.maps[1:].clone(), "PPCA")
+        entry["mean_posterior_sd"] = float(np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2)).mean())
+        return entry
 
     def _changes(self, basis: torch.Tensor, mean: np.ndarray, cov: np.ndarray) -> float:
         """Fraction of particles whose map deviation ``W z`` moved by more than 0.1 of its posterior sd since

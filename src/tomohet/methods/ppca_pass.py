@@ -21,6 +21,7 @@ afterwards costs one 3-channel insertion per image instead of ``(L+1)(L+2)/2`` w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -242,3 +243,21 @@ def _cat_images(stats: list[ImageStatistics], n: int, t: int, n_comp: int) -> Im
         z = torch.zeros
         return ImageStatistics(z(n, t, n_comp), z(n, t, n_comp, n_comp), z(n, t), z(n, t, dtype=torch.bool))
     return ImageStatistics(*(torch.cat([getattr(x, f) for x in stats]) for f in ("b", "gram", "r2", "held_out")))
+
+
+def after_pass(model, sums, basis: torch.Tensor, what: str) -> dict:
+    """The rest of one linear-model EM iteration once its pass gave ``sums`` (shared by tilt-space PPCA and
+    subtomogram PPCA): latent change against the previous iteration (``basis`` = the basis before the M-step),
+    the latents' moments kept, noise power (``update_noise``), M-step, parameter expansion; the log entry."""
+    changes = model._changes(basis, sums.mean, sums.cov)
+    model.prev = (basis, sums.mean)
+    model.mean, model.cov = sums.mean, sums.cov
+    if model.opt.update_noise:
+        model.update_sigma2(sums)
+    model.m_step(sums)
+    model.expand(sums.mean, sums.cov)
+    ll = float(sums.log_likelihood.sum())
+    if not math.isfinite(ll):
+        raise FloatingPointError(f"{what} log-likelihood is not finite: a map or the noise power went NaN")
+    return {"log_likelihood": ll, "changes": changes, "kappa": round(model.kappa, 6),
+            "latent_var": np.round(np.var(model.mean, axis=0), 4).tolist()}  # fmt: skip

@@ -39,7 +39,7 @@ import torch
 
 from ..physics.bands import VolumeBand
 from ..physics.filters import soft_sphere
-from .ppca_pass import ImageStatistics
+from .ppca_pass import ImageStatistics, after_pass
 from .subtomo_spectra import ClassReferences
 
 
@@ -261,19 +261,7 @@ class SubtomoPPCA:
     def iterate(self, temperature: float = 1.0, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: E-step, noise power, M-step, expansion."""
         sums = self.run_pass(SubtomoPassState(), progress)
-        basis = self.spectra[1:].clone()
-        changes = self._changes(basis, sums.mean, sums.cov)
-        self.prev = (basis, sums.mean)
-        self.mean, self.cov = sums.mean, sums.cov
-        if self.opt.update_noise:
-            self.update_sigma2(sums)
-        self.m_step(sums)
-        self.expand(sums.mean, sums.cov)
-        ll = float(sums.log_likelihood.sum())
-        if not math.isfinite(ll):
-            raise FloatingPointError("subtomogram PPCA log-likelihood is not finite")
-        return {"log_likelihood": ll, "changes": changes, "kappa": round(self.kappa, 6),
-                "latent_var": np.round(np.var(self.mean, axis=0), 4).tolist()}  # fmt: skip
+        return after_pass(self, sums, self.spectra[1:].clone(), "subtomogram PPCA")
 
     def _changes(self, basis: torch.Tensor, mean: np.ndarray, cov: np.ndarray) -> float:
         """Fraction of particles whose map deviation ``W a`` moved by more than 0.1 posterior sd."""

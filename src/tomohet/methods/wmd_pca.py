@@ -168,7 +168,7 @@ def _finish(vols: torch.Tensor, filt: torch.Tensor, mask: torch.Tensor) -> torch
     return out.float().reshape(vols.shape[0], -1)
 
 
-def _step_2d(dataset, particles: np.ndarray, state: dict, cache, progress) -> _Features:
+def _step_2d(dataset, particles: np.ndarray, state: dict, cache=None, progress=None) -> _Features:
     """Wiener back-projected residuals of one partition of ``particles`` (2D stacks) against the consensus, in
     batches; a :func:`~tomohet.methods.engine.map_partitions` step."""
     proj: VolumeProjector = state["projector"]
