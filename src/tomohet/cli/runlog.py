@@ -37,6 +37,49 @@ def peak_memory_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
 
 
+def _status_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux; None elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class AnonymousMemoryPeak:
+    """Peak anonymous resident memory (``RssAnon``: heap, tensors; not the pages of memory-mapped stacks, which
+    the peak RSS counts and the kernel reclaims at will), sampled every ``interval_s`` seconds in a daemon thread
+    (Linux; ``peak_mb`` None elsewhere)."""
+
+    def __init__(self, interval_s: float = 0.5):
+        import threading
+
+        self.peak_kb = _status_kb("RssAnon")
+        self._stop = threading.Event()
+        self._thread = None
+        if self.peak_kb is not None:
+            self._thread = threading.Thread(target=self._sample, args=(interval_s,), daemon=True)
+            self._thread.start()
+
+    def _sample(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            kb = _status_kb("RssAnon")
+            if kb is not None and kb > (self.peak_kb or 0):
+                self.peak_kb = kb
+
+    @property
+    def peak_mb(self) -> float | None:
+        kb = _status_kb("RssAnon")
+        if kb is not None and self.peak_kb is not None:
+            self.peak_kb = max(self.peak_kb, kb)
+        return None if self.peak_kb is None else round(self.peak_kb / 1024, 1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -72,6 +115,7 @@ class Run:
         self.options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
         self.t0 = time.perf_counter()
         self.timings: dict[str, float] = {}
+        self.anonymous = AnonymousMemoryPeak()
         self.log = logging.getLogger(f"tomohet.{command}")
         self.log.setLevel(logging.INFO)
         for h in list(self.log.handlers):
@@ -101,7 +145,8 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        """Release the folder's lock and close the log file (idempotent)."""
+        """Release the folder's lock, stop the memory sampler and close the log file (idempotent)."""
+        self.anonymous.stop()
         self.lock.release()
         for h in (self._file, self._console):
             self.log.removeHandler(h)
@@ -125,7 +170,7 @@ class Run:
         result = {
             "command": self.command, "method": method, "options": self.options, "seed": seed,
             "versions": versions(), "timings_s": self.timings, "peak_memory_mb": round(peak_memory_mb(), 1),
-            **fields,
+            "peak_anonymous_memory_mb": self.anonymous.peak_mb, **fields,
         }  # fmt: skip
         path = self.out / "result.json"
         text = json.dumps(result, indent=2, default=_jsonable)
@@ -136,7 +181,9 @@ class Run:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        self.log.info("wrote %s (%.1f s, peak %.0f MB)", path, self.timings["total"], result["peak_memory_mb"])
+        anon = result["peak_anonymous_memory_mb"]
+        self.log.info("wrote %s (%.1f s, peak %.0f MB%s)", path, self.timings["total"], result["peak_memory_mb"],
+                      "" if anon is None else f", anonymous peak {anon:.0f} MB")  # fmt: skip
         self.lock.release()  # the run is over (also for callers that do not use ``with``)
         return path
 

@@ -83,25 +83,6 @@ def difference_features(
     return feats
 
 
-def difference_pca_labels(
-    dataset,
-    consensus: torch.Tensor,
-    n_classes: int,
-    *,
-    n_components: int | None = None,
-    resolution_A: float | None = None,
-    max_dose: float | None = None,
-    focus_mask: torch.Tensor | None = None,
-    batch_size: int = 32,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Initial classes ``[N]`` and PCA scores ``[N, q]``: :func:`difference_features` then :func:`pca_kmeans`."""
-    feats = difference_features(dataset, consensus, resolution_A=resolution_A, max_dose=max_dose,
-                                focus_mask=focus_mask, batch_size=batch_size, progress=progress)  # fmt: skip
-    return pca_kmeans(feats, n_classes, n_components, seed)
-
-
 def standardise_(features: torch.Tensor) -> torch.Tensor:
     """Per-particle features ``[N, F]`` centred per column and scaled by the mean column standard deviation, **in
     place** (the form every PCA of them takes; a second call changes nothing): at 10^4 particles x 32^3 features

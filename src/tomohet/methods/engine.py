@@ -92,7 +92,7 @@ def initial_labels(
     pca: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """Initial classes ``[N]`` for the label starts: ``"random"`` (seeded random subsets) or ``"pca"`` (calls
-    ``pca()``, e.g. :func:`~.difference_pca.difference_pca_labels`). ``"maps"`` has no labels."""
+    ``pca()``, e.g. :func:`~.difference_pca.pca_kmeans` of the difference features). ``"maps"`` has no labels."""
     if init == "random":
         return np.random.default_rng(seed).integers(0, n_classes, n_particles)
     if init == "pca" and pca is not None:
