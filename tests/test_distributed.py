@@ -45,8 +45,9 @@ def test_torchrun_with_two_processes_gives_the_serial_landscape(two_states, tmp_
     assert run.returncode == 0, run.stderr[-2000:]
     a, b = (pd.read_csv(d / "latent.csv") for d in (serial, ddp))
     assert a["rlnTomoParticleName"].tolist() == b["rlnTomoParticleName"].tolist()
-    # the passes are split between the processes and reduced in the serial order: the same maps; the networks
-    # train on shares of every batch with averaged gradients: the same latents up to the order of float sums
+    # 96 particles are one partition (128), so here the passes run on rank 0 (their split: the map/reduce test
+    # below); the networks train on shares of every batch with averaged gradients (DDP): the same latents up to
+    # the order of float sums
     za, zb = a[["z0", "z1"]].to_numpy(), b[["z0", "z1"]].to_numpy()
     assert np.abs(za - zb).max() < 1e-3 * za.std()
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (serial, ddp))
