@@ -110,6 +110,12 @@ def _checked_input(spec, input_path: Path, method: str, clusters, tomograms, pix
     return ds
 
 
+def _method_options(spec, components, seed, resolution_limit, iterations, max_dose, extra_opts: dict):
+    """The method's options from the command's (None keeps a default; ``extra_opts``: the method's own fields)."""
+    return options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
+                        n_iter=iterations, max_dose=max_dose, **extra_opts)  # fmt: skip
+
+
 def _follow(spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask, resolution_limit,
             iterations, tomograms, executor, max_dose, flip_hand, pixel_size, overwrite,
             extra_opts) -> dict:  # fmt: skip
@@ -118,8 +124,7 @@ def _follow(spec, input_path: Path, out: Path, method, components, clusters, see
     checkpoint, unless ``overwrite``."""
     ds = _checked_input(spec, input_path, method, clusters, tomograms, pixel_size, flip_hand)
     mask = read_focus_mask(focus_mask, ds.box)
-    opts = options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
-                        n_iter=iterations, max_dose=max_dose, **extra_opts)  # fmt: skip
+    opts = _method_options(spec, components, seed, resolution_limit, iterations, max_dose, extra_opts)
     try:
         spec.fit(ds, opts, progress=None, focus_mask=mask, executor=executor,
                  checkpoint=None if overwrite else out / "checkpoint.pt")  # fmt: skip
@@ -136,8 +141,7 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
     run.log.info("%s", ds.summary())
     subtomograms = ds.kind == "3d"
     mask = read_focus_mask(focus_mask, ds.box)
-    opts = options_from(spec.options_cls, n_components=components, seed=seed, resolution_limit_A=resolution_limit,
-                         n_iter=iterations, max_dose=max_dose, **extra_opts)  # fmt: skip
+    opts = _method_options(spec, components, seed, resolution_limit, iterations, max_dose, extra_opts)
     n_images = ds.n_particles if subtomograms else ds.n_images
     unit = "subtomograms" if subtomograms else "images"
     with run.progress() as prog:

@@ -65,9 +65,7 @@ class AnonymousMemoryPeak:
 
     def _sample(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
-            kb = _status_kb("RssAnon")
-            if kb is not None and kb > (self.peak_kb or 0):
-                self.peak_kb = kb
+            self.peak_kb = max(self.peak_kb, _status_kb("RssAnon") or 0)
 
     @property
     def peak_mb(self) -> float | None:

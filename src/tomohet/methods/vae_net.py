@@ -82,7 +82,8 @@ class Decoder(nn.Module):
         self.amp: torch.dtype | None = None  # the MLP's autocast dtype (mixed precision), None: float32
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return run_mlp(self.net, z, getattr(self, "amp", None)) @ self.out_matrix.T + self.out_offset
+        amp = getattr(self, "amp", None)  # decoders pickled before mixed precision (decoder.pt) have no ``amp``
+        return run_mlp(self.net, z, amp) @ self.out_matrix.T + self.out_offset
 
     @torch.no_grad()
     def reparametrise(self, eta: np.ndarray, chol: np.ndarray) -> None:
