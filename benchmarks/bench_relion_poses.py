@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--sigma-ang", type=float, default=3.5, help="degrees (6 deg RMS error: ~3.5 per axis)")
     ap.add_argument("--offset-range", type=float, default=2.0)
     ap.add_argument("--offset-step", type=float, default=1.0)
+    ap.add_argument("--healpix-order", type=int, default=4, help="4: 3.75 deg sampling; 3: 7.5 deg")
     ap.add_argument("--arms", nargs="+", default=["given", "local"], help="given (--skip_align) and/or local")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -66,10 +67,10 @@ def main() -> None:
                                             "offset_step": a.offset_step})):  # fmt: skip
         if ("local" if local else "given") not in a.arms:
             continue
-        align = None if local is None else ["--healpix_order", "4", "--sigma_ang", str(local["sigma_ang"]),
+        align = None if local is None else ["--healpix_order", str(a.healpix_order), "--sigma_ang", str(local["sigma_ang"]),
                                             "--offset_range", str(local["offset_range"]), "--offset_step",
                                             str(local["offset_step"])]  # fmt: skip
-        r = run_relion(star, rel / ("local" if local else "given"), ref, 4, 0.9 * ds.box * ds.pixel_size, a.iter,
+        r = run_relion(star, rel / (f"local_hp{a.healpix_order}" if local else "given"), ref, 4, 0.9 * ds.box * ds.pixel_size, a.iter,
                        a.threads, align)  # fmt: skip
         if "error" in r:
             print(name, r["error"])

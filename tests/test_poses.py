@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -209,3 +210,79 @@ def test_corrected_poses_round_trip_through_warp_v1_stars(posed, tmp_path):
     back = read_warp_v1(write_annotated(with_refined_poses(w1, rot, off), tmp_path / "out", {}))
     assert torch.allclose(back.rotations, expected.rotations, atol=1e-5)  # each image's refined rotation and shift
     assert torch.allclose(back.shifts, expected.shifts, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def wrong_subtomograms(tmp_path_factory):
+    """RELION 3.1 subtomograms of 24 smoke particles (SNR 2) whose written poses are each 5 degrees and ~1.6 px off,
+    with the true maps, the errors (E, s) and the states."""
+    from tomohet.data.subtomo import read_subtomograms, write_relion31_subtomograms
+
+    out = tmp_path_factory.mktemp("wrong3d")
+    layout, truth = simulate_preset("smoke", out, seed=3, n_particles=24, snr=2.0)
+    ds = read_relion5(layout.optimisation_set)
+    maps, _ = _maps(out)
+    gen = torch.Generator().manual_seed(1)
+    axis = torch.nn.functional.normalize(torch.randn(ds.n_particles, 3, generator=gen, dtype=torch.float64), dim=1)
+    error = rotation_vector_to_matrix(axis * np.radians(5.0))
+    shift = torch.randn(ds.n_particles, 3, generator=gen, dtype=torch.float64)
+    write_relion31_subtomograms(apply_pose_corrections(ds, error, shift), out / "r31", oversampling=2, batch_size=8)
+    star = out / "r31" / "subtomo_particles.star"
+    return star, read_subtomograms(star), maps, error, shift, truth["state"].to_numpy()
+
+
+def test_em3d_local_search_brings_a_known_pose_error_back_on_subtomograms(wrong_subtomograms):
+    from tomohet.methods.em3d import EM3DOptions, classify_em3d
+
+    _, sub, maps, error, shift, states = wrong_subtomograms
+    common = dict(n_classes=2, n_iter=5, init="maps", tol_changes=0, resolution_limit_A=24.0, init_lowpass_A=24.0)
+    res = classify_em3d(sub, EM3DOptions(**common, local_angles_deg=8.0, local_shifts_px=2.0), initial_maps=maps)
+    final = pose_grid(8.0, 2.0, 4)
+    # as the 2D search: D undoes E up to the common rotation and shift the re-estimated maps may take
+    undone = error @ res.extra["pose_rotation"]
+    u, _, vt = torch.linalg.svd(undone.mean(0))
+    residual = np.degrees(rotation_angle((u @ vt).T @ undone).numpy())
+    assert np.median(residual) < 1.5 * final.step_deg and residual.max() < 3 * final.step_deg  # error was 5 deg
+    centre = torch.einsum("nij,nj->ni", undone, res.extra["pose_offset_px"]) + torch.einsum("nij,nj->ni", error, shift)
+    assert np.median((centre - centre.mean(0)).norm(dim=-1).numpy()) < final.step_px
+    assert (res.labels == states).all()
+    plain = classify_em3d(sub, EM3DOptions(**common), initial_maps=maps)
+    assert res.log[-1]["log_likelihood"] > plain.log[-1]["log_likelihood"]
+
+
+def test_em3d_with_local_searches_writes_refined_poses_into_the_subtomogram_star(wrong_subtomograms, tmp_path):
+    from tomohet.data.subtomo import read_subtomograms
+
+    star, sub, _, _, _, _ = wrong_subtomograms
+    args = ["--method", "em3d", "-K", "2", "--iterations", "4", "--local-angles", "8", "--local-shifts", "2"]
+    res = CliRunner().invoke(app, ["classify", str(star), *args, "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    poses = pd.read_csv(tmp_path / "c" / "poses.csv")
+    assert poses["correction_deg"].median() > 2.0  # the errors were 5 degrees
+    d = torch.from_numpy(poses[[f"d{i}{j}" for i in range(3) for j in range(3)]].to_numpy()).reshape(-1, 3, 3)
+    u = torch.from_numpy(poses[["offset_x_A", "offset_y_A", "offset_z_A"]].to_numpy()) / sub.pixel_size
+    back = read_subtomograms(tmp_path / "c" / "particles.star")
+    assert back.names == sub.names
+    rots = sub.rotations.double() @ d.double()
+    assert torch.allclose(back.rotations.double(), rots, atol=1e-4)
+    moved = sub.shifts.double() - torch.einsum("nij,nj->ni", rots, u.double())
+    assert torch.allclose(back.shifts.double(), moved, atol=1e-3)
+    table = next(v for v in back.tables["blocks"].values() if isinstance(v, pd.DataFrame) and "rlnImageName" in v)
+    assert np.allclose(table["rlnAngleRotPrior"], next(v for v in sub.tables["blocks"].values() if isinstance(
+        v, pd.DataFrame) and "rlnImageName" in v)["rlnAngleRot"])  # fmt: skip
+    assert json.loads((tmp_path / "c" / "result.json").read_text())["poses"]["file"] == "poses.csv"
+
+
+def test_landscape_refines_the_poses_first_when_asked(posed, tmp_path):
+    _, layout, ds, _ = posed
+    args = ["--method", "ppca", "--components", "2", "--iterations", "2", "--clusters", "2", "--no-class-maps",
+            "--local-shifts", "2", "--out", str(tmp_path / "l")]  # fmt: skip
+    res = CliRunner().invoke(app, ["landscape", str(layout.optimisation_set), *args])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "l" / "result.json").read_text())
+    errors = result["metrics"]["poses"]
+    assert errors["refined"]["median_centre_error_px"] < 0.6 * errors["written"]["median_centre_error_px"]
+    assert result["poses"]["file"] == "poses.csv" and len(result["poses"]["refinement"]) == 4
+    written = read_relion5(tmp_path / "l" / "optimisation_set.star").tables["particles_blocks"]["particles"]
+    assert "rlnOriginXPriorAngst" in written  # the particles carry the refined centres, the ones read as priors
+    assert not np.allclose(written["rlnOriginXAngst"], written["rlnOriginXPriorAngst"])

@@ -238,7 +238,7 @@ def posed_outputs(ds, result, out: Path, run: Run):
     ``poses.csv`` with the corrections (any input format)."""
     rotation, offset = result.extra["pose_rotation"], result.extra["pose_offset_px"]
     write_pose_corrections(out / "poses.csv", ds.names, rotation, offset, ds.pixel_size)
-    if ds.source_format not in ("relion5", "warp_v1"):
+    if ds.source_format not in ("relion5", "warp_v1", "relion31", "relion4"):
         run.log.warning("refined poses are in poses.csv; particles.star keeps the poses read (%s input)",
                         ds.source_format)  # fmt: skip
     return with_refined_poses(ds, rotation, offset)

@@ -24,16 +24,18 @@ import torch
 from ..benchmark.metrics import adjusted_rand_index, continuous_report, discrete_report, map_fsc
 from ..data.annotate import write_annotated
 from ..data.mrc import read_volume, write_volume
-from ..data.truth import find_ground_truth, load_truth, true_geometry
+from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_geometry
 from ..errors import InputError
 from ..methods.distributed import writes_files
 from ..methods.landscape import cluster_latents, get_method, landscape_maps, maps_along_component
+from ..methods.pose_refinement import refine_poses
 from ..methods.registry import options_from
 from ..methods.result import Result
+from ..parallel import in_torchrun
 from ..physics.reconstruct import reconstruct
 from ..physics.rotations import mirror_z
-from .classify import write_class_map
-from .options import check_landscape, read_focus_mask, read_input
+from .classify import pose_metrics, pose_summary, posed_outputs, write_class_map
+from .options import OptionError, check_landscape, check_local_search, read_focus_mask, read_input
 from .runlog import Run, stage_reporter
 
 ALONG_STEPS = 7
@@ -68,14 +70,22 @@ def run_landscape(
     pixel_size: float | None = None,
     overwrite: bool = False,
     method_options: dict | None = None,
+    local_search: tuple[float, float, float | None, float | None] = (0.0, 0.0, None, None),
 ) -> dict:
     """Continuous analysis of ``input_path`` into ``out`` (see the module docstring); returns result.json's
     content. ``oracle=False`` skips the oracle's figures (a pass over the data with every true map).
     ``method_options`` (``{"basis": 8, "beta": 1.0, "device": "cpu"}`` ...): fields of the method's options
-    class; None values keep the defaults, a field the method does not have is a one-line error."""
+    class; None values keep the defaults, a field the method does not have is a one-line error.
+    ``local_search`` (range in degrees, range in pixels, prior widths or None): refine the poses first
+    (:func:`~tomohet.methods.pose_refinement.refine_poses`) and fit the landscape at the refined poses."""
     input_path, out = Path(input_path), Path(out)
     spec = get_method(method)
     check_landscape(components, clusters, iterations, resolution_limit, max_dose, pixel_size)
+    check_local_search(*local_search, "em")
+    if (local_search[0] > 0 or local_search[1] > 0) and in_torchrun():
+        flag = "--local-angles" if local_search[0] > 0 else "--local-shifts"
+        raise OptionError(flag, "the pose refinement runs in one process: refine first (tomohet refine), then run "
+                          "the landscape under torchrun")  # fmt: skip
     extra_opts = {k: v for k, v in (method_options or {}).items() if v is not None}
     fields = {f.name for f in dataclasses.fields(spec.options_cls)}
     for key in extra_opts:
@@ -90,7 +100,7 @@ def run_landscape(
     with Run(out, "landscape", options) as run:
         return _landscape(run, spec, input_path, run.out, method, components, clusters, seed, focus_mask,
                           resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps,
-                          oracle, pixel_size, overwrite, extra_opts)  # fmt: skip
+                          oracle, pixel_size, overwrite, extra_opts, local_search)  # fmt: skip
 
 
 def _checked_input(spec, input_path: Path, method: str, clusters, tomograms, pixel_size, flip_hand):
@@ -135,9 +145,10 @@ def _follow(spec, input_path: Path, out: Path, method, components, clusters, see
 
 def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, clusters, seed, focus_mask,
                resolution_limit, iterations, tomograms, executor, max_dose, flip_hand, truth, class_maps, oracle,
-               pixel_size, overwrite, extra_opts) -> dict:  # fmt: skip
+               pixel_size, overwrite, extra_opts, local_search) -> dict:  # fmt: skip
     with run.timed("read"):
         ds = _checked_input(spec, input_path, method, clusters, tomograms, pixel_size, flip_hand)
+    read_ds, refined = ds, None
     run.log.info("%s", ds.summary())
     subtomograms = ds.kind == "3d"
     mask = read_focus_mask(focus_mask, ds.box)
@@ -148,8 +159,15 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
         progress = stage_reporter(prog, ds.n_particles, n_images, unit)
 
         checkpoint = out / "checkpoint.pt"
+        pose_checkpoint = out / "checkpoint_poses.pt"
         if overwrite:
             checkpoint.unlink(missing_ok=True)
+            pose_checkpoint.unlink(missing_ok=True)
+        if local_search[0] > 0 or local_search[1] > 0:  # the landscape at refined poses
+            with run.timed("poses"):
+                refined = refine_poses(ds, *local_search, seed=seed, max_dose=max_dose,
+                                       progress=progress, checkpoint=pose_checkpoint)  # fmt: skip
+            ds = posed_outputs(ds, refined, out, run)
         with run.timed("landscape"):
             try:
                 if callable(executor) and not hasattr(executor, "map_partitions"):
@@ -170,10 +188,15 @@ def _landscape(run: Run, spec, input_path: Path, out: Path, method, components, 
     with run.timed("embedding"):
         labels = fields["clusters"][f"labels_{fields['clusters']['class_number_from']}"] if clusters else None
         _write_embeddings(ds, out, np.asarray(result.latents, dtype=np.float64), labels, result.method, seed)
+    if refined is not None:
+        fields["poses"] = {**pose_summary(refined), "refinement_seconds": round(refined.extra["seconds"], 1),
+                           "refinement": refined.log}  # fmt: skip
     truth = truth or find_ground_truth(input_path)
     if truth is not None:
         with run.timed("metrics"):
             fields["metrics"] = _metrics_against_truth(ds, truth, result, fields.get("clusters"), oracle, run)
+            if refined is not None and has_pose_errors(load_truth(truth, read_ds.names), read_ds):
+                fields["metrics"]["poses"] = pose_metrics(read_ds, load_truth(truth, read_ds.names), refined, run)
     for key in ("consensus_resolution_A", "e_step_limit_A", "working_box", "consensus_seconds", "init_seconds",
                 "held_out_fraction", "final_gain_held_in", "final_gain_held_out", "final_kl_per_dimension",
                 "best_epoch", "variability_mask_fraction", "input", "sectors"):  # fmt: skip

@@ -199,9 +199,9 @@ def classify(
     class_maps: bool = typer.Option(True, "--class-maps/--no-class-maps", help="gold-standard half maps per class"),
     overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
     local_angles: float = typer.Option(
-        0.0, help="local pose search: range (degrees) of the first rotation grid around each pose (em; 0: none)"
+        0.0, help="local pose search: range (degrees) of the first rotation grid around each pose (em, em3d; 0: none)"
     ),
-    local_shifts: float = typer.Option(0.0, help="local search of the particle centre: range in pixels (em)"),
+    local_shifts: float = typer.Option(0.0, help="local search of the particle centre: range in pixels (em, em3d)"),
     sigma_angles: float | None = typer.Option(
         None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
     ),
@@ -316,9 +316,21 @@ def landscape(
     overwrite: bool = typer.Option(False, "--overwrite", help="start afresh, ignoring a checkpoint in --out"),
     workers: int = typer.Option(0, help="Dask local cluster with this many workers (0: run in this process)"),
     scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
+    local_angles: float = typer.Option(
+        0.0, help="refine the poses first (one class, local searches): range (degrees) of the first rotation grid"
+    ),
+    local_shifts: float = typer.Option(0.0, help="refine the particle centres first: range in pixels"),
+    sigma_angles: float | None = typer.Option(
+        None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
+    ),
+    sigma_shifts: float | None = typer.Option(
+        None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
+    ),
 ) -> None:
     """Continuous landscape: latent.csv, component maps and maps along each component, explained variance,
-    latent plots; with --clusters, particles.star with rlnClassNumber and per-cluster maps; result.json."""
+    latent plots; with --clusters, particles.star with rlnClassNumber and per-cluster maps; result.json.
+    With --local-angles / --local-shifts the poses are refined first (as tomohet refine) and the landscape is
+    fitted at the refined poses (poses.csv, the particles written with them)."""
     with _user_errors(out):
         from .landscape import run_landscape
         from .options import check_landscape
@@ -330,7 +342,8 @@ def landscape(
                       or (lambda: _executor(workers, scheduler, None)), max_dose, flip_hand, truth,
                       class_maps, pixel_size=pixel_size, overwrite=overwrite,
                       method_options={"basis": basis, "beta": beta, "held_out": held_out, "device": device,
-                                      "basis_epochs": basis_epochs, "amp": amp})  # fmt: skip
+                                      "basis_epochs": basis_epochs, "amp": amp},
+                      local_search=(local_angles, local_shifts, sigma_angles, sigma_shifts))  # fmt: skip
 
 
 @app.command()

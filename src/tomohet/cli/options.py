@@ -135,16 +135,16 @@ def check_class_scan(scan: str | None, method: str, has_maps: bool, local_search
 def check_local_search(
     local_angles: float, local_shifts: float, sigma_angles: float | None, sigma_shifts: float | None, method: str
 ) -> None:
-    """Local pose search options: ranges >= 0, widths > 0, and only where the method searches poses (EM on the
-    2D stacks)."""
+    """Local pose search options: ranges >= 0, widths > 0, and only where the method searches poses (the EM on
+    2D stacks and the 3D EM)."""
     at_least("--local-angles", local_angles, 0.0, " degrees")
     at_least("--local-shifts", local_shifts, 0.0, " pixels")
     positive("--sigma-angles", sigma_angles, " degrees")
     positive("--sigma-shifts", sigma_shifts, " pixels")
     searched = local_angles > 0 or local_shifts > 0
-    if searched and method not in ("em", "em2d"):
+    if searched and method not in ("em", "em2d", "em3d"):
         flag = "--local-angles" if local_angles > 0 else "--local-shifts"
-        raise OptionError(flag, f"local pose searches run in --method em (2D tilt stacks), not {method}")
+        raise OptionError(flag, f"local pose searches run in --method em and em3d, not {method}")
     if not searched and (sigma_angles is not None or sigma_shifts is not None):
         flag = "--sigma-angles" if sigma_angles is not None else "--sigma-shifts"
         raise OptionError(flag, "is the prior of a local search: give --local-angles or --local-shifts too")

@@ -17,8 +17,8 @@ from ..data.mrc import read_volume, write_volume
 from ..data.poses import apply_tilt_shifts, relion5_shifted_tomograms
 from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_geometry
 from ..errors import InputError
-from ..methods.em2d import EMOptions, classify_em2d
 from ..methods.iteration import stage_ticker
+from ..methods.pose_refinement import refine_poses
 from ..methods.tilt_shifts import estimate_tilt_shifts
 from ..physics.reconstruct import reconstruct
 from .classify import pose_metrics, pose_summary, posed_outputs
@@ -62,16 +62,14 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
     checkpoint = out / "checkpoint.pt"
     if a["overwrite"]:
         checkpoint.unlink(missing_ok=True)
-    opts = EMOptions(n_classes=1, n_iter=a["n_iter"], init="random", seed=a["seed"], max_dose=a["max_dose"],
-                     resolution_limit_A=a["resolution_limit"], local_angles_deg=a["local_angles"],
-                     local_shifts_px=a["local_shifts"], sigma_angles_deg=a["sigma_angles"],
-                     sigma_shifts_px=a["sigma_shifts"], pose_search_iterations=a["n_iter"])  # fmt: skip
     with run.progress() as prog:
         progress = stage_reporter(prog, ds.n_particles, ds.n_images, "images")
         with run.timed("map_before"):
             before = reconstruct(ds, progress=stage_ticker(progress, "map with the poses read", ds.n_particles))
         with run.timed("refine"):
-            result = classify_em2d(ds, opts, progress=progress, checkpoint=checkpoint)
+            result = refine_poses(ds, a["local_angles"], a["local_shifts"], a["sigma_angles"], a["sigma_shifts"],
+                                  a["n_iter"], a["seed"], a["max_dose"], a["resolution_limit"], progress,
+                                  checkpoint)  # fmt: skip
         posed = posed_outputs(ds, result, out, run)
         shifts = None
         if a["tilt_shifts"]:

@@ -80,9 +80,37 @@ def relion5_posed_table(dataset, rotation: torch.Tensor, offset_px: torch.Tensor
     return parts
 
 
+def subtomograms_with_corrections(dataset, rotation: torch.Tensor, offset_px: torch.Tensor):
+    """A copy of a :class:`~tomohet.data.subtomo.Subtomograms` dataset seen with corrected poses: rotations
+    ``R_i D_i`` and shifts ``s_i - R_i D_i u_i`` (the particle sits at ``-s``, so its centre moves by ``R_i D_i u_i``
+    in the subtomogram), with the particles table's ``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/Y/ZAngst`` (and
+    RELION 3.0's pixel origins, where the table has them) set to match and the poses read kept in RELION's prior
+    columns unless the table already has them. Nothing is modified."""
+    rots = dataset.rotations @ rotation.to(dataset.rotations.dtype)
+    shifts = dataset.shifts - torch.einsum("nij,nj->ni", rots, offset_px.to(rots.dtype)).to(dataset.shifts.dtype)
+    blocks = dict(dataset.tables.get("blocks", {}))
+    name = next((k for k, v in blocks.items() if isinstance(v, pd.DataFrame) and "rlnImageName" in v.columns), None)
+    if name is not None:
+        parts = blocks[name].copy()
+        for col in (*ANGLE_COLUMNS, *ORIGIN_COLUMNS):
+            if PRIOR_COLUMNS[col] not in parts.columns:
+                parts[PRIOR_COLUMNS[col]] = parts[col] if col in parts.columns else 0.0
+        for col, values in zip(ANGLE_COLUMNS, matrix_to_euler(rots), strict=True):
+            parts[col] = values.numpy()
+        for k, axis in enumerate("XYZ"):
+            parts[f"rlnOrigin{axis}Angst"] = shifts[:, k].numpy() * dataset.pixel_size
+            if f"rlnOrigin{axis}" in parts.columns:
+                parts[f"rlnOrigin{axis}"] = shifts[:, k].numpy()
+        blocks[name] = parts
+    return dataclasses.replace(dataset, rotations=rots, shifts=shifts, tables={**dataset.tables, "blocks": blocks})
+
+
 def with_refined_poses(dataset, rotation: torch.Tensor, offset_px: torch.Tensor):
     """:func:`apply_pose_corrections`, and for RELION 5 input the particles table with the corrected poses too
-    (:func:`relion5_posed_table`), so that the particles written from it carry them. Nothing is modified."""
+    (:func:`relion5_posed_table`), so that the particles written from it carry them; subtomograms:
+    :func:`subtomograms_with_corrections`. Nothing is modified."""
+    if dataset.kind == "3d":
+        return subtomograms_with_corrections(dataset, rotation, offset_px)
     posed = apply_pose_corrections(dataset, rotation, offset_px)
     if dataset.source_format == "relion5":
         table = relion5_posed_table(dataset, rotation, offset_px)

@@ -81,7 +81,7 @@ from ..physics.reconstruct import Reconstruction, fsc_regularised
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
 from .difference_pca import feature_box, feature_resolution, pca_kmeans
-from .em2d import SoftmaxAssign, auto_resolution_limit
+from .em2d import CLASS_POSE_ITERATIONS, SoftmaxAssign, auto_resolution_limit
 from .engine import best_of_starts, initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, rare_starts_apply, seeded_labels
 from .result import Result
@@ -116,6 +116,11 @@ class EM3DOptions:
     rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (em2d's search;
     # with the half-set filter they find ladder's smallest state: ARI 0.69 -> 0.81, CLASSIFY.md section 12)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
+    local_angles_deg: float = 0.0  # local pose search: range of the first rotation grid (0: poses as given)
+    local_shifts_px: float = 0.0  # local pose search: range of the first offset grid (pixels)
+    sigma_angles_deg: float | None = None  # prior width per axis (None: estimated from the data)
+    sigma_shifts_px: float | None = None
+    pose_search_iterations: int = 4  # iterations that search the poses (the rest keep them)
 
 
 # ------------------------------------------------------------------------------------------------ EM steps
@@ -400,14 +405,28 @@ class EM3DClassifier:
     def iterate(self, temperature: float, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: posteriors, then sigma2, priors and the maps."""
         old = self.posteriors.argmax(1)
-        sums, ll, post, sigma2 = self._pass(SoftmaxAssign(self.priors, temperature), progress)
+        sums, ll, post, sigma2, extra = self._expectation(SoftmaxAssign(self.priors, temperature), progress)
         self.log_likelihood, self.posteriors, self.sigma2 = ll, post, sigma2
         self.priors = post.mean(0)
         self.volumes = self._m_step(sums)
         total = mixture_log_likelihood(ll, self.priors)
-        return {"log_likelihood": total, "changes": float((post.argmax(1) != old).mean()),
+        changes = max(float((post.argmax(1) != old).mean()), extra.get("pose_changes", 0.0))  # a moved pose counts
+        return {"log_likelihood": total, "changes": changes,
                 "class_sizes": np.bincount(post.argmax(1), minlength=self.opt.n_classes).tolist(),
-                "priors": self.priors.round(4).tolist(), "temperature": temperature}  # fmt: skip
+                "priors": self.priors.round(4).tolist(), "temperature": temperature, **extra}  # fmt: skip
+
+    def _expectation(self, assign: Callable, progress: Callable[[int], None] | None = None):
+        """The E-step and the M-step sums: :meth:`_pass`'s ``(sums, ll, posteriors, sigma2)`` and log entries (a
+        model with another E-step, e.g. the local pose search, overrides this)."""
+        return (*self._pass(assign, progress), {})
+
+    def prepared_source(self):
+        """The prepared spectra the classifier reads (of the full band where it reads a band view of them)."""
+        return self.source.source if isinstance(self.source, BandView) else self.source
+
+    def pose_corrections(self) -> dict:
+        """Pose corrections for ``Result.extra`` (none: the poses as given)."""
+        return {}
 
     # ------------------------------------------------------------------------------------ checkpoint
     def state(self, iteration: int, finished: bool = False) -> dict:
@@ -541,7 +560,7 @@ def classify_em3d(
     prepared: PreparedSpectra | None = None,
     checkpoint: Path | None = None,
 ) -> Result:
-    """EM classification of 3D subtomograms with per-voxel weights, poses given (no alignment).
+    """EM classification of 3D subtomograms with per-voxel weights, poses given or searched locally.
 
     ``dataset``: a :class:`~tomohet.data.subtomo.Subtomograms` (RELION 3.1 or 4 files) or a
     :class:`~tomohet.data.model.TiltSeriesParticles` (the subtomograms are made in memory, in batches, in the
@@ -550,7 +569,46 @@ def classify_em3d(
     maps ``[K, D, D, D]``, one log entry per iteration and ``extra`` (``sigma2 [D//2+1]``, ``seconds``,
     ``prepare_seconds``: the first pass, which makes the spectra unless ``prepared`` (:func:`prepare_em3d`) already
     holds them). ``checkpoint`` (a file) is written after every iteration and, if it exists, the run resumes from
-    it (same classes, box and resolution limit; ``n_iter`` may differ: the run continues up to it)."""
+    it (same classes, box and resolution limit; ``n_iter`` may differ: the run continues up to it).
+
+    With a local pose search (``local_angles_deg`` / ``local_shifts_px``, :mod:`.subtomo_local_pose`) the poses are
+    refined first against one class (``pose_search_iterations`` iterations), then the classes start from the
+    refined poses and search them again on a grid 4x finer for :data:`~.em2d.CLASS_POSE_ITERATIONS` iterations
+    after the start is chosen, as :func:`~.em2d.classify_em2d` does; ``extra`` then holds the corrections
+    (``pose_rotation [N, 3, 3]``, ``pose_offset_px [N, 3]``, :mod:`tomohet.data.poses`)."""
+    opt = options or EM3DOptions()
+    if not _searches_poses(opt):
+        return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint)
+    if opt.n_classes == 1 or initial_maps is not None or opt.init == "maps":
+        return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint, poses=(None, None))
+    first = replace(opt, n_classes=1, init="random", n_iter=opt.pose_search_iterations)
+    pose_checkpoint = None if checkpoint is None else Path(checkpoint).with_name(Path(checkpoint).stem + "_poses.pt")
+    stage = None if progress is None else (lambda name, done, total: progress(f"poses: {name}", done, total))
+    pre = _classify_em3d(dataset, first, None, stage, prepared, pose_checkpoint, poses=(None, None))
+    second = replace(opt, local_angles_deg=opt.local_angles_deg / 4, local_shifts_px=opt.local_shifts_px / 4,
+                     pose_search_iterations=min(CLASS_POSE_ITERATIONS, opt.pose_search_iterations))  # fmt: skip
+    poses = (pre.extra["pose_rotation"], pre.extra["pose_offset_px"])
+    res = _classify_em3d(dataset, second, None, progress, pre.extra["prepared_spectra"], checkpoint, poses=poses)
+    res.options = asdict(opt)
+    res.extra.update(pose_refinement_seconds=round(pre.extra["seconds"], 2), pose_refinement_log=pre.log)
+    return res
+
+
+def _searches_poses(opt: EM3DOptions) -> bool:
+    return opt.local_angles_deg > 0 or opt.local_shifts_px > 0
+
+
+def _classify_em3d(
+    dataset,
+    options: EM3DOptions,
+    initial_maps: torch.Tensor | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    prepared: PreparedSpectra | None = None,
+    checkpoint: Path | None = None,
+    poses: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> Result:
+    """:func:`classify_em3d` in one stage; ``poses`` (corrections, None for none yet): search the poses locally
+    from there (the search's grid from ``options``)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
     n = dataset.n_particles
@@ -561,9 +619,24 @@ def classify_em3d(
     if state is not None:  # the bands the run chose
         opt = replace(opt, resolution_limit_A=state.get("resolution_limit_A", opt.resolution_limit_A),
                       init_resolution_A=state.get("init_resolution_A", opt.init_resolution_A))  # fmt: skip
+    elif poses is not None and poses[0] is not None and opt.auto_band and opt.resolution_limit_A is None:
+        # the band from the consensus at the corrected poses; the classifier reads the data as read and corrects
+        full = prepared or PreparedSpectra(dataset, VolumeBand(dataset.box, dataset.box // 2), opt)
+        from .subtomo_local_pose import CorrectedSpectra  # lazy: it builds on this module
+
+        opt, view = _automatic_band(dataset, opt, CorrectedSpectra(full, *poses), info)
+        prepared = BandView(full, view.band) if isinstance(view, BandView) else full
     else:
         opt, prepared = _automatic_band(dataset, opt, prepared, info)
-    em = EM3DClassifier(dataset, opt, prepared)
+    if poses is not None:
+        from .local_pose import PoseSearch
+        from .subtomo_local_pose import LocalPoseEM3D
+
+        search = PoseSearch(opt.local_angles_deg, opt.local_shifts_px, opt.sigma_angles_deg, opt.sigma_shifts_px,
+                            n_iterations=opt.pose_search_iterations)  # fmt: skip
+        em = LocalPoseEM3D(dataset, opt, prepared, search, *poses)
+    else:
+        em = EM3DClassifier(dataset, opt, prepared)
     if state is not None:
         start = em.restore(state)
         info["resumed_from_iteration"] = start
@@ -582,7 +655,9 @@ def classify_em3d(
             em.initialise(labels=labels)
             if opt.init == "pca" and _tries_rare_starts(opt, n):
                 starts = {"pca": (labels, em.variability), **em.rare_state_starts(consensus)}
+                em.search_poses = False  # the starts are compared at the poses they all begin from
                 start = _best_start(em, starts, opt, progress, info)
+                em.search_poses = True
             if em.variability is not None:
                 info["variability_mask_fraction"] = round(float(em.variability.mean()), 4)
     run_iterations(em, n_iter=opt.n_iter, start=start, finished=is_finished(state, opt.n_iter),
@@ -592,10 +667,10 @@ def classify_em3d(
         method="em3d", options=asdict(opt), labels=em.posteriors.argmax(1), posteriors=em.posteriors,
         volumes=em.real_volumes(), pixel_size=dataset.pixel_size, log=em.log,
         extra={"sigma2": em.sigma2.float().numpy(), "seconds": time.perf_counter() - t0, "prepare_seconds": t_prep,
-               "prepared_spectra": em.source.source if isinstance(em.source, BandView) else em.source,
+               "prepared_spectra": em.prepared_source(),
                "e_step_limit_A": round(opt.resolution_limit_A or 2 * dataset.pixel_size, 2),
                "init_resolution_A": opt.init_resolution_A,
-               "noise_model": opt.noise_model, **info},
+               "noise_model": opt.noise_model, **info, **em.pose_corrections()},
     )  # fmt: skip
 
 

@@ -114,6 +114,53 @@ class PosePartialSums(PartialSums):
                                offset2=np.concatenate([self.offset2, other.offset2]))  # fmt: skip
 
 
+@dataclass
+class PosePosteriors:
+    """What the grid's log-likelihoods of B particles give: the pose-marginal log-likelihood per class ``[B, K]``,
+    the class posteriors ``[B, K]`` (numpy), the pose posteriors within each class ``[B, K, L S]``, the posterior
+    means of the squared total deviation (``angle2`` radians^2, ``offset2`` pixels^2, ``[B]`` numpy) and each
+    particle's best pose in its most probable class (``rotation [B, 3, 3]``, ``offset [B, 3]``: new corrections)."""
+
+    log_likelihood: torch.Tensor
+    posteriors: np.ndarray
+    pose_posteriors: torch.Tensor
+    angle2: np.ndarray
+    offset2: np.ndarray
+    rotation: torch.Tensor
+    offset: torch.Tensor
+
+
+def pose_posteriors(
+    ll: torch.Tensor,
+    particles: np.ndarray,
+    assign: Callable,
+    cur_rot: torch.Tensor,
+    cur_off: torch.Tensor,
+    grid: PoseGrid,
+    sigma_rad: float,
+    sigma_px: float,
+) -> PosePosteriors:
+    """Posteriors of a local search from the log-likelihoods ``ll [B, K, L, S]`` (float64) of particles
+    ``particles`` at every class, grid rotation and grid offset around their corrections ``cur_rot [B, 3, 3]``,
+    ``cur_off [B, 3]``, with the Gaussian prior on the total deviation from the pose read (module docstring),
+    normalised over the grid; ``assign(particles, ll_class)`` gives the class posteriors (the EM's rule)."""
+    b, k_cls, n_rot, n_off = ll.shape
+    ang2 = rotation_angle(cur_rot[:, None] @ grid.rotations[None]) ** 2  # [b, L]
+    off2 = ((cur_off[:, None] + grid.offsets[None]) ** 2).sum(-1)  # [b, S]
+    lp = -ang2[:, :, None] / (2 * sigma_rad**2) - off2[:, None, :] / (2 * sigma_px**2)
+    lp = lp - torch.logsumexp(lp.reshape(b, -1), 1)[:, None, None]
+    joint = (ll + lp[:, None]).reshape(b, k_cls, n_rot * n_off)
+    ll_class = torch.logsumexp(joint, -1)  # [b, K] pose-marginal log-likelihood
+    post = assign(particles, ll_class.numpy())  # [b, K]
+    pose_post = torch.softmax(joint, -1)  # [b, K, L S] within each class
+    moment = (torch.from_numpy(post)[:, :, None] * pose_post).sum(1).reshape(b, n_rot, n_off)
+    best_k = torch.from_numpy(post.argmax(1))
+    best = pose_post[torch.arange(b), best_k].argmax(-1)
+    return PosePosteriors(ll_class, post, pose_post, (moment.sum(2) * ang2).sum(1).numpy(),
+                          (moment.sum(1) * off2).sum(1).numpy(), cur_rot @ grid.rotations[best // n_off],
+                          cur_off + grid.offsets[best % n_off])  # fmt: skip
+
+
 def local_e_step(
     ds,
     particles: np.ndarray,
@@ -168,25 +215,11 @@ def local_e_step(
             ll = (-0.5 * r).view(b, t, k_cls, n_rot, n_off).sum(1).double()  # [b, K, L, S]
             norm = 0.5 * (p.valid * band.weight * log_s2).sum((-2, -1)).view(b, t).sum(1).double()
             ll = ll - norm[:, None, None, None]
-            # prior on the total deviation from the pose read, normalised over the grid
-            ang2 = rotation_angle(cur_rot[:, None] @ grid.rotations[None]) ** 2  # [b, L]
-            off2 = ((cur_off[:, None] + grid.offsets[None]) ** 2).sum(-1)  # [b, S]
-            lp = -ang2[:, :, None] / (2 * state.sigma_rad**2) - off2[:, None, :] / (2 * state.sigma_px**2)
-            lp = lp - torch.logsumexp(lp.reshape(b, -1), 1)[:, None, None]
-            joint = (ll + lp[:, None]).reshape(b, k_cls, n_rot * n_off)
-            ll_class = torch.logsumexp(joint, -1)  # [b, K] pose-marginal log-likelihood
-            post = state.assign(chunk, ll_class.numpy())  # [b, K]
-            pose_post = torch.softmax(joint, -1)  # [b, K, L S] within each class
-            post_t = torch.from_numpy(post)
-            moment = (post_t[:, :, None] * pose_post).sum(1).reshape(b, n_rot, n_off)
-            out["a2"].append((moment.sum(2) * ang2).sum(1).numpy())
-            out["o2"].append((moment.sum(1) * off2).sum(1).numpy())
-            best_k = post.argmax(1)
-            best = pose_post[torch.arange(b), torch.from_numpy(best_k)].argmax(-1)
-            out["rot"].append(cur_rot @ grid.rotations[best // n_off])
-            out["off"].append(cur_off + grid.offsets[best % n_off])
-            out["ll"].append(ll_class.numpy())
-            out["post"].append(post)
+            pp = pose_posteriors(ll, chunk, state.assign, cur_rot, cur_off, grid, state.sigma_rad, state.sigma_px)
+            pose_post, post_t = pp.pose_posteriors, torch.from_numpy(pp.posteriors)
+            for key, value in (("a2", pp.angle2), ("o2", pp.offset2), ("rot", pp.rotation), ("off", pp.offset),
+                               ("ll", pp.log_likelihood.numpy()), ("post", pp.posteriors)):  # fmt: skip
+                out[key].append(value)
             # M-step sums at each particle's most probable poses per class, and the noise power there
             top = pose_post.topk(min(state.top_poses, n_rot * n_off), dim=-1)
             g = post_t[:, :, None] * top.values / top.values.sum(-1, keepdim=True)  # [b, K, P]
@@ -241,42 +274,42 @@ class PoseSearch:
         return self.range_deg > 0 or self.range_px > 0
 
 
-class LocalPoseEM(EMClassifier):
-    """:class:`~.em2d.EMClassifier` whose E-step marginalises each particle's pose over a local grid."""
+class PoseTrack:
+    """Every particle's current pose correction (``rotation [N, 3, 3]``, ``offset [N, 3]`` pixels, float64), the
+    prior widths (degrees, pixels per axis) and the search's progress: what a local search keeps between
+    iterations, for the 2D EM (:class:`LocalPoseEM`) and the 3D EM alike."""
 
-    def __init__(self, dataset, options: EMOptions, search: PoseSearch, executor=None, focus_mask=None):
-        super().__init__(dataset, options, executor, focus_mask)
+    def __init__(self, n_particles: int, search: PoseSearch, rotation=None, offset=None):
         self.search = search
-        n = dataset.n_particles
-        self.rotation = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
-        self.offset = torch.zeros(n, 3, dtype=torch.float64)
+        eye = torch.eye(3, dtype=torch.float64).repeat(n_particles, 1, 1)
+        self.rotation = eye if rotation is None else rotation.double().clone()
+        self.offset = torch.zeros(n_particles, 3, dtype=torch.float64) if offset is None else offset.double().clone()
         self.sigma_deg = search.sigma_deg if search.sigma_deg is not None else max(search.range_deg / 2, 1e-3)
         self.sigma_px = search.sigma_px if search.sigma_px is not None else max(search.range_px / 2, 1e-3)
         self.pose_iteration = 0
 
-    def collect(self, assign: Callable, progress: Callable[[int], None] | None = None) -> PosePartialSums:
-        searching = self.pose_iteration < self.search.n_iterations
-        grid = pose_grid(self.search.range_deg if searching else 0.0, self.search.range_px if searching else 0.0,
-                         self.pose_iteration)  # fmt: skip
-        self._grid = grid
-        state = LocalEStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract, grid, self.rotation,
-                                self.offset, math.radians(self.sigma_deg), self.sigma_px,
-                                self.search.top_poses)  # fmt: skip
-        return map_partitions(local_e_step, self.ds, state, self.opt.partition_size, self.executor, self._cache,
-                              progress)  # fmt: skip
+    @property
+    def searching(self) -> bool:
+        return self.search.active and self.pose_iteration < self.search.n_iterations
 
-    def absorb(self, sums: PosePartialSums, order: np.ndarray) -> dict:
-        moved = rotation_angle(self.rotation.transpose(-1, -2) @ sums.rotation[order])
-        shifted = (sums.offset[order] - self.offset).norm(dim=-1)
-        self.rotation = sums.rotation[order]
-        self.offset = sums.offset[order]
-        # prior widths from the posterior moments (per axis), never below half the grid spacing
-        grid = self._grid
+    def grid(self) -> PoseGrid:
+        """This iteration's grid (a single pose once the searching iterations are done)."""
+        on = self.searching
+        return pose_grid(self.search.range_deg if on else 0.0, self.search.range_px if on else 0.0,
+                         self.pose_iteration)  # fmt: skip
+
+    def update(self, grid: PoseGrid, rotation: torch.Tensor, offset: torch.Tensor, angle2: np.ndarray,
+               offset2: np.ndarray) -> dict:  # fmt: skip
+        """Take the iteration's best poses (particle order) and posterior moments (``angle2`` radians^2,
+        ``offset2`` pixels^2); the prior widths are re-estimated per axis unless given, never below half the grid
+        spacing. Returns the log entries (``pose_changes``: fraction of particles whose pose moved)."""
+        moved = rotation_angle(self.rotation.transpose(-1, -2) @ rotation)
+        shifted = (offset - self.offset).norm(dim=-1)
+        self.rotation, self.offset = rotation, offset
         if self.search.sigma_deg is None and grid.step_deg > 0:
-            est = math.degrees(math.sqrt(float(sums.angle2.mean()) / 3))
-            self.sigma_deg = max(est, grid.step_deg / 2)
+            self.sigma_deg = max(math.degrees(math.sqrt(float(np.mean(angle2)) / 3)), grid.step_deg / 2)
         if self.search.sigma_px is None and grid.step_px > 0:
-            self.sigma_px = max(math.sqrt(float(sums.offset2.mean()) / 3), grid.step_px / 2)
+            self.sigma_px = max(math.sqrt(float(np.mean(offset2)) / 3), grid.step_px / 2)
         self.pose_iteration += 1
         angle = torch.rad2deg(rotation_angle(self.rotation)).numpy()
         shift = self.offset.norm(dim=-1).numpy()
@@ -288,19 +321,47 @@ class LocalPoseEM(EMClassifier):
                 "median_moved_deg": round(float(np.degrees(np.median(moved.numpy()))), 3),
                 "pose_changes": float(((moved > 1e-9) | (shifted > 1e-9)).float().mean())}  # fmt: skip
 
-    def state(self, iteration: int, finished: bool = False) -> dict:
-        return {**super().state(iteration, finished), "pose_rotation": self.rotation, "pose_offset": self.offset,
-                "sigma_angles_deg": self.sigma_deg, "sigma_shifts_px": self.sigma_px,
-                "pose_iteration": self.pose_iteration}  # fmt: skip
+    def state(self) -> dict:
+        return {"pose_rotation": self.rotation, "pose_offset": self.offset, "sigma_angles_deg": self.sigma_deg,
+                "sigma_shifts_px": self.sigma_px, "pose_iteration": self.pose_iteration}  # fmt: skip
 
     def restore(self, state: dict) -> None:
         self.rotation, self.offset = state["pose_rotation"], state["pose_offset"]
         self.sigma_deg, self.sigma_px = state["sigma_angles_deg"], state["sigma_shifts_px"]
         self.pose_iteration = state["pose_iteration"]
 
-    def pose_corrections(self) -> dict:
+    def corrections(self) -> dict:
         """``pose_rotation`` ``[N, 3, 3]`` and ``pose_offset_px`` ``[N, 3]`` (:mod:`tomohet.data.poses`)."""
         return {"pose_rotation": self.rotation, "pose_offset_px": self.offset}
+
+
+class LocalPoseEM(EMClassifier):
+    """:class:`~.em2d.EMClassifier` whose E-step marginalises each particle's pose over a local grid."""
+
+    def __init__(self, dataset, options: EMOptions, search: PoseSearch, executor=None, focus_mask=None):
+        super().__init__(dataset, options, executor, focus_mask)
+        self.search = search
+        self.poses = PoseTrack(dataset.n_particles, search)
+
+    def collect(self, assign: Callable, progress: Callable[[int], None] | None = None) -> PosePartialSums:
+        self._grid = grid = self.poses.grid()
+        pt = self.poses
+        state = LocalEStepState(self.volumes, self.sigma2, self.opt, assign, self.subtract, grid, pt.rotation,
+                                pt.offset, math.radians(pt.sigma_deg), pt.sigma_px, self.search.top_poses)  # fmt: skip
+        return map_partitions(local_e_step, self.ds, state, self.opt.partition_size, self.executor, self._cache,
+                              progress)  # fmt: skip
+
+    def absorb(self, sums: PosePartialSums, order: np.ndarray) -> dict:
+        return self.poses.update(self._grid, sums.rotation[order], sums.offset[order], sums.angle2, sums.offset2)
+
+    def state(self, iteration: int, finished: bool = False) -> dict:
+        return {**super().state(iteration, finished), **self.poses.state()}
+
+    def restore(self, state: dict) -> None:
+        self.poses.restore(state)
+
+    def pose_corrections(self) -> dict:
+        return self.poses.corrections()
 
 
 def compose_corrections(

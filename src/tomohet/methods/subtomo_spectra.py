@@ -21,7 +21,7 @@ from ..physics.bands import VolumeBand, rfft3_half
 from ..physics.forward import batch_transfer_functions
 from ..physics.fourier import crop_to, fft3_centered, ifft3_centered, pad_to, rfft2_centered, shift_phase_2d
 from ..physics.insertion import band_points, slice_points, trilinear_corners
-from ..physics.projector import gridding_correction
+from ..physics.projector import VolumeProjector, gridding_correction
 from ..physics.subtomogram import to_fftw_half
 
 if TYPE_CHECKING:
@@ -189,39 +189,28 @@ class BandView:
 
 
 class ClassReferences:
-    """The class maps as in-band spectra ``[K, P]`` and, for particles in their own frame, a 2x padded,
-    gridding-precorrected spectrum sampled at ``R_i^T k`` (trilinear ``grid_sample``, as
-    :class:`~tomohet.physics.projector.VolumeProjector` does for slices)."""
+    """The class maps as in-band spectra ``[K, P]`` and, for particles in their own frame, the same maps sampled at
+    ``R_i^T k`` by the shared projector's trilinear interpolation on a ``pad`` x zero-padded, gridding-precorrected
+    spectrum (:meth:`~tomohet.physics.projector.VolumeProjector.sample`)."""
 
     def __init__(self, band: VolumeBand, vols: torch.Tensor, pad: int = 2):
         self.band = band
         self.vols = vols  # [K, P] complex128
         self.pad = pad
-        self._ft: torch.Tensor | None = None
-
-    def _grid(self) -> torch.Tensor:
-        if self._ft is None:
-            g = self.band.d * self.pad
-            real = pad_to(self.band.to_real(self.vols), g, 3) / gridding_correction(g)
-            ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(real, dim=(-3, -2, -1)), dim=(-3, -2, -1)),
-                                    dim=(-3, -2, -1))  # fmt: skip
-            k = ft.shape[0]
-            self._ft = torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(1, 2 * k, g, g, g).contiguous()
-        return self._ft
+        self._projector: VolumeProjector | None = None
 
     def sample(self, rot: torch.Tensor | None) -> torch.Tensor:
         """Class spectra seen by each particle: ``[B, K, P]`` complex128 (``[1, K, P]`` when ``rot`` is None)."""
-        if rot is None:
-            return self.vols[None]
-        src = self._grid()
-        g = src.shape[-1]
-        k = self.vols.shape[0]
-        b = rot.shape[0]
+        return self.sample_single(rot).to(torch.complex128) if rot is not None else self.vols[None]
+
+    def sample_single(self, rot: torch.Tensor) -> torch.Tensor:
+        """:meth:`sample` in single precision (``[B, K, P]`` complex64), for the many rotations of a search."""
+        if self._projector is None:
+            self._projector = VolumeProjector(self.band.to_real(self.vols), oversampling=self.pad)
+        k, b = self.vols.shape[0], rot.shape[0]
         q = torch.einsum("bji,pj->bpi", rot.float(), self.band.freq.float())  # R_i^T k, (x, y, z)
-        grid = ((q * self.pad + g // 2) * (2.0 / (g - 1)) - 1.0)[None, None]  # [1, 1, B, P, 3]
-        s = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=True)  # [1, 2K, 1, B, P]
-        s = s.reshape(k, 2, b, -1).permute(2, 0, 3, 1).double()
-        return torch.complex(s[..., 0], s[..., 1])
+        s = self._projector.sample(q.reshape(-1, 3)).view(b, -1, k, 2)
+        return torch.view_as_complex(s.permute(0, 2, 1, 3).contiguous())
 
 
 def wedge_difference_volumes(

@@ -82,10 +82,28 @@ class VolumeProjector:
         Trilinear interpolation at ``(G/D) A^T (kx, ky, 0)`` of the in-band pixels (radius < M/2, zero
         outside), the same values as ``grid_sample(align_corners=True)`` on the oversampled grid; ``chunk``
         bounds the number of pixels interpolated at once (memory)."""
-        d, g, k = self.out_size, self._table_size, self.n_volumes
+        d, k = self.out_size, self.n_volumes
         idx, _, _ = band_points(d, d * self._scale, rotations.device)
         b = rotations.shape[0]
         c = slice_points(rotations, d, d * self._scale, centre=self._centre)  # [B*n, 3] (x, y, z) voxels
+        vals = self._interpolate(c, chunk)
+        out = torch.zeros(k, b, d * (d // 2 + 1), dtype=torch.complex64, device=c.device)
+        per_volume = vals.view(b, -1, k, 2)
+        for j in range(k):  # volume by volume: no transposed copy of all values at once
+            out[j][:, idx] = torch.view_as_complex(per_volume[:, :, j])
+        ft = out.reshape(k, b, d, d // 2 + 1)
+        return ft if self.stacked else ft[0]
+
+    def sample(self, points: torch.Tensor, chunk: int = 1 << 17) -> torch.Tensor:
+        """The volumes' spectra at 3D frequencies ``points [N, 3]`` (x, y, z, in Fourier voxels of the D grid,
+        zero at the centre; ``|k| < out_size / 2``): ``[N, K, 2]`` float32 (real, imaginary), by the trilinear
+        interpolation of :meth:`project_ft` (a central section is the special case ``A^T (kx, ky, 0)``)."""
+        c = points.to(torch.float32) * self._scale + self._centre
+        return self._interpolate(c, chunk).view(-1, self.n_volumes, 2)
+
+    def _interpolate(self, c: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Trilinear values ``[N, 2K]`` at table coordinates ``c [N, 3]`` (x, y, z voxels of the kept cube)."""
+        g, k = self._table_size, self.n_volumes
         vals = torch.empty(c.shape[0], 2 * k, dtype=torch.float32, device=c.device)
         g1 = g + 1  # the padded table's size
         offsets = [(oz * g1 + oy) * g1 + ox for oz in (0, 1) for oy in (0, 1) for ox in (0, 1)]
@@ -104,12 +122,7 @@ class VolumeProjector:
                     for ox in (0, 1):
                         acc.addcmul_(self._table.index_select(0, flat + offsets[corner]), wzy * wx[ox])
                         corner += 1
-        out = torch.zeros(k, b, d * (d // 2 + 1), dtype=torch.complex64, device=c.device)
-        per_volume = vals.view(b, -1, k, 2)
-        for j in range(k):  # volume by volume: no transposed copy of all values at once
-            out[j][:, idx] = torch.view_as_complex(per_volume[:, :, j])
-        ft = out.reshape(k, b, d, d // 2 + 1)
-        return ft if self.stacked else ft[0]
+        return vals
 
     def project(self, rotations: torch.Tensor) -> torch.Tensor:
         """Real-space projections ``[B, D, D]`` (sum along the rotated z axis, in volume units)."""
