@@ -1,4 +1,5 @@
-"""Bayesian EM classification of 3D subtomograms with their per-voxel weights (given poses, no alignment).
+"""Bayesian EM classification of 3D subtomograms with their per-voxel weights (poses as given, or searched locally
+by :mod:`.subtomo_local_pose`).
 
 Data. Particle ``i`` is a subtomogram with a per-voxel weight, in one internal form (reference frame, D grid,
 FFTW half layout ``[D, D, D//2+1]``, only the coefficients inside the E-step band are kept):
@@ -20,8 +21,8 @@ the E-step is two matrix products ``[B, P] x [P, K]`` and the M-step a posterior
 File subtomograms live in their tomogram frame, ``subtomo_i(x) = V(R_i^T x)``, so ``S_i(k) = V(R_i^T k)``:
 
 - E-step (where accuracy decides the classes): the data stay exactly as recorded and the K references are rotated
-  into each particle's frame, ``V_k(R_i^T k)``, by trilinear ``grid_sample`` on a 2x zero-padded,
-  gridding-precorrected spectrum (the conventions of :class:`~tomohet.physics.projector.VolumeProjector`; the
+  into each particle's frame, ``V_k(R_i^T k)``, by the shared projector's trilinear interpolation on a 2x
+  zero-padded, gridding-precorrected spectrum (:meth:`~tomohet.physics.projector.VolumeProjector.sample`; the
   references are smooth and masked, so this is accurate). Measured: its log-likelihood differences correlate
   0.996 with the exact 2D-stack likelihood of the oracle given the true maps.
 - M-step and initial PCA: the data and weights are resampled *once* into the reference frame,
@@ -598,6 +599,21 @@ def _searches_poses(opt: EM3DOptions) -> bool:
     return opt.local_angles_deg > 0 or opt.local_shifts_px > 0
 
 
+def _view_for(dataset, opt: EM3DOptions, prepared: PreparedSpectra | None):
+    """``prepared`` seen on the band of ``opt`` (itself, a band view of it, or None when it is of another dataset,
+    batch size or oversampling, or does not cover that band)."""
+    if prepared is None or prepared.ds is not dataset:
+        return None
+    if (prepared.opt.batch_size, prepared.opt.oversampling) != (opt.batch_size, opt.oversampling):
+        return None
+    band = prepare_em3d(dataset, opt).band
+    if torch.equal(prepared.band.idx, band.idx):
+        return prepared
+    if bool((prepared.band.lookup[band.idx] < 0).any()):
+        return None
+    return BandView(prepared, band)
+
+
 def _classify_em3d(
     dataset,
     options: EM3DOptions,
@@ -619,13 +635,14 @@ def _classify_em3d(
     if state is not None:  # the bands the run chose
         opt = replace(opt, resolution_limit_A=state.get("resolution_limit_A", opt.resolution_limit_A),
                       init_resolution_A=state.get("init_resolution_A", opt.init_resolution_A))  # fmt: skip
+        prepared = _view_for(dataset, opt, prepared)
     elif poses is not None and poses[0] is not None and opt.auto_band and opt.resolution_limit_A is None:
         # the band from the consensus at the corrected poses; the classifier reads the data as read and corrects
-        full = prepared or PreparedSpectra(dataset, VolumeBand(dataset.box, dataset.box // 2), opt)
         from .subtomo_local_pose import CorrectedSpectra  # lazy: it builds on this module
 
+        full = _view_for(dataset, replace(opt, resolution_limit_A=None), prepared) or prepare_em3d(dataset, opt)
         opt, view = _automatic_band(dataset, opt, CorrectedSpectra(full, *poses), info)
-        prepared = BandView(full, view.band) if isinstance(view, BandView) else full
+        prepared = _view_for(dataset, opt, full)
     else:
         opt, prepared = _automatic_band(dataset, opt, prepared, info)
     if poses is not None:
