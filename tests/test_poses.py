@@ -86,6 +86,18 @@ def test_pose_grid_is_a_centred_ball_refined_coarse_to_fine():
     assert len(none.rotations) == 1 and len(none.offsets) == 1
 
 
+def _assert_errors_undone(error: torch.Tensor, shift: torch.Tensor, res, final) -> None:
+    """The recovered corrections D undo the errors E (E D = I) within the last grid step (``final``), up to the
+    common rotation and shift that the maps, re-estimated from the particles, are free to take (the frame of a
+    reconstruction is arbitrary); the errors were 5 degrees and ~1.6 px."""
+    undone = error @ res.extra["pose_rotation"]
+    u, _, vt = torch.linalg.svd(undone.mean(0))
+    residual = np.degrees(rotation_angle((u @ vt).T @ undone).numpy())
+    assert np.median(residual) < 1.5 * final.step_deg and residual.max() < 3 * final.step_deg
+    centre = torch.einsum("nij,nj->ni", undone, res.extra["pose_offset_px"]) + torch.einsum("nij,nj->ni", error, shift)
+    assert np.median((centre - centre.mean(0)).norm(dim=-1).numpy()) < final.step_px
+
+
 def test_local_search_brings_a_known_pose_error_back_within_the_grid_step(tmp_path):
     layout, truth = simulate_preset("smoke", tmp_path, seed=3, n_particles=24, snr=2.0)
     ds = read_relion5(layout.optimisation_set)
@@ -98,15 +110,7 @@ def test_local_search_brings_a_known_pose_error_back_within_the_grid_step(tmp_pa
     opts = EMOptions(n_classes=2, n_iter=5, init="maps", local_angles_deg=8.0, local_shifts_px=2.0, tol_changes=0,
                      resolution_limit_A=24.0, init_lowpass_A=24.0)  # fmt: skip
     res = classify_em2d(wrong, opts, initial_maps=maps)
-    final = pose_grid(8.0, 2.0, 4)
-    # the recovered correction D undoes the error E (E D = I) up to the common rotation and shift that the maps,
-    # re-estimated from the particles, are free to take (the frame of a reconstruction is arbitrary)
-    undone = error @ res.extra["pose_rotation"]
-    u, _, vt = torch.linalg.svd(undone.mean(0))
-    residual = np.degrees(rotation_angle((u @ vt).T @ undone).numpy())
-    assert np.median(residual) < 1.5 * final.step_deg and residual.max() < 3 * final.step_deg  # error was 5 deg
-    centre = torch.einsum("nij,nj->ni", undone, res.extra["pose_offset_px"]) + torch.einsum("nij,nj->ni", error, shift)
-    assert np.median((centre - centre.mean(0)).norm(dim=-1).numpy()) < final.step_px
+    _assert_errors_undone(error, shift, res, pose_grid(8.0, 2.0, 4))
     assert (res.labels == truth["state"].to_numpy()).all()
     # without the search the same maps cannot explain the images as well
     plain = classify_em2d(wrong, EMOptions(n_classes=2, n_iter=5, init="maps", tol_changes=0, resolution_limit_A=24.0,
@@ -237,14 +241,7 @@ def test_em3d_local_search_brings_a_known_pose_error_back_on_subtomograms(wrong_
     _, sub, maps, error, shift, states = wrong_subtomograms
     common = dict(n_classes=2, n_iter=5, init="maps", tol_changes=0, resolution_limit_A=24.0, init_lowpass_A=24.0)
     res = classify_em3d(sub, EM3DOptions(**common, local_angles_deg=8.0, local_shifts_px=2.0), initial_maps=maps)
-    final = pose_grid(8.0, 2.0, 4)
-    # as the 2D search: D undoes E up to the common rotation and shift the re-estimated maps may take
-    undone = error @ res.extra["pose_rotation"]
-    u, _, vt = torch.linalg.svd(undone.mean(0))
-    residual = np.degrees(rotation_angle((u @ vt).T @ undone).numpy())
-    assert np.median(residual) < 1.5 * final.step_deg and residual.max() < 3 * final.step_deg  # error was 5 deg
-    centre = torch.einsum("nij,nj->ni", undone, res.extra["pose_offset_px"]) + torch.einsum("nij,nj->ni", error, shift)
-    assert np.median((centre - centre.mean(0)).norm(dim=-1).numpy()) < final.step_px
+    _assert_errors_undone(error, shift, res, pose_grid(8.0, 2.0, 4))
     assert (res.labels == states).all()
     plain = classify_em3d(sub, EM3DOptions(**common), initial_maps=maps)
     assert res.log[-1]["log_likelihood"] > plain.log[-1]["log_likelihood"]

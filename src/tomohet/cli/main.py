@@ -15,6 +15,9 @@ from .options import check_classify, check_simulate
 from .runlog import console
 
 PIXEL_SIZE_HELP = "pixel size of the particle images (A), overriding the one in the star file"
+# the prior of a local pose search (classify, refine, landscape)
+SIGMA_ANGLES = typer.Option(None, help="prior width (degrees per axis) of the pose deviation (default: estimated)")
+SIGMA_SHIFTS = typer.Option(None, help="prior width (pixels per axis) of the centre deviation (default: estimated)")
 
 app = typer.Typer(
     add_completion=False,
@@ -202,12 +205,8 @@ def classify(
         0.0, help="local pose search: range (degrees) of the first rotation grid around each pose (em, em3d; 0: none)"
     ),
     local_shifts: float = typer.Option(0.0, help="local search of the particle centre: range in pixels (em, em3d)"),
-    sigma_angles: float | None = typer.Option(
-        None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
-    ),
-    sigma_shifts: float | None = typer.Option(
-        None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
-    ),
+    sigma_angles: float | None = SIGMA_ANGLES,
+    sigma_shifts: float | None = SIGMA_SHIFTS,
     rare_starts: int | None = typer.Option(
         None,
         help="em, em3d: coherent groups of 5% of the particles tried as a class of their own beside the PCA start "
@@ -243,12 +242,8 @@ def refine(
     iterations: int = typer.Option(6, help="EM iterations (the search grid is refined over the first three)"),
     local_angles: float = typer.Option(6.0, help="range (degrees) of the first rotation grid around each pose"),
     local_shifts: float = typer.Option(2.0, help="range (pixels) of the first grid of particle-centre offsets"),
-    sigma_angles: float | None = typer.Option(
-        None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
-    ),
-    sigma_shifts: float | None = typer.Option(
-        None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
-    ),
+    sigma_angles: float | None = SIGMA_ANGLES,
+    sigma_shifts: float | None = SIGMA_SHIFTS,
     seed: int = typer.Option(0, help="random seed"),
     max_dose: float | None = typer.Option(None, help="ignore images with more pre-exposure (e/A^2)"),
     resolution_limit: float | None = typer.Option(
@@ -320,12 +315,8 @@ def landscape(
         0.0, help="refine the poses first (one class, local searches): range (degrees) of the first rotation grid"
     ),
     local_shifts: float = typer.Option(0.0, help="refine the particle centres first: range in pixels"),
-    sigma_angles: float | None = typer.Option(
-        None, help="prior width (degrees per axis) of the pose deviation (default: estimated from the data)"
-    ),
-    sigma_shifts: float | None = typer.Option(
-        None, help="prior width (pixels per axis) of the centre deviation (default: estimated from the data)"
-    ),
+    sigma_angles: float | None = SIGMA_ANGLES,
+    sigma_shifts: float | None = SIGMA_SHIFTS,
 ) -> None:
     """Continuous landscape: latent.csv, component maps and maps along each component, explained variance,
     latent plots; with --clusters, particles.star with rlnClassNumber and per-cluster maps; result.json.
