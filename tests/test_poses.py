@@ -283,3 +283,23 @@ def test_landscape_refines_the_poses_first_when_asked(posed, tmp_path):
     written = read_relion5(tmp_path / "l" / "optimisation_set.star").tables["particles_blocks"]["particles"]
     assert "rlnOriginXPriorAngst" in written  # the particles carry the refined centres, the ones read as priors
     assert not np.allclose(written["rlnOriginXAngst"], written["rlnOriginXPriorAngst"])
+
+
+def test_refine_command_on_subtomograms(wrong_subtomograms, tmp_path):
+    from tomohet.data.subtomo import read_subtomograms
+
+    star, sub, _, error, _, _ = wrong_subtomograms
+    res = CliRunner().invoke(app, ["refine", str(star), "--out", str(tmp_path / "r"), "--iterations", "4",
+                                   "--local-angles", "8"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result["resolution_after_A"] < result["resolution_before_A"]
+    poses = pd.read_csv(tmp_path / "r" / "poses.csv")
+    d = torch.from_numpy(poses[[f"d{i}{j}" for i in range(3) for j in range(3)]].to_numpy()).reshape(-1, 3, 3)
+    undone = error @ d  # each written pose was 5 degrees off; the refined ones agree up to a common rotation
+    u, _, vt = torch.linalg.svd(undone.mean(0))
+    assert np.median(np.degrees(rotation_angle((u @ vt).T @ undone).numpy())) < 2.0
+    back = read_subtomograms(tmp_path / "r" / "particles.star")
+    assert torch.allclose(back.rotations.double(), sub.rotations.double() @ d, atol=1e-4)
+    bad = CliRunner().invoke(app, ["refine", str(star), "--out", str(tmp_path / "t"), "--tilt-shifts"])
+    assert bad.exit_code != 0 and "--tilt-shifts" in bad.output

@@ -237,7 +237,9 @@ def classify(
 
 @app.command()
 def refine(
-    input: Path = typer.Argument(..., help="optimisation set, RELION 5 particles star or Warp v1 image-series star"),
+    input: Path = typer.Argument(
+        ..., help="optimisation set, RELION 5 particles star, Warp v1 image-series star or RELION 3.1/4 subtomograms"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes from its checkpoint)"),
     iterations: int = typer.Option(6, help="EM iterations (the search grid is refined over the first three)"),
     local_angles: float = typer.Option(6.0, help="range (degrees) of the first rotation grid around each pose"),

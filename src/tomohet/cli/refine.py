@@ -1,5 +1,6 @@
-"""``tomohet refine``: homogeneous local pose refinement (one class, local searches), so that poses can be improved
-before classifying; the consensus map before and after, the refined poses written back."""
+"""``tomohet refine``: homogeneous local pose refinement (one class, local searches; 2D tilt stacks or 3D
+subtomograms), so that poses can be improved before classifying; the consensus map before and after, the refined
+poses written back."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..data.mrc import read_volume, write_volume
 from ..data.poses import apply_tilt_shifts, relion5_shifted_tomograms
 from ..data.truth import find_ground_truth, has_pose_errors, load_truth, true_geometry
 from ..errors import InputError
+from ..methods.em3d import subtomogram_class_maps
 from ..methods.iteration import stage_ticker
 from ..methods.pose_refinement import refine_poses
 from ..methods.tilt_shifts import estimate_tilt_shifts
@@ -56,16 +58,22 @@ def run_refine(
 
 def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
     with run.timed("read"):
-        ds = read_input(input_path, a["tomograms"], a["pixel_size"], stacks_only=True)
+        ds = read_input(input_path, a["tomograms"], a["pixel_size"])
     run.log.info("%s", ds.summary())
+    subtomograms = ds.kind == "3d"
+    if subtomograms and (a["tilt_shifts"] or a["max_dose"] is not None):
+        flag = "--tilt-shifts" if a["tilt_shifts"] else "--max-dose"
+        raise InputError(input_path, "3D subtomograms have no tilt images: refine them without --tilt-shifts or "
+                         "--max-dose", flag)  # fmt: skip
     check_max_dose(ds, a["max_dose"])
+    n_images = ds.n_particles if subtomograms else ds.n_images
     checkpoint = out / "checkpoint.pt"
     if a["overwrite"]:
         checkpoint.unlink(missing_ok=True)
     with run.progress() as prog:
-        progress = stage_reporter(prog, ds.n_particles, ds.n_images, "images")
+        progress = stage_reporter(prog, ds.n_particles, n_images, "subtomograms" if subtomograms else "images")
         with run.timed("map_before"):
-            before = reconstruct(ds, progress=stage_ticker(progress, "map with the poses read", ds.n_particles))
+            before = _consensus(ds, stage_ticker(progress, "map with the poses read", ds.n_particles))
         with run.timed("refine"):
             result = refine_poses(ds, a["local_angles"], a["local_shifts"], a["sigma_angles"], a["sigma_shifts"],
                                   a["n_iter"], a["seed"], a["max_dose"], a["resolution_limit"], progress,
@@ -81,7 +89,7 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
                                               progress=tick)  # fmt: skip
             posed = posed_tilt_shifts(posed, shifts, out, run)
         with run.timed("map_after"):
-            after = reconstruct(posed, progress=stage_ticker(progress, "map with the refined poses", ds.n_particles))
+            after = _consensus(posed, stage_ticker(progress, "map with the refined poses", ds.n_particles))
     for e in result.log:
         run.log.info("iteration %d: grid %.2f deg / %.2f px, prior %.2f deg / %.2f px, median correction %.2f deg / "
                      "%.2f px, poses moved %.1f%% (%.1f s)", e["iteration"], e["pose_step_deg"], e["shift_step_px"],
@@ -98,14 +106,14 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
     plot_central_slices(out / "map_slices.png", after.filtered.numpy(), f"{input_path.name}: refined poses")
     next_input = write_annotated(posed, out, {})
     run.log.info("resolution %.1f A -> %.1f A (FSC 0.143 of the half maps)", before.resolution, after.resolution)
-    rate = np.mean([ds.n_images * e["grid_poses"] / max(e["seconds"], 1e-9) for e in result.log])
+    rate = np.mean([n_images * e["grid_poses"] / max(e["seconds"], 1e-9) for e in result.log])
     fields = {"resolution_before_A": before.resolution, "resolution_after_A": after.resolution,
               "poses": pose_summary(result), "iterations": result.log, "next_input": str(Path(next_input).name),
               "e_step_limit_A": result.extra.get("e_step_limit_A"), "working_box": result.extra.get("working_box"),
-              "images_x_poses_per_s": round(float(rate), 1)}  # fmt: skip
+              f"{'subtomograms' if subtomograms else 'images'}_x_poses_per_s": round(float(rate), 1)}  # fmt: skip
     if shifts is not None:
         fields["tilt_shifts"] = {"file": "tilt_shifts.csv", "rms_px": shifts.rms_px}
-    truth_path = find_ground_truth(input_path)
+    truth_path = None if subtomograms else find_ground_truth(input_path)  # truth scores the stacks it was made for
     if truth_path is not None:
         try:
             truth = load_truth(truth_path, ds.names)
@@ -123,6 +131,13 @@ def _refine(run: Run, out: Path, input_path: Path, a: dict) -> dict:
                     truth_path.parent / "tilt_shifts_truth.csv", shifts, ds.pixel_size, run
                 )
     return json.loads(run.finish("refine", a["seed"], **fields).read_text())
+
+
+def _consensus(ds, progress):
+    """The gold-standard consensus map (half maps, FSC, filtered map) of 2D stacks or subtomograms."""
+    if ds.kind == "3d":
+        return subtomogram_class_maps(ds, np.zeros(ds.n_particles, dtype=int), 1)[0]
+    return reconstruct(ds, progress=progress)
 
 
 def posed_tilt_shifts(posed, shifts, out: Path, run: Run):
