@@ -65,6 +65,7 @@ def summarise(case: str, method: str, res: dict) -> dict:
     m = res.get("metrics", {})
     row = {"case": case, "method": method, "wall_s": res["timings_s"]["total"],
            "fit_s": res["timings_s"].get("landscape"), "peak_memory_mb": res["peak_memory_mb"],
+           "peak_anonymous_memory_mb": res.get("peak_anonymous_memory_mb"), "timings_s": res["timings_s"],
            "images_per_s_per_pass": res.get("images_per_s_per_iteration"), "working_box": res.get("working_box"),
            "e_step_limit_A": res.get("e_step_limit_A"), "iterations": len(res.get("iterations", []))}  # fmt: skip
     if "method" in m:
