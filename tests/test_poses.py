@@ -245,6 +245,11 @@ def test_em3d_local_search_brings_a_known_pose_error_back_on_subtomograms(wrong_
     assert (res.labels == states).all()
     plain = classify_em3d(sub, EM3DOptions(**common), initial_maps=maps)
     assert res.log[-1]["log_likelihood"] > plain.log[-1]["log_likelihood"]
+    # the search does not depend on how the particles are chunked
+    other = classify_em3d(sub, EM3DOptions(**common, local_angles_deg=8.0, local_shifts_px=2.0, batch_size=5),
+                          initial_maps=maps)  # fmt: skip
+    assert torch.allclose(other.extra["pose_rotation"], res.extra["pose_rotation"], atol=1e-6)
+    assert torch.allclose(other.extra["pose_offset_px"], res.extra["pose_offset_px"], atol=1e-6)
 
 
 def test_em3d_with_local_searches_writes_refined_poses_into_the_subtomogram_star(wrong_subtomograms, tmp_path):
