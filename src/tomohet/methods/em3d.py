@@ -581,14 +581,18 @@ def classify_em3d(
     if not _searches_poses(opt):
         return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint)
     if opt.n_classes == 1 or initial_maps is not None or opt.init == "maps":
-        return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint, poses=(None, None))
+        return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint, poses=(None, None, None))
     first = replace(opt, n_classes=1, init="random", n_iter=opt.pose_search_iterations)
     pose_checkpoint = None if checkpoint is None else Path(checkpoint).with_name(Path(checkpoint).stem + "_poses.pt")
     stage = None if progress is None else (lambda name, done, total: progress(f"poses: {name}", done, total))
-    pre = _classify_em3d(dataset, first, None, stage, prepared, pose_checkpoint, poses=(None, None))
+    pre = _classify_em3d(dataset, first, None, stage, prepared, pose_checkpoint, poses=(None, None, None))
     second = replace(opt, local_angles_deg=opt.local_angles_deg / 4, local_shifts_px=opt.local_shifts_px / 4,
                      pose_search_iterations=min(CLASS_POSE_ITERATIONS, opt.pose_search_iterations))  # fmt: skip
-    poses = (pre.extra["pose_rotation"], pre.extra["pose_offset_px"])
+    # the class stage searches the same corrections further, with the prior widths the first stage estimated (the
+    # prior is on the deviation from the pose read, which the refined poses already are ~3 degrees away from)
+    last = pre.log[-1] if pre.log else {}
+    widths = (last["sigma_angles_deg"], last["sigma_shifts_px"]) if "sigma_angles_deg" in last else None
+    poses = (pre.extra["pose_rotation"], pre.extra["pose_offset_px"], widths)
     res = _classify_em3d(dataset, second, None, progress, pre.extra["prepared_spectra"], checkpoint, poses=poses)
     res.options = asdict(opt)
     res.extra.update(pose_refinement_seconds=round(pre.extra["seconds"], 2), pose_refinement_log=pre.log)
@@ -621,10 +625,10 @@ def _classify_em3d(
     progress: Callable[[str, int, int], None] | None = None,
     prepared: PreparedSpectra | None = None,
     checkpoint: Path | None = None,
-    poses: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    poses: tuple | None = None,
 ) -> Result:
-    """:func:`classify_em3d` in one stage; ``poses`` (corrections, None for none yet): search the poses locally
-    from there (the search's grid from ``options``)."""
+    """:func:`classify_em3d` in one stage; ``poses`` (rotation and offset corrections and prior widths, None for
+    none yet): search the poses locally from there (the search's grid from ``options``)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
     n = dataset.n_particles
@@ -641,7 +645,7 @@ def _classify_em3d(
         from .subtomo_local_pose import CorrectedSpectra  # lazy: it builds on this module
 
         full = _view_for(dataset, replace(opt, resolution_limit_A=None), prepared) or prepare_em3d(dataset, opt)
-        opt, view = _automatic_band(dataset, opt, CorrectedSpectra(full, *poses), info)
+        opt, view = _automatic_band(dataset, opt, CorrectedSpectra(full, *poses[:2]), info)
         prepared = _view_for(dataset, opt, full)
     else:
         opt, prepared = _automatic_band(dataset, opt, prepared, info)

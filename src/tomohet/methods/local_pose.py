@@ -279,13 +279,17 @@ class PoseTrack:
     prior widths (degrees, pixels per axis) and the search's progress: what a local search keeps between
     iterations, for the 2D EM (:class:`LocalPoseEM`) and the 3D EM alike."""
 
-    def __init__(self, n_particles: int, search: PoseSearch, rotation=None, offset=None):
+    def __init__(self, n_particles: int, search: PoseSearch, rotation=None, offset=None, widths=None):
+        """``rotation`` / ``offset``: corrections to start from (None: the poses as read); ``widths``: the prior
+        widths (degrees, pixels) to start from where the search estimates them (default: half the ranges), e.g.
+        those an earlier search of the same corrections ended with."""
         self.search = search
         eye = torch.eye(3, dtype=torch.float64).repeat(n_particles, 1, 1)
         self.rotation = eye if rotation is None else rotation.double().clone()
         self.offset = torch.zeros(n_particles, 3, dtype=torch.float64) if offset is None else offset.double().clone()
-        self.sigma_deg = search.sigma_deg if search.sigma_deg is not None else max(search.range_deg / 2, 1e-3)
-        self.sigma_px = search.sigma_px if search.sigma_px is not None else max(search.range_px / 2, 1e-3)
+        start_deg, start_px = widths or (max(search.range_deg / 2, 1e-3), max(search.range_px / 2, 1e-3))
+        self.sigma_deg = search.sigma_deg if search.sigma_deg is not None else start_deg
+        self.sigma_px = search.sigma_px if search.sigma_px is not None else start_px
         self.pose_iteration = 0
 
     @property

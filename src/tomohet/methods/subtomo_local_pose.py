@@ -165,13 +165,14 @@ def search_pass(
 class LocalPoseEM3D(EM3DClassifier):
     """:class:`~.em3d.EM3DClassifier` that reads its subtomograms with pose corrections (:class:`CorrectedSpectra`)
     and searches them locally in its first ``search.n_iterations`` iterations (:func:`search_pass`), then runs at
-    the poses found. ``rotation`` / ``offset``: corrections to start from (None: the poses as read);
-    ``search_poses`` False pauses the search (while the starts are compared)."""
+    the poses found. ``rotation`` / ``offset`` / ``widths``: corrections and prior widths to start from
+    (:class:`~.local_pose.PoseTrack`); ``search_poses`` False pauses the search (while the starts are compared)."""
 
-    def __init__(self, dataset, options: EM3DOptions, prepared, search: PoseSearch, rotation=None, offset=None):
+    def __init__(self, dataset, options: EM3DOptions, prepared, search: PoseSearch, rotation=None, offset=None,
+                 widths=None):  # fmt: skip
         super().__init__(dataset, options, prepared)
         self.base = self.source
-        self.poses = PoseTrack(dataset.n_particles, search, rotation, offset)
+        self.poses = PoseTrack(dataset.n_particles, search, rotation, offset, widths)
         self.search_poses = True
         self.source = CorrectedSpectra(self.base, self.poses.rotation, self.poses.offset)
 
