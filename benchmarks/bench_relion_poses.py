@@ -114,13 +114,13 @@ def main() -> None:
         cmd = [str(ROOT.parent / ".venv" / "bin" / "tomohet"), "classify", str(star), "--method", "em3d", "-K", "4",
                *search, "--out", str(out)]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
-        t0 = time.perf_counter()
-        if not (out / "result.json").exists():
+        t0, ran = time.perf_counter(), not (out / "result.json").exists()
+        if ran:
             subprocess.run(cmd, check=True, env=env, capture_output=True)
         result = json.loads((out / "result.json").read_text())
         rows.append(score(out / "particles.star", f"tomohet {name} {' '.join(search)}".strip(),
                           wall_s=round(result["timings_s"]["total"], 1), peak_rss_mb=result.get("peak_memory_mb"),
-                          measured_wall_s=round(time.perf_counter() - t0, 1), command=" ".join(cmd[1:])))  # fmt: skip
+                          measured_wall_s=round(time.perf_counter() - t0, 1) if ran else None, command=" ".join(cmd[1:])))  # fmt: skip
     path = ROOT / "results" / "poses.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
     results["relion"] = [r for r in results.get("relion", []) if r["arm"] not in {x["arm"] for x in rows}] + rows
