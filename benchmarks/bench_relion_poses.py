@@ -120,7 +120,8 @@ def main() -> None:
         result = json.loads((out / "result.json").read_text())
         rows.append(score(out / "particles.star", f"tomohet {name} {' '.join(search)}".strip(),
                           wall_s=round(result["timings_s"]["total"], 1), peak_rss_mb=result.get("peak_memory_mb"),
-                          measured_wall_s=round(time.perf_counter() - t0, 1) if ran else None, command=" ".join(cmd[1:])))  # fmt: skip
+                          measured_wall_s=round(time.perf_counter() - t0, 1) if ran else None,
+                          command=" ".join(cmd[1:])))  # fmt: skip
     path = ROOT / "results" / "poses.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
     results["relion"] = [r for r in results.get("relion", []) if r["arm"] not in {x["arm"] for x in rows}] + rows
