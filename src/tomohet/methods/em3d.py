@@ -423,7 +423,7 @@ class EM3DClassifier:
 
     def prepared_source(self):
         """The prepared spectra the classifier reads (of the full band where it reads a band view of them)."""
-        return self.source.source if isinstance(self.source, BandView) else self.source
+        return prepared_of(self.source)
 
     def pose_corrections(self) -> dict:
         """Pose corrections for ``Result.extra`` (none: the poses as given)."""
@@ -494,6 +494,11 @@ class EM3DClassifier:
                 frequencies=shell_frequencies(d, apix), resolution=res, pixel_size=apix,
             ))  # fmt: skip
         return out
+
+
+def prepared_of(source):
+    """The prepared spectra behind ``source`` (a band view's full-band spectra, or ``source`` itself)."""
+    return source.source if isinstance(source, BandView) else source
 
 
 def _tries_rare_starts(opt: EM3DOptions, n_particles: int) -> bool:
@@ -581,11 +586,11 @@ def classify_em3d(
     if not _searches_poses(opt):
         return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint)
     if opt.n_classes == 1 or initial_maps is not None or opt.init == "maps":
-        return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint, poses=(None, None, None))
+        return _classify_em3d(dataset, opt, initial_maps, progress, prepared, checkpoint)
     first = replace(opt, n_classes=1, init="random", n_iter=opt.pose_search_iterations)
     pose_checkpoint = None if checkpoint is None else Path(checkpoint).with_name(Path(checkpoint).stem + "_poses.pt")
     stage = None if progress is None else (lambda name, done, total: progress(f"poses: {name}", done, total))
-    pre = _classify_em3d(dataset, first, None, stage, prepared, pose_checkpoint, poses=(None, None, None))
+    pre = _classify_em3d(dataset, first, None, stage, prepared, pose_checkpoint)
     second = replace(opt, local_angles_deg=opt.local_angles_deg / 4, local_shifts_px=opt.local_shifts_px / 4,
                      pose_search_iterations=min(CLASS_POSE_ITERATIONS, opt.pose_search_iterations))  # fmt: skip
     # the class stage searches the same corrections further, with the prior widths the first stage estimated (the
@@ -627,8 +632,8 @@ def _classify_em3d(
     checkpoint: Path | None = None,
     poses: tuple | None = None,
 ) -> Result:
-    """:func:`classify_em3d` in one stage; ``poses`` (rotation and offset corrections and prior widths, None for
-    none yet): search the poses locally from there (the search's grid from ``options``)."""
+    """:func:`classify_em3d` in one stage; with a local search in ``options``, from ``poses`` (rotation and offset
+    corrections and prior widths to start from; None: the poses as read)."""
     opt = options or EM3DOptions()
     t0 = time.perf_counter()
     n = dataset.n_particles
@@ -640,7 +645,7 @@ def _classify_em3d(
         opt = replace(opt, resolution_limit_A=state.get("resolution_limit_A", opt.resolution_limit_A),
                       init_resolution_A=state.get("init_resolution_A", opt.init_resolution_A))  # fmt: skip
         prepared = _view_for(dataset, opt, prepared)
-    elif poses is not None and poses[0] is not None and opt.auto_band and opt.resolution_limit_A is None:
+    elif poses is not None and opt.auto_band and opt.resolution_limit_A is None:
         # the band from the consensus at the corrected poses; the classifier reads the data as read and corrects
         from .subtomo_local_pose import CorrectedSpectra  # lazy: it builds on this module
 
@@ -649,13 +654,13 @@ def _classify_em3d(
         prepared = _view_for(dataset, opt, full)
     else:
         opt, prepared = _automatic_band(dataset, opt, prepared, info)
-    if poses is not None:
+    if _searches_poses(opt):
         from .local_pose import PoseSearch
         from .subtomo_local_pose import LocalPoseEM3D
 
         search = PoseSearch(opt.local_angles_deg, opt.local_shifts_px, opt.sigma_angles_deg, opt.sigma_shifts_px,
                             n_iterations=opt.pose_search_iterations)  # fmt: skip
-        em = LocalPoseEM3D(dataset, opt, prepared, search, *poses)
+        em = LocalPoseEM3D(dataset, opt, prepared, search, *(poses or (None, None, None)))
     else:
         em = EM3DClassifier(dataset, opt, prepared)
     if state is not None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..physics.bands import VolumeBand
-from .em3d import EM3DClassifier, EM3DOptions
+from .em3d import EM3DClassifier, EM3DOptions, prepared_of
 from .local_pose import PoseSearch, PoseTrack, pose_posteriors
 from .subtomo_spectra import ClassReferences, SpectraChunk, shift_phase_3d
 
@@ -189,7 +189,7 @@ class LocalPoseEM3D(EM3DClassifier):
         return sums, found["log_likelihood"], post, sigma2, extra
 
     def prepared_source(self):
-        return self.base.source if hasattr(self.base, "source") else self.base
+        return prepared_of(self.base)
 
     def pose_corrections(self) -> dict:
         return self.poses.corrections()
