@@ -48,6 +48,7 @@ from ..physics.projector import FourierAccumulator, VolumeProjector, wiener_volu
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
+from .difference_patterns import PATTERN_SMOOTHING, project_on_patterns
 from .difference_pca import difference_features, feature_resolution, pca_kmeans
 from .engine import (
     best_of_starts,
@@ -102,6 +103,8 @@ class EMOptions:
     pose_search_iterations: int = 4  # iterations that search poses; later ones keep them (the EM's cost)
     filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
     difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
+    difference_patterns: bool = True  # M-step: each voxel's class differences on one shared pattern (K > 2;
+    # difference_patterns)
     rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (rare_start;
     # not with a local pose search, nor when n_iter <= start_iterations + 1)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
@@ -361,16 +364,22 @@ class EMClassifier:
 
     def _m_step(self, sums: PartialSums) -> torch.Tensor | None:
         """Class maps from the M-step sums (:meth:`_maps`), their differences filtered by the agreement of the
-        two half-sets (:func:`~.difference_filter.filter_class_differences`) unless switched off. Returns the
+        two half-sets (:func:`~.difference_filter.filter_class_differences`) and put on one pattern per voxel
+        (:func:`~.difference_patterns.project_on_patterns`) unless switched off. Returns the
         half-set FSC of each class's difference ``[K, D//2+1]`` (None without the filter)."""
         self.volumes = self._maps(sums.data, sums.weight)
-        if not self.opt.filter_differences or self.opt.n_classes == 1:
+        if self.opt.n_classes == 1:
             return None
-        half_a = self._maps(sums.half_data, sums.half_weight)
-        half_b = self._maps(sums.data - sums.half_data, sums.weight - sums.half_weight)
         length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
-        sigma_px = self.opt.difference_smoothing * length_px
-        self.volumes, fsc = filter_class_differences(self.volumes, half_a, half_b, self.priors, sigma_px)
+        fsc = None
+        if self.opt.filter_differences:
+            half_a = self._maps(sums.half_data, sums.half_weight)
+            half_b = self._maps(sums.data - sums.half_data, sums.weight - sums.half_weight)
+            sigma_px = self.opt.difference_smoothing * length_px
+            self.volumes, fsc = filter_class_differences(self.volumes, half_a, half_b, self.priors, sigma_px)
+        if self.opt.difference_patterns:
+            self.volumes, _ = project_on_patterns(self.volumes, self.priors, self.variability,
+                                                  PATTERN_SMOOTHING * length_px)  # fmt: skip
         return fsc
 
     def _maps(self, data_sums: torch.Tensor, weight_sums: torch.Tensor) -> torch.Tensor:

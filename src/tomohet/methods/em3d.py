@@ -81,6 +81,7 @@ from ..physics.filters import lowpass, resolution_at, shell_frequencies, soft_sp
 from ..physics.reconstruct import Reconstruction, fsc_regularised
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
+from .difference_patterns import PATTERN_SMOOTHING, project_on_patterns
 from .difference_pca import feature_box, feature_resolution, pca_kmeans
 from .em2d import CLASS_POSE_ITERATIONS, SoftmaxAssign, auto_resolution_limit
 from .engine import best_of_starts, initial_labels, is_finished, mixture_log_likelihood, run_iterations
@@ -114,6 +115,9 @@ class EM3DOptions:
     confine_differences: bool = True  # class maps differ from their mean only inside the PCA's variability mask
     filter_differences: bool = True  # M-step: class differences filtered by half-set agreement (difference_filter)
     difference_smoothing: float = 1.0  # its local averaging width, in E-step resolution lengths
+    difference_patterns: bool = False  # M-step: each voxel's class differences on one shared pattern (K > 2;
+    # difference_patterns, em2d's default). Off: on ladder seed 0 it fed em3d's small-class drift (CLASSIFY.md
+    # section 14), the 15% state shrank 153 -> 0 over 12 iterations (ARI 0.814 -> 0.765)
     rare_starts: int = 3  # PCA start: also try this many coherent groups as a class of their own (em2d's search;
     # with the half-set filter they find ladder's smallest state: ARI 0.69 -> 0.81, CLASSIFY.md section 12)
     start_iterations: int = 2  # iterations each start runs before the one with the highest likelihood goes on
@@ -243,19 +247,26 @@ class EM3DClassifier:
     def _m_step(self, sums: _Sums) -> torch.Tensor:
         """Class spectra ``[K, P]`` from the M-step sums: Wiener solve, mask, variability mask, and (with
         ``filter_differences`` and the half-set sums) the differences filtered by the agreement of the two
-        half-sets (:func:`~.difference_filter.filter_class_differences`, as em2d)."""
+        half-sets (:func:`~.difference_filter.filter_class_differences`, as em2d) and (K > 2) put on one pattern per
+        voxel (:func:`~.difference_patterns.project_on_patterns`)."""
         fudge = self.opt.tau2_fudge
         num, den = self._m_step_terms(sums)
         vols = self._confined(self._solve(num, den, fudge))
-        if not self.opt.filter_differences or sums.half is None or vols.shape[0] < 2:
+        filtered = self.opt.filter_differences and sums.half is not None and vols.shape[0] > 1
+        patterns = self.opt.difference_patterns and vols.shape[0] > 2
+        if not (filtered or patterns):
             return vols
-        na, da = self._m_step_terms(sums.half)
-        half_a = self._confined(self._solve(na, da, fudge))
-        half_b = self._confined(self._solve(num - na, den - da, fudge))
         length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
         b = self.band
-        real, _ = filter_class_differences(b.to_real(vols), b.to_real(half_a), b.to_real(half_b), self.priors,
-                                           self.opt.difference_smoothing * length_px)  # fmt: skip
+        real = b.to_real(vols)
+        if filtered:
+            na, da = self._m_step_terms(sums.half)
+            half_a = self._confined(self._solve(na, da, fudge))
+            half_b = self._confined(self._solve(num - na, den - da, fudge))
+            real, _ = filter_class_differences(real, b.to_real(half_a), b.to_real(half_b), self.priors,
+                                               self.opt.difference_smoothing * length_px)  # fmt: skip
+        if patterns:
+            real, _ = project_on_patterns(real, self.priors, self.variability, PATTERN_SMOOTHING * length_px)
         return b.from_real(real).to(torch.complex128)
 
     def real_volumes(self) -> torch.Tensor:
