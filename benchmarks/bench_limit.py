@@ -6,6 +6,8 @@ Each case (preset, dataset seed, EM variant) runs in a fresh subprocess, one tor
 time, CPU time and peak RSS (VmHWM); two cases run at a time on the 2-core machine. Variants:
 
 - ``default``: today's defaults (``EMOptions()``);
+- ``no_patterns``: the defaults of 2026-12-01, before the class differences were put on one pattern per voxel
+  (``difference_patterns``; identical at K = 2);
 - ``filtered``: the defaults of session 10 (no rare-state starts beside the PCA start);
 - ``unfiltered``: the defaults of session 9 (no half-set filter of the class differences);
 - ``pooled``: the defaults of session 8 (class maps shrunk toward the pooled map, ``tau2_fudge`` 4);
@@ -37,6 +39,8 @@ RESULTS = HERE / "results"
 PRESETS = {"ladder": 4, "rare_spread": 2}
 VARIANTS = {
     "default": {},
+    # the defaults of 2026-12-01 (before class differences were put on one pattern per voxel; the same at K = 2)
+    "no_patterns": {"difference_patterns": False},
     # the defaults of session 10: the PCA start alone (no coherent groups tried as rare-state classes)
     "filtered": {"rare_starts": 0},
     # the defaults of session 9: as today without the half-set filter of class differences

@@ -34,6 +34,8 @@ from .difference_filter import gaussian_smooth
 
 PATTERN_SMOOTHING = 0.5  # smoothing of the differences that choose each voxel's pattern, in resolution lengths
 MIN_PRIOR = 1e-3  # classes below this prior (empty) are left as they are
+N_STARTS = 8  # k-lines starts (the leading eigenvectors, then lines through voxels drawn by their energy); the
+# one that keeps the most smoothed energy wins
 
 
 def project_on_patterns(
@@ -77,19 +79,37 @@ def voxel_patterns(
     s_vox, e_vox = s[:, sel].T, values[:, sel].T  # [V, C]
     if m < 1 or len(s_vox) < m:
         return values, labels
-    u = torch.linalg.eigh(s_vox.T @ s_vox)[1][:, -m:].flip(1).clone()  # [C, M]
-    lab = (s_vox @ u).abs().argmax(1)
-    for _ in range(max_iter):
-        for j in range(m):
-            mine = s_vox[lab == j]
-            if len(mine) >= 2:
-                u[:, j] = torch.linalg.eigh(mine.T @ mine)[1][:, -1]
-        new = (s_vox @ u).abs().argmax(1)
-        if torch.equal(new, lab):
-            break
-        lab = new
+    gen = torch.Generator().manual_seed(0)
+    starts = [torch.linalg.eigh(s_vox.T @ s_vox)[1][:, -m:].flip(1)]  # [C, M]: the leading eigenvectors
+    energy = (s_vox**2).sum(1).clamp_min(1e-300)  # lines through voxels drawn by their energy (k-means++-like)
+    starts += [s_vox[torch.multinomial(energy, m, generator=gen)].T for _ in range(N_STARTS - 1)]
+    best = None
+    for u0 in starts:
+        u, lab = _k_lines(s_vox, u0 / u0.norm(dim=0).clamp_min(1e-30), max_iter)
+        captured = float(((s_vox @ u).abs().amax(1) ** 2).sum())  # the smoothed energy the lines keep
+        if best is None or captured > best[0]:
+            best = (captured, u, lab)
+    _, u, lab = best
     u_vox = u[:, lab].T  # [V, C]
     out = values.clone()
     out[:, sel] = ((e_vox * u_vox).sum(1, keepdim=True) * u_vox).T
     labels[sel] = lab
     return out, labels
+
+
+def _k_lines(points: torch.Tensor, u: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-lines clustering of ``points`` ``[V, C]`` from unit lines ``u`` ``[C, M]``: each point to the line of
+    largest ``|<p, u_m>|``, each line to the leading eigenvector of its points' scatter, until no point moves.
+    Returns the lines and each point's line ``[V]``."""
+    u = u.clone()
+    lab = (points @ u).abs().argmax(1)
+    for _ in range(max_iter):
+        for j in range(u.shape[1]):
+            mine = points[lab == j]
+            if len(mine) >= 2:
+                u[:, j] = torch.linalg.eigh(mine.T @ mine)[1][:, -1]
+        new = (points @ u).abs().argmax(1)
+        if torch.equal(new, lab):
+            break
+        lab = new
+    return u, lab

@@ -8,8 +8,9 @@ coefficient, unnormalised FFT). The E-step gives posteriors
 falls to 1); the M-step re-estimates the maps by weighted Fourier insertion with a regularised Wiener filter
 ``V_k = sum g H X / sigma2 / (sum g H^2 / sigma2 + 1 / (tau2_fudge * tau2))`` (``tau2`` the consensus map's signal
 power per shell, shared by all classes; ``tau2_fudge`` :data:`TAU2_FUDGE`; the classes' differences from their
-pooled map confined to a variability mask, :mod:`.variability`, and filtered by the agreement of the two
-half-sets of particles, :mod:`.difference_filter`), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied
+pooled map confined to a variability mask, :mod:`.variability`, filtered by the agreement of the two
+half-sets of particles, :mod:`.difference_filter`, and for K > 2 put on one shared pattern per voxel,
+:mod:`.difference_patterns`), the class priors ``pi_k`` and ``sigma2``. CTF-premultiplied
 images are divided by their CTF where ``|CTF| > 0.1`` (their noise is CTF-coloured; elsewhere they carry no
 information).
 

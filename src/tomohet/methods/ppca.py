@@ -48,6 +48,7 @@ from ..physics.likelihood import SpectraCache, shell_power
 from ..physics.projector import gridding_correction, wiener_volume
 from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
+from .difference_patterns import PATTERN_SMOOTHING, voxel_patterns
 from .difference_pca import difference_features, feature_resolution, leading_scores, standardise_
 from .em2d import auto_resolution_limit, working_size
 from .engine import map_partitions, run_iterations, runs_here
@@ -74,6 +75,7 @@ class PPCAOptions(LandscapeOptions):
     # streamed from the stacks it is ~2% slower at box 32, LANDSCAPE.md; 10^4 x 41 at box 64 would cache 2.9 GB)
     tol_changes: float = 0.001  # stop when fewer particles' maps move by more than 0.1 posterior sd
     confine_basis: bool = True  # basis only inside the variability mask of the start's difference features
+    basis_patterns: bool = True  # each voxel's L basis values on one of L shared lines (difference_patterns)
 
 
 def pass_batch(batch_size: int, working_box: int) -> int:
@@ -184,6 +186,10 @@ class PPCAModel:
         self.maps = torch.stack([wiener_volume(ft[k], one, self.d, 0.0) * self.mask for k in range(l1)])
         if self.variability is not None:
             self.maps[1:] *= self.variability
+        if self.opt.basis_patterns and self.L > 1:
+            length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+            basis, _ = voxel_patterns(self.maps[1:].double(), self.variability, PATTERN_SMOOTHING * length_px, self.L)
+            self.maps[1:] = basis.float()
         if self.L > 0:  # EM update of the prior's scale: E|W|^2 = |W_MAP|^2 + posterior variance, over kappa tau
             e2 = (sol[:, 1:] ** 2).sum(-1) + 2 * torch.diagonal(inv, dim1=1, dim2=2)[:, 1:]
             self.kappa = max(float((e2 / (2 * tau[:, None])).mean()), 1e-6)
