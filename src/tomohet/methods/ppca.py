@@ -29,7 +29,11 @@ fits noise (~10^4 voxels per component against 1000 particles), and the update `
 shrinks the prior every iteration (the posterior variance of the basis, ~30x |W_MAP|^2 there, was left out):
 clusters of the latents fell from ARI 0.49 to 0.33 over the iterations. Confining the basis to the variability
 mask of the start's difference features (:mod:`.variability`, as the EM confines its class differences) and
-the EM update of ``kappa`` take the same data to 0.76 (xd clusters, :mod:`.latent_mixture`).
+the EM update of ``kappa`` take the same data to 0.76 (xd clusters, :mod:`.latent_mixture`). Each voxel's L
+basis values are then put on one of L lines shared by the voxels (:func:`~.difference_patterns.voxel_patterns`,
+as em2d's class differences: a piece of the structure varies along one direction of the latent space), one
+number per voxel instead of L: 0.828 / 0.866 / 0.844 on seeds 0-2 (0.760 / 0.822 / 0.744 without;
+``benchmarks/LANDSCAPE.md``).
 """
 
 from __future__ import annotations

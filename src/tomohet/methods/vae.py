@@ -78,6 +78,7 @@ class VAEOptions(PPCAOptions):
     samples: int = 8  # draws of z per particle for the moments of the M-step
     device: str = "cpu"  # where the networks train ("cuda" on a GPU; under torchrun each process' own GPU)
     amp: bool | None = None  # mixed precision (bfloat16 autocast) for the networks; None: on for CUDA only
+    basis_patterns: bool = False  # ppca's voxel-pattern prior on the basis: off, not measured with the decoder yet
 
 
 def held_out_images(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
