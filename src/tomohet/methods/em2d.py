@@ -206,6 +206,12 @@ def auto_resolution_limit(consensus_resolution_A: float, d: int, pixel_size: flo
     return max(limit, 2 * pixel_size)
 
 
+def resolution_length_px(resolution_limit_A: float | None, pixel_size: float) -> float:
+    """The E-step band's resolution length in pixels (Nyquist, 2 px, without a limit): the width the M-step's
+    local filters (:mod:`.difference_filter`, :mod:`.difference_patterns`) smooth over."""
+    return (resolution_limit_A or 2 * pixel_size) / pixel_size
+
+
 def working_size(d: int, pixel_size: float, resolution_limit_A: float | None) -> int:
     """Box of the Fourier-cropped working grid for an E-step band limit: the band (radius < D apix / limit
     Fourier pixels) plus a margin of 2 for the trilinear insertion, even, at most D."""
@@ -371,7 +377,7 @@ class EMClassifier:
         self.volumes = self._maps(sums.data, sums.weight)
         if self.opt.n_classes == 1:
             return None
-        length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+        length_px = resolution_length_px(self.opt.resolution_limit_A, self.ds.pixel_size)
         fsc = None
         if self.opt.filter_differences:
             half_a = self._maps(sums.half_data, sums.half_weight)

@@ -83,7 +83,7 @@ from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_filter import filter_class_differences
 from .difference_patterns import PATTERN_SMOOTHING, project_on_patterns
 from .difference_pca import feature_box, feature_resolution, pca_kmeans
-from .em2d import CLASS_POSE_ITERATIONS, SoftmaxAssign, auto_resolution_limit
+from .em2d import CLASS_POSE_ITERATIONS, SoftmaxAssign, auto_resolution_limit, resolution_length_px
 from .engine import best_of_starts, initial_labels, is_finished, mixture_log_likelihood, run_iterations
 from .rare_start import RARE_BAND_FACTOR, coherent_groups, group_start_mask, rare_starts_apply, seeded_labels
 from .result import Result
@@ -256,7 +256,7 @@ class EM3DClassifier:
         patterns = self.opt.difference_patterns and vols.shape[0] > 2
         if not (filtered or patterns):
             return vols
-        length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+        length_px = resolution_length_px(self.opt.resolution_limit_A, self.ds.pixel_size)
         b = self.band
         real = b.to_real(vols)
         if filtered:

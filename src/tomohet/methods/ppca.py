@@ -54,7 +54,7 @@ from ..physics.reconstruct import reconstruct
 from .checkpoint import load_checkpoint, run_fingerprint
 from .difference_patterns import PATTERN_SMOOTHING, voxel_patterns
 from .difference_pca import difference_features, feature_resolution, leading_scores, standardise_
-from .em2d import auto_resolution_limit, working_size
+from .em2d import auto_resolution_limit, resolution_length_px, working_size
 from .engine import map_partitions, run_iterations, runs_here
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, LandscapeOptions, cluster_latents, orthonormalize_basis, register
@@ -191,7 +191,7 @@ class PPCAModel:
         if self.variability is not None:
             self.maps[1:] *= self.variability
         if self.opt.basis_patterns and self.L > 1:
-            length_px = (self.opt.resolution_limit_A or 2 * self.ds.pixel_size) / self.ds.pixel_size
+            length_px = resolution_length_px(self.opt.resolution_limit_A, self.ds.pixel_size)
             basis, _ = voxel_patterns(self.maps[1:].double(), self.variability, PATTERN_SMOOTHING * length_px, self.L)
             self.maps[1:] = basis.float()
         if self.L > 0:  # EM update of the prior's scale: E|W|^2 = |W_MAP|^2 + posterior variance, over kappa tau
