@@ -180,3 +180,29 @@ def test_a_landscape_method_module_imports_first(module):
     code = f"import tomohet.methods.{module}; from tomohet.methods.landscape import get_method; get_method('vae')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_kappa_is_estimated_for_the_expanded_basis():
+    """``basis_power_ratio`` with the expansion ``chol`` equals the ratio computed directly on the expanded basis
+    ``w' = chol^T w`` (mean and posterior covariance transformed), and differs from the unexpanded one: estimated
+    before the expansion, the prior's shrinkage fed back and ``kappa`` fell every iteration."""
+    from tomohet.methods.ppca_pass import basis_power_ratio, latent_expansion
+
+    gen = torch.Generator().manual_seed(0)
+    v, n_l = 200, 3
+    w = torch.complex(torch.randn(v, n_l, generator=gen, dtype=torch.float64),
+                      torch.randn(v, n_l, generator=gen, dtype=torch.float64))  # fmt: skip
+    f = torch.randn(v, n_l, n_l, generator=gen, dtype=torch.float64)
+    cov = f @ f.transpose(1, 2) * 0.1
+    tau = torch.rand(v, generator=gen, dtype=torch.float64) + 0.5
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((500, n_l)) * np.array([1.5, 1.2, 0.8]) + 0.3
+    eta, chol = latent_expansion(z, np.tile(0.2 * np.eye(n_l), (500, 1, 1)))
+    assert np.allclose(eta, z.mean(0))
+    assert np.allclose(chol @ chol.T, np.cov(z.T, bias=True) + 0.2 * np.eye(n_l), atol=1e-6)
+    c = torch.from_numpy(chol)
+    w_exp = torch.stack([sum(w[:, m] * c[m, k] for m in range(n_l)) for k in range(n_l)], 1)  # w'_k = sum_m c_mk w_m
+    var_exp = torch.stack([c[:, k] @ cov @ c[:, k] for k in range(n_l)], 1)  # [V, L]
+    direct = float(((w_exp.abs() ** 2 + 2 * var_exp) / (2 * tau[:, None])).mean())
+    assert basis_power_ratio(w, cov, tau, chol) == pytest.approx(direct, rel=1e-10)
+    assert basis_power_ratio(w, cov, tau, None) < 0.8 * direct  # latent variance > 1 here: the expansion grows W

@@ -59,7 +59,7 @@ from .engine import map_partitions, run_iterations, runs_here
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, LandscapeOptions, cluster_latents, orthonormalize_basis, register
 from .latent_mixture import information_form
-from .ppca_pass import PassState, PassSums, after_pass, ppca_pass
+from .ppca_pass import PassState, PassSums, after_pass, basis_power_ratio, ppca_pass
 from .result import Result
 from .variability import variability_map, variability_mask
 
@@ -80,6 +80,7 @@ class PPCAOptions(LandscapeOptions):
     tol_changes: float = 0.001  # stop when fewer particles' maps move by more than 0.1 posterior sd
     confine_basis: bool = True  # basis only inside the variability mask of the start's difference features
     basis_patterns: bool = True  # each voxel's L basis values on one of L shared lines (difference_patterns)
+    update_kappa: bool = False  # re-estimate kappa every iteration (else once, from the start maps; LANDSCAPE.md)
 
 
 def pass_batch(batch_size: int, working_box: int) -> int:
@@ -159,14 +160,15 @@ class PPCAModel:
         new = (sums.sig_sum / sums.sig_cnt.clamp_min(1)).float()
         self.sigma2 = torch.where(sums.sig_cnt > 0, new, self.sigma2).clamp_min(1e-12)
 
-    def m_step(self, sums: PassSums, from_zero: bool = False) -> None:
+    def m_step(self, sums: PassSums, from_zero: bool = False, expansion: np.ndarray | None = None) -> None:
         """One preconditioned Newton step on the maps: ``M += (A_v + prior)^-1 (gradient - prior M)`` per Fourier
         voxel of the working grid, inside the band. ``A_v`` (the per-voxel ``(L+1) x (L+1)`` normal matrices from
         the inserted CTF^2 weights) is the diagonal-in-voxels approximation of the Hessian that a Wiener
         reconstruction divides by; because the gradient is taken with the exact projections of the current maps
         (:mod:`.ppca_pass`), the fixed point solves the regularised least squares exactly, not the interpolation-
         blurred approximation (a plain ``data / weight`` step stops short of it). ``from_zero``: the gradient was
-        taken at zero maps (the start), so the step is the Wiener solution itself."""
+        taken at zero maps (the start), so the step is the Wiener solution itself. ``expansion``: the ``chol`` of the
+        parameter expansion that follows (:meth:`expand`), for the update of ``kappa``."""
         g, l1 = self.m, self.L + 1
         a = sums.a + _mirror_voxels(sums.a, g)  # Hermitian completion (the matrices are real)
         c = sums.c + _mirror_voxels(sums.c, g) * torch.tensor([1.0, -1.0], dtype=torch.float64)
@@ -194,24 +196,19 @@ class PPCAModel:
             length_px = resolution_length_px(self.opt.resolution_limit_A, self.ds.pixel_size)
             basis, _ = voxel_patterns(self.maps[1:].double(), self.variability, PATTERN_SMOOTHING * length_px, self.L)
             self.maps[1:] = basis.float()
-        if self.L > 0:  # EM update of the prior's scale: E|W|^2 = |W_MAP|^2 + posterior variance, over kappa tau
-            e2 = (sol[:, 1:] ** 2).sum(-1) + 2 * torch.diagonal(inv, dim1=1, dim2=2)[:, 1:]
-            self.kappa = max(float((e2 / (2 * tau[:, None])).mean()), 1e-6)
+        if self.L > 0 and (from_zero or self.opt.update_kappa):  # the prior's scale (basis_power_ratio)
+            w_map = torch.view_as_complex(sol[:, 1:].contiguous())
+            self.kappa = basis_power_ratio(w_map, inv[:, 1:, 1:], tau, expansion)
 
-    def expand(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Parameter expansion (PX-EM; Liu, Rubin & Wu 1998, Biometrika 85:755): the latents' mean ``eta`` and
-        covariance ``S = L L^T`` over the particles are absorbed into the maps, ``mu += W eta``, ``W <- W L``,
-        so the next E-step's latents are again ~N(0, I). This removes the scale drift between W and z that any
-        shrinkage of the M-step (prior, mask, interpolation) causes at high SNR, and speeds up EM. Returns
-        ``(eta [L], L [L, L])``: old coordinates ``z = eta + L z_new``."""
-        eta = mean.mean(0)
-        s = cov.mean(0) + np.cov(mean.T, bias=True).reshape(self.L, self.L)
-        chol = np.linalg.cholesky(s + 1e-9 * np.eye(self.L))
+    def expand(self, eta: np.ndarray, chol: np.ndarray) -> None:
+        """Parameter expansion (:func:`~.ppca_pass.latent_expansion`): the latents' mean ``eta`` and covariance
+        factor ``chol`` over the particles are absorbed into the maps, ``mu += W eta``, ``W <- W chol``, so the next
+        E-step's latents are again ~N(0, I). This removes the scale drift between W and z that any shrinkage of
+        the M-step (prior, mask, interpolation) causes at high SNR, and speeds up EM."""
         lc = torch.from_numpy(chol).float()
         w = self.maps[1:].reshape(self.L, -1)
         self.maps[0] += (torch.from_numpy(eta).float() @ w).reshape(self.maps.shape[1:])
         self.maps[1:] = (lc.T @ w).reshape(self.maps[1:].shape)
-        return eta, chol
 
     def iterate(self, temperature: float = 1.0, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: E-step with the current maps, noise power, M-step."""

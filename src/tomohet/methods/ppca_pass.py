@@ -245,6 +245,34 @@ def _cat_images(stats: list[ImageStatistics], n: int, t: int, n_comp: int) -> Im
     return ImageStatistics(*(torch.cat([getattr(x, f) for x in stats]) for f in ("b", "gram", "r2", "held_out")))
 
 
+def latent_expansion(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parameter expansion of a linear latent model (PX-EM; Liu, Rubin & Wu 1998, Biometrika 85:755) from the
+    posterior moments ``mean`` ``[N, L]``, ``cov`` ``[N, L, L]``: the latents' mean ``eta`` ``[L]`` and the Cholesky
+    factor ``chol`` ``[L, L]`` of their second moment about it, ``S = chol chol^T``. Absorbing them into the maps
+    (``mu += W eta``, ``W <- W chol``) makes the next E-step's latents ~N(0, I) again; old ``z = eta + chol z_new``."""
+    n_lat = mean.shape[1]
+    eta = mean.mean(0)
+    s = cov.mean(0) + np.cov(mean.T, bias=True).reshape(n_lat, n_lat)
+    return eta, np.linalg.cholesky(s + 1e-9 * np.eye(n_lat))
+
+
+def basis_power_ratio(w_map: torch.Tensor, post_cov: torch.Tensor, tau: torch.Tensor, expansion) -> float:
+    """The EM update of ``kappa``, the basis maps' prior power relative to ``tau`` (the mean map's prior power
+    per voxel): the mean of ``E|w'|^2 / tau`` over voxels and components, ``E|w'|^2 = |w'_MAP|^2 + 2 Var`` (real
+    and imaginary parts, each with the per-voxel posterior covariance ``post_cov`` ``[V, L, L]`` of the basis
+    values ``w_map`` ``[V, L]`` complex), taken for the basis **after** the parameter expansion ``w' = chol^T w``
+    (``expansion`` = ``chol``, or None for none). Taken before it, as until 2026-12-01, the prior's shrinkage of
+    ``W`` fed back: the expansion grows ``W`` back, the next ``kappa`` (from the shrunk ``W``) is smaller, and
+    ``kappa`` fell ~12 % per iteration without end (0.068 -> 0.019 in 10 iterations on ``ladder``, the clusters'
+    ARI 0.867 -> 0.828; ``benchmarks/LANDSCAPE.md``)."""
+    if expansion is not None:
+        chol = torch.as_tensor(expansion, dtype=post_cov.dtype)
+        w_map = w_map @ chol.to(w_map.dtype)
+        post_cov = chol.T @ post_cov @ chol
+    e2 = w_map.abs() ** 2 + 2 * torch.diagonal(post_cov, dim1=1, dim2=2)
+    return max(float((e2 / (2 * tau[:, None])).mean()), 1e-6)
+
+
 def after_pass(model, sums, basis: torch.Tensor, what: str) -> dict:
     """The rest of one linear-model EM iteration once its pass gave ``sums`` (shared by tilt-space PPCA and
     subtomogram PPCA): latent change against the previous iteration (``basis`` = the basis before the M-step),
@@ -254,8 +282,9 @@ def after_pass(model, sums, basis: torch.Tensor, what: str) -> dict:
     model.mean, model.cov = sums.mean, sums.cov
     if model.opt.update_noise:
         model.update_sigma2(sums)
-    model.m_step(sums)
-    model.expand(sums.mean, sums.cov)
+    eta, chol = latent_expansion(sums.mean, sums.cov)
+    model.m_step(sums, expansion=chol)
+    model.expand(eta, chol)
     ll = float(sums.log_likelihood.sum())
     if not math.isfinite(ll):
         raise FloatingPointError(f"{what} log-likelihood is not finite: a map or the noise power went NaN")

@@ -39,7 +39,7 @@ import torch
 
 from ..physics.bands import VolumeBand
 from ..physics.filters import soft_sphere
-from .ppca_pass import ImageStatistics, after_pass
+from .ppca_pass import ImageStatistics, after_pass, basis_power_ratio
 from .subtomo_spectra import ClassReferences
 
 
@@ -226,14 +226,16 @@ class SubtomoPPCA:
         self.sigma2, self.tau2 = sigma2.double().clone(), tau2.double().clone()
         self.spectra = torch.zeros_like(self.spectra)
         self.spectra[0] = self.band.from_real(self.band.to_real(consensus) * self.mask).to(torch.complex128)
-        self.m_step(self.run_pass(SubtomoPassState(latents=latents), progress))
+        self.m_step(self.run_pass(SubtomoPassState(latents=latents), progress), start=True)
 
     def update_sigma2(self, sums: SubtomoSums) -> None:
         s2 = torch.where(sums.sig_den > 0, sums.sig_num / sums.sig_den.clamp_min(1e-300), self.sigma2)
         self.sigma2 = s2.clamp_min(1e-12 * float(s2.max()))
 
-    def m_step(self, sums: SubtomoSums) -> None:
-        """The regularised per-voxel solve (module docstring), masks, and the EM update of ``kappa``."""
+    def m_step(self, sums: SubtomoSums, expansion: np.ndarray | None = None, start: bool = False) -> None:
+        """The regularised per-voxel solve (module docstring), masks, and the estimate of ``kappa`` (at the
+        ``start``, and every iteration with ``update_kappa``, for the basis after the parameter expansion
+        ``expansion``: :func:`~.ppca_pass.basis_power_ratio`)."""
         b, l1 = self.band, self.L + 1
         s2 = self.sigma2[b.shell]
         tau = self.tau2[b.shell].clamp_min(1e-30) * self.opt.tau2_fudge
@@ -244,19 +246,14 @@ class SubtomoPPCA:
         if self.variability is not None:
             real[1:] *= self.variability
         self.spectra = b.from_real(real).to(torch.complex128)
-        if self.L > 0:  # E|W|^2 = |W_MAP|^2 + posterior variance (2 x sigma2 x inv per re / im), over kappa tau
-            e2 = sol[1:].abs().T ** 2 + 2 * s2[:, None] * torch.diagonal(inv, dim1=1, dim2=2)[:, 1:]
-            self.kappa = max(float((e2 / (2 * tau[:, None])).mean()), 1e-6)
+        if self.L > 0 and (start or self.opt.update_kappa):  # posterior covariance sigma2 x inv per re / im
+            self.kappa = basis_power_ratio(sol[1:].T, s2[:, None, None] * inv[:, 1:, 1:], tau, expansion)
 
-    def expand(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Parameter expansion as :meth:`~.ppca.PPCAModel.expand`: ``mu += W eta``, ``W <- W L``."""
-        eta = mean.mean(0)
-        s = cov.mean(0) + np.cov(mean.T, bias=True).reshape(self.L, self.L)
-        chol = np.linalg.cholesky(s + 1e-9 * np.eye(self.L))
+    def expand(self, eta: np.ndarray, chol: np.ndarray) -> None:
+        """Parameter expansion as :meth:`~.ppca.PPCAModel.expand`: ``mu += W eta``, ``W <- W chol``."""
         w = self.spectra[1:]
         self.spectra[0] += torch.from_numpy(eta).to(w.dtype) @ w
         self.spectra[1:] = torch.from_numpy(chol).T.to(w.dtype) @ w
-        return eta, chol
 
     def iterate(self, temperature: float = 1.0, progress: Callable[[int], None] | None = None) -> dict:
         """One EM iteration: E-step, noise power, M-step, expansion."""

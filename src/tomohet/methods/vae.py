@@ -43,7 +43,7 @@ from .engine import run_iterations
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, register
 from .ppca import PPCAModel, PPCAOptions, start_or_resume
-from .ppca_pass import ImageStatistics
+from .ppca_pass import ImageStatistics, latent_expansion
 from .result import Result
 from .vae_net import (
     Decoder,
@@ -79,6 +79,7 @@ class VAEOptions(PPCAOptions):
     device: str = "cpu"  # where the networks train ("cuda" on a GPU; under torchrun each process' own GPU)
     amp: bool | None = None  # mixed precision (bfloat16 autocast) for the networks; None: on for CUDA only
     basis_patterns: bool = False  # ppca's voxel-pattern prior on the basis: off, not measured with the decoder yet
+    update_kappa: bool = True  # ppca's kappa once from the start: not measured with the decoder yet
 
 
 def held_out_images(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -176,8 +177,9 @@ class VAEModel:
         sums = self.ppca.run_pass(self.ppca.pass_state(posterior=posterior, image_stats=True), progress)
         if self.opt.update_noise:
             self.ppca.update_sigma2(sums)
-        self.ppca.m_step(sums)
-        eta, chol = self.ppca.expand(sums.mean, sums.cov)
+        eta, chol = latent_expansion(sums.mean, sums.cov)
+        self.ppca.m_step(sums, expansion=chol)
+        self.ppca.expand(eta, chol)
         if self.trained:
             self.decoder.reparametrise(eta, chol)
         stats = reexpress(sums.images, eta, chol)
