@@ -305,3 +305,34 @@ def test_classify_scan_classes_chooses_the_supported_number(tmp_path):
     r = runner.invoke(app, ["classify", str(layout.optimisation_set), "--out", str(tmp_path / "bad2"),
                             "--scan-classes", "1-61"])  # fmt: skip
     assert r.exit_code == 2 and "--scan-classes" in r.output and "at most 60" in r.output, r.output
+
+
+def test_class_scan_reads_an_empty_class_as_fewer_classes(monkeypatch):
+    """A K whose half runs leave a class empty scores like the fit with fewer classes it is: when it scores
+    highest, the scan chooses the smallest scanned K that its runs populate (here K = 5 scores best with one class
+    empty in both halves, so K = 4), and the highest-scoring K is still reported."""
+    from types import SimpleNamespace
+
+    import tomohet.methods.class_scan as cs
+
+    scores = {3: -100.0, 4: 0.0, 5: 20.0, 6: 10.0}
+    runs = []
+
+    def fake_em(ds, options, **kw):
+        k = options.n_classes
+        runs.append((k, ds.n_particles))
+        used = min(k, 4)  # the data hold 4 states: runs with more classes leave the rest empty
+        labels = np.arange(ds.n_particles) % used
+        return SimpleNamespace(labels=labels, log=[{"log_likelihood": float(k)}], k=k)
+
+    monkeypatch.setattr(cs, "classify_em2d", fake_em)
+    monkeypatch.setattr(cs, "heldout_log_likelihood", lambda ds, res, tick=None: scores[res.k] / 2)
+    ds = SimpleNamespace(n_particles=400, take=lambda idx: SimpleNamespace(n_particles=len(idx)))
+    scan, by_k = cs.scan_classes(ds, [3, 4, 5, 6], EMOptions())
+    assert scan.top_score == 5 and scan.best == 4 and list(by_k) == [4]
+    assert [r["populated_classes"] for r in scan.rows] == [3, 4, 4, 4]
+    assert runs[-1] == (4, 400)  # the chosen K is run on all particles
+    scores.update({5: -50.0, 6: -60.0})  # K = 4 itself scores best: chosen as before
+    scan, _ = cs.scan_classes(ds, [3, 4, 5, 6], EMOptions())
+    assert scan.top_score == 4 and scan.best == 4
+    assert cs.populated_classes([200, 1, 0], 201) == 1 and cs.populated_classes([100, 100], 200) == 2

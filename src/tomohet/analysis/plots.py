@@ -93,14 +93,14 @@ def plot_convergence(path: Path, iterations: list[dict]) -> Path:
 
 def plot_class_scan(path: Path, rows: list[dict], best: int) -> Path:
     """Held-out (two-fold cross-validated) and fit log-likelihood per number of classes, each relative to its value
-    at the smallest K; the best K marked."""
+    at the smallest K; the chosen K marked."""
     ks = np.array([r["classes"] for r in rows])
     held = np.array([r["heldout_log_likelihood"] for r in rows], dtype=float)
     fit = np.array([r["fit_log_likelihood"] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     ax.plot(ks, held - held[0], "o-", label="held-out (cross-validated)", lw=1.8)
     ax.plot(ks, fit - fit[0], "s--", label="fit (flatters every added class)", lw=1.2, color="grey")
-    ax.axvline(best, color="C3", ls=":", lw=1.2, label=f"best K = {best}")
+    ax.axvline(best, color="C3", ls=":", lw=1.2, label=f"chosen K = {best}")
     ax.set_xlabel("number of classes K")
     ax.set_ylabel(f"log-likelihood − value at K = {ks[0]}")
     ax.set_xticks(ks)

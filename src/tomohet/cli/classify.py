@@ -175,8 +175,10 @@ def _classify(run: Run, executors: _ExecutorSlot, input_path: Path, out: Path, n
                 executors.close()
     if scan_ks:
         scan_fields = write_class_scan(out, scan)
-        run.log.info("class scan: cross-validated log-likelihood highest at K = %d (%s)", scan.best, ", ".join(
+        run.log.info("class scan: cross-validated log-likelihood highest at K = %d (%s)", scan.top_score, ", ".join(
             f"K={r['classes']}: {r['heldout_vs_best']:+.0f}" for r in scan.table()))  # fmt: skip
+        if scan.best != scan.top_score:
+            run.log.info("class scan: K = %d's runs leave classes empty; K = %d chosen", scan.top_score, scan.best)
     if "e_step_limit_A" in result.extra:
         crop = f", images cropped to box {result.extra['working_box']}" if "working_box" in result.extra else ""
         run.log.info("E-step band to %.1f A (consensus %s A)%s", result.extra["e_step_limit_A"],
@@ -327,4 +329,5 @@ def write_class_scan(out: Path, scan) -> dict:
         out / "class_scan.csv", index=False
     )
     plot_class_scan(out / "class_scan.png", table, scan.best)
-    return {"best_classes": scan.best, "rows": table, "table": "class_scan.csv", "plot": "class_scan.png"}
+    return {"best_classes": scan.best, "highest_score_classes": scan.top_score, "rows": table,
+            "table": "class_scan.csv", "plot": "class_scan.png"}  # fmt: skip
