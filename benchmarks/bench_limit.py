@@ -21,7 +21,10 @@ Writes ``benchmarks/results/classify_limit.json``.
 Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants default before] [--snrs ...]``
 (``--snrs`` gives the SNR curve: every preset at each SNR); ``--method em3d --variants default filtered3d masked3d
 plain3d``: the 3D EM (``results/classify_limit_em3d.json``; ``plain3d``: before em2d's search; ``masked3d``: band
-and mask; ``filtered3d``: band, mask and half-set filter without the rare-state starts).
+and mask; ``filtered3d``: band, mask and half-set filter without the rare-state starts); ``--method ppca --variants
+default kappa_updated``: ``landscape --method ppca`` (8 components, the CLI's 15 iterations) and the ``xd`` clusters
+of its latents with K = the preset's states (``results/landscape_limit_ppca.json``; ``kappa_updated``: the prior's
+scale re-estimated every iteration, as before the eighth session of 2026-12-01).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ VARIANTS = {
     # em3d only: the class maps' prior 4x wider (em2d's tau2_fudge), without the filter, with and without starts
     "fudge16_3d": {"tau2_fudge": 16.0, "filter_differences": False},
     "masked_fudge16_3d": {"rare_starts": 0, "tau2_fudge": 16.0, "filter_differences": False},
+    # ppca only: kappa re-estimated every iteration (for the expanded basis), the default until 2026-12-01
+    "kappa_updated": {"update_kappa": True},
     # the defaults before issue 16: 60 A features, maps regularised toward zero with tau2_fudge 4, no mask
     "before": {
         "init_resolution_A": 60.0,
@@ -72,6 +77,8 @@ def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None 
     made into subtomograms); peak RSS from /proc."""
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "src"))
+    from types import SimpleNamespace
+
     import numpy as np
     import torch
 
@@ -87,7 +94,14 @@ def run_case(preset: str, seed: int, variant: str, data: str, snr: float | None 
     o = oracle(ds, maps, meta["noise_sigma"], np.asarray(meta["abundances"]))
     k = PRESETS[preset]
     t0, c0 = time.perf_counter(), time.process_time()
-    if method == "em3d":
+    if method == "ppca":
+        from tomohet.methods.landscape import cluster_latents
+        from tomohet.methods.ppca import PPCAOptions, fit_ppca
+
+        fitted = fit_ppca(ds, PPCAOptions(seed=0, **VARIANTS[variant]))
+        res = SimpleNamespace(labels=cluster_latents(fitted.latents, k, "xd", 0, fitted.extra["latent_information"]),
+                              log=fitted.log, options=fitted.options, extra=fitted.extra)  # fmt: skip
+    elif method == "em3d":
         res = classify_em3d(ds, EM3DOptions(n_classes=k, seed=0, **VARIANTS[variant]))
     else:
         res = classify_em2d(ds, EMOptions(n_classes=k, seed=0, **VARIANTS[variant]))
@@ -123,8 +137,12 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/tomohet_bench_limit")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--snrs", type=float, nargs="+", help="SNRs (default: each preset's own)")
-    ap.add_argument("--method", default="em2d", choices=["em2d", "em3d"],
-                    help="em3d: variants default, filtered3d, masked3d, plain3d")  # fmt: skip
+    ap.add_argument(
+        "--method",
+        default="em2d",
+        choices=["em2d", "em3d", "ppca"],
+        help="em3d variants: default, filtered3d, masked3d, plain3d; ppca: default, kappa_updated",
+    )
     ap.add_argument("--worker", nargs=4, metavar=("PRESET", "SEED", "VARIANT", "SNR"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="default: results/classify_limit.json (em3d: classify_limit_em3d.json)")
     args = ap.parse_args()
@@ -133,7 +151,8 @@ def main() -> None:
         print(json.dumps(run_case(w[0], int(w[1]), w[2], args.data, float(w[3]), args.method)))
         return
     if args.out is None:
-        args.out = str(RESULTS / ("classify_limit.json" if args.method == "em2d" else "classify_limit_em3d.json"))
+        name = {"em2d": "classify_limit.json", "em3d": "classify_limit_em3d.json", "ppca": "landscape_limit_ppca.json"}
+        args.out = str(RESULTS / name[args.method])
     snrs = {p: args.snrs or [_preset_snr(p)] for p in args.presets}
     cases = [(p, s, v, q) for p in args.presets for s in args.seeds for v in args.variants for q in snrs[p]]
     # simulate first, serially (two workers simulating the same set would race)
