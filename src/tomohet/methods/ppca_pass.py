@@ -256,15 +256,17 @@ def latent_expansion(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.
     return eta, np.linalg.cholesky(s + 1e-9 * np.eye(n_lat))
 
 
-def basis_power_ratio(w_map: torch.Tensor, post_cov: torch.Tensor, tau: torch.Tensor, expansion) -> float:
-    """The EM update of ``kappa``, the basis maps' prior power relative to ``tau`` (the mean map's prior power
+def basis_power_ratio(
+    w_map: torch.Tensor, post_cov: torch.Tensor, tau: torch.Tensor, expansion: np.ndarray | None
+) -> float:
+    """The EM estimate of ``kappa``, the basis maps' prior power relative to ``tau`` (the mean map's prior power
     per voxel): the mean of ``E|w'|^2 / tau`` over voxels and components, ``E|w'|^2 = |w'_MAP|^2 + 2 Var`` (real
     and imaginary parts, each with the per-voxel posterior covariance ``post_cov`` ``[V, L, L]`` of the basis
     values ``w_map`` ``[V, L]`` complex), taken for the basis **after** the parameter expansion ``w' = chol^T w``
-    (``expansion`` = ``chol``, or None for none). Taken before it, as until 2026-12-01, the prior's shrinkage of
-    ``W`` fed back: the expansion grows ``W`` back, the next ``kappa`` (from the shrunk ``W``) is smaller, and
-    ``kappa`` fell ~12 % per iteration without end (0.068 -> 0.019 in 10 iterations on ``ladder``, the clusters'
-    ARI 0.867 -> 0.828; ``benchmarks/LANDSCAPE.md``)."""
+    (``expansion`` = ``chol``, or None for none). Taken before it (until 2026-12-01) the prior's shrinkage of ``W``
+    fed back (the expansion grows ``W`` back, the next ``kappa``, from the shrunk ``W``, is smaller) and ``kappa``
+    fell ~12% per iteration; taken after it, still ~8% on ``ladder`` (``benchmarks/LANDSCAPE.md``), so PPCA
+    estimates it once, from the start maps, unless ``update_kappa``."""
     if expansion is not None:
         chol = torch.as_tensor(expansion, dtype=post_cov.dtype)
         w_map = w_map @ chol.to(w_map.dtype)
