@@ -23,8 +23,9 @@ Run: ``.venv/bin/python benchmarks/bench_limit.py [--seeds 0 1 2] [--variants de
 plain3d``: the 3D EM (``results/classify_limit_em3d.json``; ``plain3d``: before em2d's search; ``masked3d``: band
 and mask; ``filtered3d``: band, mask and half-set filter without the rare-state starts); ``--method ppca --variants
 default kappa_updated``: ``landscape --method ppca`` (8 components, the CLI's 15 iterations) and the ``xd`` clusters
-of its latents with K = the preset's states (``results/landscape_limit_ppca.json``; ``kappa_updated``: the prior's
-scale re-estimated every iteration, as before the eighth session of 2026-12-01).
+of its latents with K = the preset's states (``results/landscape_limit_ppca.json``, the clusters' ARI under
+``em_ari``; ``kappa_updated``: the prior's scale re-estimated every iteration, as before the eighth session of
+2026-12-01, but for the expanded basis).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def main() -> None:
             results.append(r)
             extra = f" rare F1 oracle {r['oracle_rare_f1']:.3f} EM {r['em_rare_f1']:.3f}" if "em_rare_f1" in r else ""
             print(f"{r['preset']:>12} SNR {r['snr']} seed {r['seed']} {r['variant']:>10}: oracle ARI "
-                  f"{r['oracle_ari']:.3f} EM ARI "
+                  f"{r['oracle_ari']:.3f} {args.method} ARI "
                   f"{r['em_ari']:.3f}{extra} ({r['wall_s']:.0f} s, {r['peak_rss_mib']} MiB)", flush=True)  # fmt: skip
             out.write_text(json.dumps({"cases": results}, indent=1))
 
