@@ -79,7 +79,6 @@ class VAEOptions(PPCAOptions):
     device: str = "cpu"  # where the networks train ("cuda" on a GPU; under torchrun each process' own GPU)
     amp: bool | None = None  # mixed precision (bfloat16 autocast) for the networks; None: on for CUDA only
     basis_patterns: bool = False  # ppca's voxel-pattern prior on the basis: off, not measured with the decoder yet
-    update_kappa: bool = True  # ppca's kappa once from the start: not measured with the decoder yet
 
 
 def held_out_images(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
