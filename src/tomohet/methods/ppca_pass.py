@@ -275,6 +275,16 @@ def basis_power_ratio(
     return max(float((e2 / (2 * tau[:, None])).mean()), 1e-6)
 
 
+def m_step_and_expand(model, sums) -> tuple[np.ndarray, np.ndarray]:
+    """M-step, then the parameter expansion of the latents' moments in ``sums`` (:func:`latent_expansion`); the
+    M-step is told the expansion that follows, so a ``kappa`` it estimates is for the expanded basis
+    (:func:`basis_power_ratio`). Returns ``(eta, chol)``: old coordinates ``z = eta + chol z_new``."""
+    eta, chol = latent_expansion(sums.mean, sums.cov)
+    model.m_step(sums, expansion=chol)
+    model.expand(eta, chol)
+    return eta, chol
+
+
 def after_pass(model, sums, basis: torch.Tensor, what: str) -> dict:
     """The rest of one linear-model EM iteration once its pass gave ``sums`` (shared by tilt-space PPCA and
     subtomogram PPCA): latent change against the previous iteration (``basis`` = the basis before the M-step),
@@ -284,9 +294,7 @@ def after_pass(model, sums, basis: torch.Tensor, what: str) -> dict:
     model.mean, model.cov = sums.mean, sums.cov
     if model.opt.update_noise:
         model.update_sigma2(sums)
-    eta, chol = latent_expansion(sums.mean, sums.cov)
-    model.m_step(sums, expansion=chol)
-    model.expand(eta, chol)
+    m_step_and_expand(model, sums)
     ll = float(sums.log_likelihood.sum())
     if not math.isfinite(ll):
         raise FloatingPointError(f"{what} log-likelihood is not finite: a map or the noise power went NaN")

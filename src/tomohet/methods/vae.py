@@ -43,7 +43,7 @@ from .engine import run_iterations
 from .iteration import stage_ticker
 from .landscape import LandscapeMethod, register
 from .ppca import PPCAModel, PPCAOptions, start_or_resume
-from .ppca_pass import ImageStatistics, latent_expansion
+from .ppca_pass import ImageStatistics, m_step_and_expand
 from .result import Result
 from .vae_net import (
     Decoder,
@@ -176,9 +176,7 @@ class VAEModel:
         sums = self.ppca.run_pass(self.ppca.pass_state(posterior=posterior, image_stats=True), progress)
         if self.opt.update_noise:
             self.ppca.update_sigma2(sums)
-        eta, chol = latent_expansion(sums.mean, sums.cov)
-        self.ppca.m_step(sums, expansion=chol)
-        self.ppca.expand(eta, chol)
+        eta, chol = m_step_and_expand(self.ppca, sums)
         if self.trained:
             self.decoder.reparametrise(eta, chol)
         stats = reexpress(sums.images, eta, chol)
